@@ -1,0 +1,9 @@
+"""fastattn: exact attention for the CPU, tiled and compiled, behind a NumPy API."""
+
+from ._api import attention, merge_attention
+from ._config import config_context, get_config
+from ._info import show_config
+
+__version__ = "0.1.0"
+__all__ = ["attention", "merge_attention", "config_context", "get_config", "show_config",
+           "__version__"]

@@ -1,0 +1,133 @@
+"""The public functions of fastattn."""
+
+import numpy as np
+
+from ._backends import resolve
+from ._config import get_config
+from ._merge import merge_states
+from ._naive import naive_attention
+from ._validation import check_out, describe, validate
+
+
+def attention(q, k, v, mask=None, *, causal=False, window=None, scale=None,
+              return_lse=False, backend=None, out=None):
+    """Exact scaled dot-product attention, ``softmax(q kᵀ · scale + mask) v``.
+
+    Parameters
+    ----------
+    q : array_like, shape (..., Hq, Lq, D) or (Lq, D)
+        Queries.  Any strides; a transposed ``(B, L, H, D)`` array is not copied
+        when its last axis is contiguous.
+    k : array_like, shape (..., Hk, Lk, D) or (Lk, D)
+        Keys.  ``Hk`` must divide ``Hq``: query head ``h`` uses kv head
+        ``h // (Hq // Hk)`` (grouped-query attention, no copy of k or v).
+    v : array_like, shape (..., Hk, Lk, Dv) or (Lk, Dv)
+        Values; ``Dv`` may differ from ``D``.
+    mask : array_like of bool or float, optional
+        Broadcastable to ``(..., Hq, Lq, Lk)``.  Bool: True means the query may
+        attend the key.  Float: added to the scaled scores (0 or -inf for padding,
+        a bias for ALiBi); NaN and +inf are rejected.
+    causal : bool or {"upper_left", "lower_right"}, default False
+        True is "upper_left": query ``i`` sees keys ``j <= i``.  "lower_right"
+        aligns the last query with the last key (``j <= i + Lk - Lq``), as in
+        KV-cache decoding.
+    window : tuple (left, right), optional
+        Sliding-window attention: query ``i`` sees keys ``j`` with
+        ``c - left <= j <= c + right``, where ``c`` is the causal diagonal
+        (``c = i``, or ``i + Lk - Lq`` for "lower_right").  ``None`` for a side
+        means no limit on that side.
+    scale : float, optional
+        Multiplies ``q kᵀ``; default ``1 / sqrt(D)``.
+    return_lse : bool, default False
+        Also return the natural log-sum-exp of each row's scaled scores.
+    backend : {"naive", "numba", "cython", "auto"}, optional
+        Default: the ``backend`` setting (see :func:`config_context`), "auto".
+    out : ndarray, optional
+        Written in place and returned; its shape and dtype must be the result's.
+
+    Returns
+    -------
+    out : ndarray, shape (..., Hq, Lq, Dv)
+        In ``np.result_type(q, k, v)``; float16 inputs are computed in float32.
+        A row whose keys are all masked is zeros.
+    lse : ndarray, shape (..., Hq, Lq)
+        Only with ``return_lse=True``; in the compute dtype; -inf for fully
+        masked rows.
+
+    Examples
+    --------
+    >>> import numpy as np, fastattn
+    >>> q = np.array([[1.0, 0.0]])
+    >>> k = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> v = np.array([[10.0, 0.0], [0.0, 10.0]])
+    >>> fastattn.attention(q, k, v, scale=np.log(3.0)).round(6)
+    array([[7.5, 2.5]])
+    """
+    problem = validate(q, k, v, mask, causal, window, scale)
+    if out is not None:
+        check_out(out, problem)
+    settings = get_config()
+    chosen = resolve(backend if backend is not None else settings["backend"])
+    if _is_empty(problem):
+        result, lse = naive_attention(problem)
+    else:
+        result, lse = chosen.run(problem, settings)
+    result = result.astype(problem.result_dtype, copy=False)
+    lse = lse.astype(problem.compute_dtype, copy=False)
+    if problem.squeeze_heads:
+        result, lse = result[0], lse[0]
+    if out is not None:
+        np.copyto(out, result)
+        result = out
+    return (result, lse) if return_lse else result
+
+
+def _is_empty(problem):
+    return problem.q.size == 0 or problem.k.shape[-2] == 0 or problem.v.shape[-1] == 0
+
+
+def merge_attention(out_a, lse_a, out_b, lse_b):
+    """Merge two attention results computed over disjoint sets of keys.
+
+    If ``(out_a, lse_a)`` is attention over keys ``A`` and ``(out_b, lse_b)`` over
+    keys ``B`` (both from ``attention(..., return_lse=True)``), the result equals
+    attention over ``A ∪ B``.  Computed in float64 with the larger lse factored
+    out, so nothing overflows; a row that is -inf in both stays zeros with lse -inf.
+
+    Parameters
+    ----------
+    out_a, out_b : array_like, shape (..., Dv)
+    lse_a, lse_b : array_like, shape (...)
+
+    Returns
+    -------
+    out : ndarray, shape (..., Dv), dtype ``np.result_type(out_a, out_b)``
+    lse : ndarray, shape (...), dtype ``np.result_type(lse_a, lse_b)``
+
+    Examples
+    --------
+    >>> import numpy as np, fastattn
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 4, 8))
+    >>> a = fastattn.attention(q, k[:2], v[:2], return_lse=True)
+    >>> b = fastattn.attention(q, k[2:], v[2:], return_lse=True)
+    >>> out, lse = fastattn.merge_attention(*a, *b)
+    >>> bool(np.allclose(out, fastattn.attention(q, k, v)))
+    True
+    """
+    arrays = [np.asarray(x) for x in (out_a, lse_a, out_b, lse_b)]
+    names = ("out_a", "lse_a", "out_b", "lse_b")
+    for name, array in zip(names, arrays):
+        if array.dtype.kind != "f":
+            raise TypeError(f"{describe(name, array)}: expected a float array")
+    out_a, lse_a, out_b, lse_b = arrays
+    if out_a.shape != out_b.shape or out_a.ndim == 0:
+        raise ValueError(f"out_a and out_b must have one shape (..., Dv): "
+                         f"{describe('out_a', out_a)}, {describe('out_b', out_b)}")
+    for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
+        if lse.shape != out_a.shape[:-1]:
+            raise ValueError(f"{describe(name, lse)} must have shape {out_a.shape[:-1]} "
+                             f"(out without its last axis)")
+    out, lse = merge_states(out_a, lse_a, out_b, lse_b)
+    return (out.astype(np.result_type(out_a, out_b), copy=False),
+            lse.astype(np.result_type(lse_a, lse_b), copy=False))

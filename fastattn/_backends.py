@@ -1,0 +1,82 @@
+"""The backend registry: each backend's name, availability (with the reason) and runner.
+
+A runner takes a validated :class:`~fastattn._validation.AttentionProblem` and the
+settings in force, and returns ``(out, lse)`` with the shapes of the problem.
+Compiled backends are imported lazily, on first use, so ``import fastattn`` is cheap.
+"""
+
+import functools
+from dataclasses import dataclass
+
+from ._naive import naive_attention
+from ._tiled import run_tiled
+
+AUTO_ORDER = ("cython", "numba", "naive")
+"""The order in which ``"auto"`` looks for a backend."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    available: bool
+    reason: str
+    runner: object = None
+
+    def run(self, problem, settings):
+        return self.runner(problem, settings)
+
+
+def _naive_runner(problem, settings):
+    return naive_attention(problem)
+
+
+def _tiled_runner(run_plan):
+    def runner(problem, settings):
+        return run_tiled(run_plan, problem, settings["num_threads"], settings["block_q"],
+                         settings["block_k"])
+    return runner
+
+
+@functools.cache
+def _load(name):
+    if name == "naive":
+        return Backend("naive", True, "full-matrix float64 reference", _naive_runner)
+    try:
+        if name == "numba":
+            from ._numba import run_plan
+        else:
+            from ._cython import run_plan
+    except ImportError as error:
+        return Backend(name, False, f"cannot be imported: {error}")
+    return Backend(name, True, f"tiled {name} kernel", _tiled_runner(run_plan))
+
+
+def backend_names():
+    return ("naive", "numba", "cython")
+
+
+def all_backends():
+    """Every known backend, available or not."""
+    return [_load(name) for name in backend_names()]
+
+
+def available_backends():
+    """Names of the backends that can run here."""
+    return [b.name for b in all_backends() if b.available]
+
+
+def resolve(name):
+    """Return the :class:`Backend` for ``name`` (``None`` and ``"auto"`` choose one)."""
+    if name is None or name == "auto":
+        return next(_load(n) for n in AUTO_ORDER if _load(n).available)
+    if name not in backend_names():
+        raise ValueError(f"unknown backend {name!r}; {_summary()}")
+    backend = _load(name)
+    if not backend.available:
+        raise ValueError(f"backend {name!r} is not available: {backend.reason}; {_summary()}")
+    return backend
+
+
+def _summary():
+    parts = [f"{b.name} ({'available' if b.available else b.reason})" for b in all_backends()]
+    return "backends: " + ", ".join(parts) + ", or 'auto'"

@@ -1,0 +1,110 @@
+"""Run-time configuration: environment variables and :func:`config_context`.
+
+Settings are read in this order: the innermost active :func:`config_context`, then
+the environment variables ``FASTATTN_BACKEND`` and ``FASTATTN_NUM_THREADS``, then
+the defaults (automatic backend, every core this process may use).  Kernels never
+read configuration: the API reads it once per call and passes plain values on.
+"""
+
+import contextlib
+import contextvars
+import os
+
+_SETTINGS = ("backend", "num_threads", "block_q", "block_k")
+_overrides = contextvars.ContextVar("fastattn_config", default={})
+
+
+def available_cores():
+    """The number of cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _from_environment():
+    settings = {}
+    backend = os.environ.get("FASTATTN_BACKEND", "").strip()
+    if backend:
+        settings["backend"] = backend
+    threads = os.environ.get("FASTATTN_NUM_THREADS", "").strip()
+    if threads:
+        settings["num_threads"] = _positive_int("FASTATTN_NUM_THREADS", threads)
+    return settings
+
+
+def _positive_int(name, value):
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if isinstance(value, bool) or number < 1 or str(number) != str(value).strip():
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return number
+
+
+def get_config():
+    """Return the settings in force as a dict.
+
+    Returns
+    -------
+    dict
+        ``backend`` (a name or ``"auto"``), ``num_threads`` (int), ``block_q`` and
+        ``block_k`` (int, or None for the planner's choice).
+
+    Examples
+    --------
+    >>> import fastattn
+    >>> with fastattn.config_context(num_threads=1):
+    ...     fastattn.get_config()["num_threads"]
+    1
+    """
+    settings = {"backend": "auto", "num_threads": available_cores(),
+                "block_q": None, "block_k": None}
+    settings.update(_from_environment())
+    settings.update(_overrides.get())
+    return settings
+
+
+@contextlib.contextmanager
+def config_context(**settings):
+    """Override settings inside a ``with`` block (thread- and task-local).
+
+    Parameters
+    ----------
+    backend : str, optional
+        ``"naive"``, ``"numba"``, ``"cython"`` or ``"auto"``; used when a call
+        passes ``backend=None``.
+    num_threads : int, optional
+        Threads used by the compiled kernels.
+    block_q, block_k : int, optional
+        Query rows per task (per head) and keys per block; for tuning and tests.
+        Results agree to rounding for any block sizes.
+
+    Examples
+    --------
+    >>> import numpy as np, fastattn
+    >>> q = np.ones((4, 8))
+    >>> with fastattn.config_context(backend="naive"):
+    ...     fastattn.attention(q, q, q).shape
+    (4, 8)
+    """
+    unknown = sorted(set(settings) - set(_SETTINGS))
+    if unknown:
+        raise TypeError(f"config_context got unknown settings {unknown}; "
+                        f"known settings are {list(_SETTINGS)}")
+    checked = {}
+    for name, value in settings.items():
+        if value is None:
+            continue
+        if name == "backend":
+            if not isinstance(value, str):
+                raise TypeError(f"backend must be a str, got {type(value).__name__}")
+            checked[name] = value
+        else:
+            checked[name] = _positive_int(name, value)
+    token = _overrides.set({**_overrides.get(), **checked})
+    try:
+        yield
+    finally:
+        _overrides.reset(token)
