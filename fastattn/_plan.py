@@ -37,7 +37,7 @@ TASK_BATCH, TASK_KV_HEAD, TASK_Q_START, TASK_Q_STOP, TASK_K_START, TASK_K_STOP, 
 UNBOUNDED = 1 << 62
 """Band limit meaning "no limit on this side"; far beyond any sequence length."""
 
-TARGET_ROWS = 64
+TARGET_ROWS = 128
 """Query rows per task (all heads of a group together) when the caller sets no block."""
 
 DEFAULT_BLOCK_K = 256

@@ -30,8 +30,8 @@ def run_plan(plan, q, k, v, mask, mask_is_bool, out, lse, part_out, part_lse, sc
                   np.empty((workers, rows * block_k), dtype),
                   np.empty((workers, rows * value_dim), dtype),
                   np.empty((workers, rows * value_dim), dtype),
-                  np.empty((workers, rows)), np.empty((workers, rows)),
-                  np.empty((workers, rows)),
-                  np.empty((workers, block_k), dtype=np.int64))
+                  np.empty((workers, 3, rows)),  # running max, running sum, rescale factor
+                  np.empty((workers, rows), dtype),  # max of the current block
+                  np.empty((workers, rows * block_k), dtype=np.int64))
     finally:
         numba.set_num_threads(previous)
