@@ -11,27 +11,48 @@ __all__ = ["run_plan"]
 def run_plan(plan, q, k, v, mask, mask_is_bool, out, lse, part_out, part_lse, scale):
     """Run ``plan`` over 4-D views (see :mod:`fastattn._plan`); writes ``out`` and ``lse``."""
     dtype = q.dtype
-    workers, rows = plan.n_workers, plan.max_rows
-    head_dim, value_dim, block_k = q.shape[3], v.shape[3], plan.block_k
+    workers, rows, block_k = plan.n_workers, plan.max_rows, plan.block_k
+    head_dim, value_dim = q.shape[3], v.shape[3]
     if mask is None:
-        mask, mask_kind = np.zeros((1, 1, 1, 1), dtype=np.uint8), MASK_NONE
+        mask, mask_kind = np.zeros((1, 1, 1, 1), dtype=dtype), MASK_NONE
     else:
         mask_kind = MASK_KEEP if mask_is_bool else MASK_ADD
+    scratch = (np.empty((workers, rows, head_dim), dtype),
+               np.empty((workers, block_k, head_dim), dtype),
+               np.empty((workers, block_k, value_dim), dtype),
+               np.empty((workers, rows * block_k), dtype),  # key-major scores
+               np.empty((workers, rows, value_dim), dtype),
+               np.empty((workers, rows, value_dim), dtype),
+               np.empty((workers, 3, rows)),  # running max, running sum, rescale factor
+               np.empty((workers, rows), dtype),  # max of the current block
+               np.empty((workers, rows * block_k), dtype=np.int64))  # exp scratch
 
     previous = numba.get_num_threads()
     numba.set_num_threads(min(workers, numba.config.NUMBA_NUM_THREADS))
     try:
-        run_tasks(q, k, v, mask, mask_kind, out, lse, part_out, part_lse,
-                  plan.tasks, plan.worker_starts, plan.group, block_k,
-                  plan.band_lo, plan.band_hi, dtype.type(scale),
-                  np.empty((workers, rows * head_dim), dtype),
-                  np.empty((workers, block_k * head_dim), dtype),
-                  np.empty((workers, block_k * value_dim), dtype),
-                  np.empty((workers, rows * block_k), dtype),
-                  np.empty((workers, rows * value_dim), dtype),
-                  np.empty((workers, rows * value_dim), dtype),
-                  np.empty((workers, 3, rows)),  # running max, running sum, rescale factor
-                  np.empty((workers, rows), dtype),  # max of the current block
-                  np.empty((workers, rows * block_k), dtype=np.int64))
+        run_tasks(*flat_view(q), *flat_view(k), *flat_view(v), *flat_view(mask), mask_kind,
+                  out, lse, part_out, part_lse, plan.tasks, plan.worker_starts, plan.group,
+                  block_k, plan.band_lo, plan.band_hi, dtype.type(scale), *scratch)
     finally:
         numba.set_num_threads(previous)
+
+
+def flat_view(array):
+    """``(buffer, at)``: a read-only 1-D view spanning ``array``'s memory and its geometry.
+
+    ``at = (offset, strides...)`` in elements, so that ``array[i0, i1, ...]`` is
+    ``buffer[offset + i0 * at[1] + i1 * at[2] + ...]``; strides may be zero or
+    negative.  One buffer type for every layout keeps Numba to one compilation.
+    """
+    itemsize = array.itemsize
+    if any(s % itemsize for s in array.strides):
+        array = np.ascontiguousarray(array)
+    strides = [s // itemsize if n > 1 else 0 for n, s in zip(array.shape, array.strides)]
+    low = sum((n - 1) * s for n, s in zip(array.shape, strides) if s < 0)
+    high = sum((n - 1) * s for n, s in zip(array.shape, strides) if s > 0)
+    corner = tuple(slice(n - 1, n) if s < 0 else slice(0, 1)
+                   for n, s in zip(array.shape, strides))
+    lowest = array[corner]  # a view that starts at the lowest address
+    buffer = np.lib.stride_tricks.as_strided(lowest, shape=(high - low + 1,),
+                                             strides=(itemsize,), writeable=False)
+    return buffer, np.array([-low] + strides, dtype=np.int64)

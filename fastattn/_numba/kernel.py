@@ -1,8 +1,14 @@
 """The tiled attention kernel in Numba: one ``prange`` over workers, tasks from the plan.
 
-See :mod:`fastattn._plan` for the contract.  Each task packs its query rows (all heads
-of a kv group, pre-scaled) into a contiguous tile, then for every kv block packs the
-keys and values and forms the scores with one BLAS call, key-major: ``st = K Qᵀ`` of
+See :mod:`fastattn._plan` for the contract.  Every strided input arrives as a flat
+1-D buffer plus its geometry ``at = (offset, stride_b, stride_h, stride_row[,
+stride_key])`` in elements, so one compiled specialisation per dtype serves every
+layout (contiguous, transposed, broadcast, negative strides).
+
+Each task packs its query rows (all heads of a kv group, pre-scaled) into a
+contiguous tile, then for every kv block takes the keys and values (a view when
+their rows are contiguous, a packed copy otherwise) and forms the scores with one
+BLAS call, key-major: ``st = K Qᵀ`` of
 shape ``(keys, rows)``.  In that layout the per-row max, rescale and sum of the
 online softmax are element-wise operations along contiguous rows of ``st``, which
 LLVM vectorises without fast-math (a reduction along a row would need reassociation).
@@ -13,7 +19,6 @@ import math
 
 import numpy as np
 from numba import njit, prange
-from numba.extending import overload
 
 from .rowops import JIT, exp_shifted_rows
 
@@ -21,49 +26,50 @@ MASK_NONE, MASK_KEEP, MASK_ADD = 0, 1, 2
 
 
 @njit(parallel=True, **JIT)
-def run_tasks(q, k, v, mask, mask_kind, out, lse, part_out, part_lse, tasks, worker_starts,
-              group, block_k, band_lo, band_hi, scale,
+def run_tasks(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, lse, part_out,
+              part_lse, tasks, worker_starts, group, block_k, band_lo, band_hi, scale,
               q_tiles, k_tiles, v_tiles, score_tiles, pv_tiles, acc_tiles, row_stats,
               row_maxes, exp_bits):
     for worker in prange(len(worker_starts) - 1):
         for t in range(worker_starts[worker], worker_starts[worker + 1]):
-            _run_task(q, k, v, mask, mask_kind, out, lse, part_out, part_lse, tasks[t],
-                      group, block_k, band_lo, band_hi, scale,
+            _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, lse,
+                      part_out, part_lse, tasks[t], group, block_k, band_lo, band_hi, scale,
                       q_tiles[worker], k_tiles[worker], v_tiles[worker],
                       score_tiles[worker], pv_tiles[worker], acc_tiles[worker],
                       row_stats[worker], row_maxes[worker], exp_bits[worker])
 
 
 @njit(**JIT)
-def _run_task(q, k, v, mask, mask_kind, out, lse, part_out, part_lse, task,
-              group, block_k, band_lo, band_hi, scale,
-              q_flat, k_flat, v_flat, s_flat, pv_flat, acc_flat, stats, max_flat, bits):
+def _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, lse, part_out,
+              part_lse, task, group, block_k, band_lo, band_hi, scale,
+              q_scratch, k_scratch, v_scratch, s_scratch, pv_scratch, acc_scratch, stats,
+              max_scratch, bits):
     b, kv_head, q0, q1, k0, k1, part = task
     n_q = q1 - q0
     rows = group * n_q
     head0 = kv_head * group
-    head_dim, value_dim = q.shape[3], v.shape[3]
-    q_tile = q_flat[:rows * head_dim].reshape(rows, head_dim)
-    acc = acc_flat[:rows * value_dim].reshape(rows, value_dim)
+    head_dim, value_dim = q_scratch.shape[1], acc_scratch.shape[1]
+    q_tile, acc = q_scratch[:rows], acc_scratch[:rows]
     running_max, running_sum, alpha = stats[0, :rows], stats[1, :rows], stats[2, :rows]
-    block_max = max_flat[:rows]
-    _pack_queries(q, b, head0, group, q0, n_q, scale, q_tile)
+    block_max = max_scratch[:rows]
+    _pack_queries(q, q_at, b, head0, group, q0, n_q, scale, q_tile)
     acc[:, :] = 0.0
     running_max[:] = -np.inf
     running_sum[:] = 0.0
 
     for j0 in range(k0, k1, block_k):
         n_k = min(block_k, k1 - j0)
-        if mask_kind == MASK_KEEP and not _block_has_keep(mask, b, head0, group, q0, n_q,
-                                                         j0, n_k, band_lo, band_hi):
+        if mask_kind == MASK_KEEP and not _block_has_keep(
+                mask, mask_at, b, head0, group, q0, n_q, j0, n_k, band_lo, band_hi):
             continue
-        k_tile = key_rows(k, b, kv_head, j0, n_k, k_flat)
-        v_tile = key_rows(v, b, kv_head, j0, n_k, v_flat)
-        st = s_flat[:n_k * rows].reshape(n_k, rows)
+        k_tile = _key_rows(k, k_at, b, kv_head, j0, n_k, head_dim, k_scratch)
+        v_tile = _key_rows(v, v_at, b, kv_head, j0, n_k, value_dim, v_scratch)
+        st = s_scratch[:n_k * rows].reshape(n_k, rows)
         np.dot(k_tile, q_tile.T, st)
-        _apply_limits(st, mask, mask_kind, b, head0, group, q0, n_q, j0, band_lo, band_hi)
+        _apply_limits(st, mask, mask_at, mask_kind, b, head0, group, q0, n_q, j0,
+                      band_lo, band_hi)
         _softmax_block(st, running_max, running_sum, block_max, alpha, bits)
-        pv = pv_flat[:rows * value_dim].reshape(rows, value_dim)
+        pv = pv_scratch[:rows]
         np.dot(st.T, v_tile, pv)
         _accumulate(acc, pv, alpha)
 
@@ -71,47 +77,55 @@ def _run_task(q, k, v, mask, mask_kind, out, lse, part_out, part_lse, task,
                 q0, n_q, part)
 
 
-def key_rows(x, b, head, j0, n_k, tile_flat):
-    """Rows ``j0:j0 + n_k`` of ``x[b, head]`` as a C-contiguous 2-D array for BLAS."""
-    raise NotImplementedError  # only callable from jitted code, through the overload
-
-
-@overload(key_rows, jit_options=JIT)
-def _key_rows_typed(x, b, head, j0, n_k, tile_flat):
-    if x.layout == "C":  # already contiguous: hand BLAS a view, copy nothing
-        return lambda x, b, head, j0, n_k, tile_flat: x[b, head, j0:j0 + n_k]
-
-    def packed(x, b, head, j0, n_k, tile_flat):
-        tile = tile_flat[:n_k * x.shape[3]].reshape(n_k, x.shape[3])
-        tile[:, :] = x[b, head, j0:j0 + n_k]
-        return tile
-    return packed
+@njit(**JIT)
+def _row_start(at, b, h, i):
+    """Flat index of element ``[b, h, i, 0]`` of the array described by ``at``."""
+    return at[0] + b * at[1] + h * at[2] + i * at[3]
 
 
 @njit(**JIT)
-def _pack_queries(q, b, head0, group, q0, n_q, scale, q_tile):
+def _key_rows(x, at, b, head, j0, n_k, width, scratch):
+    """Rows ``j0:j0 + n_k`` of ``x[b, head]`` as a C-contiguous ``(n_k, width)`` array.
+
+    A view when the rows are contiguous in memory (BLAS reads them in place);
+    otherwise a copy into ``scratch``.
+    """
+    start = _row_start(at, b, head, j0)
+    if at[3] == width:
+        return x[start:start + n_k * width].reshape(n_k, width)
+    tile = scratch[:n_k]
+    for j in range(n_k):
+        row = start + j * at[3]
+        tile[j, :] = x[row:row + width]
+    return tile
+
+
+@njit(**JIT)
+def _pack_queries(q, q_at, b, head0, group, q0, n_q, scale, q_tile):
+    width = q_tile.shape[1]
     for h in range(group):
         for i in range(n_q):
-            src = q[b, head0 + h, q0 + i]
+            start = _row_start(q_at, b, head0 + h, q0 + i)
             dst = q_tile[h * n_q + i]
-            for d in range(src.shape[0]):
-                dst[d] = src[d] * scale
+            for d in range(width):
+                dst[d] = q[start + d] * scale
 
 
 @njit(**JIT)
-def _block_has_keep(mask, b, head0, group, q0, n_q, j0, n_k, band_lo, band_hi):
+def _block_has_keep(mask, mask_at, b, head0, group, q0, n_q, j0, n_k, band_lo, band_hi):
     """Whether any (query, key) of this block is kept by both the bool mask and the band."""
     for h in range(group):
         for i in range(q0, q0 + n_q):
-            row = mask[b, head0 + h, i]
+            start = _row_start(mask_at, b, head0 + h, i)
             for j in range(max(j0, i + band_lo), min(j0 + n_k - 1, i + band_hi) + 1):
-                if row[j]:
+                if mask[start + j * mask_at[4]]:
                     return True
     return False
 
 
 @njit(**JIT)
-def _apply_limits(st, mask, mask_kind, b, head0, group, q0, n_q, j0, band_lo, band_hi):
+def _apply_limits(st, mask, mask_at, mask_kind, b, head0, group, q0, n_q, j0,
+                  band_lo, band_hi):
     """Scores outside the band or the bool mask become -inf; an additive mask is added."""
     n_k = st.shape[0]
     inside_band = j0 >= q0 + n_q - 1 + band_lo and j0 + n_k - 1 <= q0 + band_hi
@@ -125,13 +139,14 @@ def _apply_limits(st, mask, mask_kind, b, head0, group, q0, n_q, j0, band_lo, ba
         last = min(max(j - band_lo - q0 + 1, first), n_q)
         for h in range(group):
             r0 = h * n_q
-            if mask_kind == MASK_KEEP:
+            if mask_kind != MASK_NONE:
+                at = _row_start(mask_at, b, head0 + h, q0) + j * mask_at[4]
                 for i in range(n_q):
-                    if not mask[b, head0 + h, q0 + i, j]:
+                    value = mask[at + i * mask_at[3]]
+                    if mask_kind == MASK_ADD:
+                        scores[r0 + i] += value
+                    elif not value:
                         scores[r0 + i] = -np.inf
-            elif mask_kind == MASK_ADD:
-                for i in range(n_q):
-                    scores[r0 + i] += mask[b, head0 + h, q0 + i, j]
             scores[r0:r0 + first] = -np.inf
             scores[r0 + last:r0 + n_q] = -np.inf
 
