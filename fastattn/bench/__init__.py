@@ -1,0 +1,36 @@
+"""Benchmarks of fastattn: sweeps over the sequence length, reports, comparisons.
+
+Run ``fastattn bench`` (or ``python -m fastattn.bench``); see ``docs/benchmarks.md``.
+The pieces, one responsibility each:
+
+- :mod:`._workload` — inputs, runners (fastattn backends and torch), FLOP and
+  memory counts, the check against the naive reference;
+- :mod:`._memory` — peak memory of one call (tracemalloc and RSS);
+- :mod:`._point` — one measurement, in a fresh child process;
+- :mod:`._sweep` — plan the points, run the children, report progress;
+- :mod:`._machine` — CPU, versions and the NumPy matmul GFLOP/s ceiling;
+- :mod:`._results` — the versioned ``results.json``;
+- :mod:`._report` — ``report.md``; :mod:`._plots` — the PNGs (matplotlib);
+- :mod:`._compare` — ratios between two saved reports;
+- :mod:`._command` — the ``fastattn bench`` command line.
+
+Nothing heavy is imported here: matplotlib only when plots are drawn, torch only
+in the child processes that measure it.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "SweepConfig": "_sweep", "plan_points": "_sweep", "run_sweep": "_sweep",
+    "write_report": "_report", "load_results": "_results", "save_results": "_results",
+    "SCHEMA_VERSION": "_results", "compare_results": "_compare",
+    "format_comparison": "_compare",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    # Lazy, so that ``python -m fastattn.bench._point`` (the child) imports only itself.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,160 @@
+"""The ``fastattn bench`` command line: its options and what they run.
+
+``fastattn bench [options]`` runs a sweep and writes a report directory;
+``fastattn bench compare A B`` prints the ratios of two saved reports.
+"""
+
+import argparse
+import sys
+
+HELP = "measure time, throughput and memory vs sequence length; write a report"
+DESCRIPTION = """\
+Sweep the sequence length N over powers of two for every backend (naive, numba,
+cython when built, torch when installed), with and without a causal mask. Each
+point runs in a fresh process: median time after a warm-up, GFLOP/s, tokens/s and
+peak memory. Writes report.md, results.json and PNG plots to --out.
+`fastattn bench compare A B` compares two saved reports."""
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _size_list(text):
+    try:
+        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
+    return sizes
+
+
+def _name_list(text):
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_arguments(parser):
+    """Add the ``bench`` options (and its ``compare`` action) to ``parser``."""
+    from ._machine import default_memory_budget_gib
+
+    sweep = parser.add_argument_group("sweep")
+    sweep.add_argument("--quick", action="store_true",
+                       help="N = 128 ... 2048, 3 repeats, smaller ceiling matmul "
+                            "(about two minutes on two cores)")
+    sweep.add_argument("--sizes", type=_size_list, metavar="N,N,...",
+                       help="exact sequence lengths (default 128 ... 16384 by powers of two)")
+    sweep.add_argument("--max-n", type=_positive_int, metavar="N",
+                       help="largest N of the geometric sweep from 128")
+    sweep.add_argument("--backends", type=_name_list, metavar="NAME,...",
+                       help="backends to run (default: every available one and torch if "
+                            "installed)")
+    sweep.add_argument("--causal", choices=("both", "yes", "no"), default="both",
+                       help="run with a causal mask, without, or both (default both)")
+    sweep.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    sweep.add_argument("--batch", type=_positive_int, default=1)
+    sweep.add_argument("--heads", type=_positive_int, default=8)
+    sweep.add_argument("--head-dim", type=_positive_int, default=64)
+    sweep.add_argument("--threads", type=_positive_int,
+                       help="threads for every backend (default: all available cores)")
+    sweep.add_argument("--repeats", type=_positive_int,
+                       help="timed calls per point after the warm-up (default 5, quick 3)")
+    sweep.add_argument("--time-budget", type=float, metavar="SECONDS",
+                       help="stop timing a point after this long (default 20, quick 3)")
+    sweep.add_argument("--memory-budget", type=float, metavar="GIB",
+                       default=default_memory_budget_gib(),
+                       help="skip naive where its score matrices need more "
+                            "(default 25%% of RAM: %(default)s)")
+    sweep.add_argument("--ceiling-size", type=int, metavar="M",
+                       help="size of the NumPy matmul measuring the GFLOP/s ceiling "
+                            "(default 4096, quick 2048; 0 to skip)")
+    sweep.add_argument("--point-timeout", type=float, default=1800.0, metavar="SECONDS",
+                       help="stop a point's process after this long (default %(default)s)")
+    sweep.add_argument("--no-check", action="store_true",
+                       help="do not compare results with the naive reference")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", default="bench-report", metavar="DIR",
+                        help="report directory (default %(default)s)")
+    output.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+    output.add_argument("--quiet", action="store_true", help="print no progress")
+
+    actions = parser.add_subparsers(dest="action", metavar="compare", title="actions",
+                                    description="without one, run the sweep")
+    compare = actions.add_parser(
+        "compare", help="per-point ratios of two saved reports",
+        description="Print time and GFLOP/s ratios (B over A) of two saved reports, "
+                    "matched by backend, mask, N, dtype and shape.")
+    compare.add_argument("a", metavar="A", help="baseline report directory or results.json")
+    compare.add_argument("b", metavar="B", help="new report directory or results.json")
+    compare.add_argument("--max-slowdown", type=float, metavar="PERCENT",
+                         help="exit with status 1 when a point of B is more than PERCENT "
+                              "%% slower than in A")
+
+
+def config_from_args(args):
+    """Turn parsed options into a :class:`~fastattn.bench._sweep.SweepConfig`."""
+    from .._config import available_cores
+    from ._sweep import FULL_SIZES, QUICK_SIZES, SweepConfig, geometric_sizes
+    from ._workload import benchmark_backends
+
+    if args.sizes:
+        sizes = args.sizes
+    elif args.max_n:
+        sizes = geometric_sizes(min(128, args.max_n), args.max_n)
+    else:
+        sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    causal = {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]
+
+    def pick(value, quick, full):
+        return value if value is not None else (quick if args.quick else full)
+
+    return SweepConfig(
+        sizes=tuple(sizes), backends=tuple(benchmark_backends(args.backends)),
+        threads=args.threads or available_cores(), memory_budget_gib=args.memory_budget,
+        causal=causal, dtype=args.dtype, batch=args.batch, heads=args.heads,
+        head_dim=args.head_dim, repeats=pick(args.repeats, 3, 5),
+        time_budget_s=pick(args.time_budget, 3.0, 20.0),
+        ceiling_size=pick(args.ceiling_size, 2048, 4096), check=not args.no_check,
+        point_timeout_s=args.point_timeout, extra={"quick": args.quick})
+
+
+def run(args):
+    """Run the action ``args`` asks for; return the exit status."""
+    if args.action == "compare":
+        return _run_compare(args)
+    from ._report import write_report
+    from ._sweep import run_sweep
+
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        print(f"fastattn bench: {error}", file=sys.stderr)
+        return 2
+    results = run_sweep(config, progress=not args.quiet,
+                        command=["fastattn"] + list(getattr(args, "argv", None) or ["bench"]))
+    written = write_report(results, args.out, plots=not args.no_plots)
+    if not args.quiet:
+        print("wrote " + ", ".join(str(path) for path in written))
+    failed = [p for p in results["points"] if p["status"] == "failed"]
+    return 1 if failed else 0
+
+
+def _run_compare(args):
+    from ._compare import compare_results, format_comparison, regressions
+
+    try:
+        comparison = compare_results(args.a, args.b)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"fastattn bench compare: {error}", file=sys.stderr)
+        return 2
+    print(format_comparison(comparison, args.a, args.b))
+    if args.max_slowdown is not None:
+        slower = regressions(comparison, 1 + args.max_slowdown / 100)
+        if slower:
+            print(f"\n{len(slower)} point(s) more than {args.max_slowdown:g}% slower in B",
+                  file=sys.stderr)
+            return 1
+    return 0

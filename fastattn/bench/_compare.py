@@ -1,0 +1,108 @@
+"""``fastattn bench compare A B``: per-point ratios of two saved reports."""
+
+from ._results import KEY_FIELDS, load_results, point_key
+
+
+def compare_results(a, b):
+    """Align the points of two sweeps and compute their ratios.
+
+    Points are matched on :data:`~fastattn.bench._results.KEY_FIELDS` (backend,
+    causal, N, dtype, batch, heads, head_dim).
+
+    Parameters
+    ----------
+    a, b : dict or str or Path
+        Results, or report directories / ``results.json`` paths to load.
+
+    Returns
+    -------
+    dict
+        ``rows``: one dict per point measured in both, with the key fields,
+        ``a_ms``, ``b_ms``, ``time_ratio`` (B time / A time: above 1 means B is
+        slower), ``a_gflops``, ``b_gflops``, ``gflops_ratio`` (B / A) and the
+        thread counts; ``only_a`` and ``only_b``: keys of points that ran in
+        just one of them.
+
+    Examples
+    --------
+    >>> def sweep(ms):
+    ...     point = dict(backend="numba", causal=False, n=64, dtype="float32", batch=1,
+    ...                  heads=1, head_dim=8, threads=1, status="ok",
+    ...                  median_s=ms / 1e3, gflops=1 / ms)
+    ...     return {"points": [point]}
+    >>> compare_results(sweep(2.0), sweep(3.0))["rows"][0]["time_ratio"]
+    1.5
+    """
+    a = a if isinstance(a, dict) else load_results(a)
+    b = b if isinstance(b, dict) else load_results(b)
+    ran_a = {point_key(p): p for p in a["points"] if p["status"] == "ok"}
+    ran_b = {point_key(p): p for p in b["points"] if p["status"] == "ok"}
+    rows = []
+    for key in sorted(set(ran_a) & set(ran_b), key=_sort_key):
+        pa, pb = ran_a[key], ran_b[key]
+        rows.append({**dict(zip(KEY_FIELDS, key)),
+                     "a_ms": pa["median_s"] * 1e3, "b_ms": pb["median_s"] * 1e3,
+                     "time_ratio": pb["median_s"] / pa["median_s"],
+                     "a_gflops": pa["gflops"], "b_gflops": pb["gflops"],
+                     "gflops_ratio": pb["gflops"] / pa["gflops"],
+                     "a_threads": pa.get("threads"), "b_threads": pb.get("threads")})
+    return {"rows": rows,
+            "only_a": sorted(set(ran_a) - set(ran_b), key=_sort_key),
+            "only_b": sorted(set(ran_b) - set(ran_a), key=_sort_key)}
+
+
+def _sort_key(key):
+    fields = dict(zip(KEY_FIELDS, key))
+    return (fields["dtype"], fields["batch"], fields["heads"], fields["head_dim"],
+            fields["causal"], fields["backend"], fields["n"])
+
+
+def format_comparison(comparison, label_a="A", label_b="B"):
+    """A plain-text table of :func:`compare_results`'s rows.
+
+    Parameters
+    ----------
+    comparison : dict
+    label_a, label_b : str
+        What A and B are (paths), printed above the table.
+
+    Returns
+    -------
+    str
+    """
+    header = (f"{'backend':<8} {'mask':<6} {'N':>6} {'dtype':<8} {'B,H,D':<10} "
+              f"{'A ms':>11} {'B ms':>11} {'time B/A':>9} "
+              f"{'A GF/s':>9} {'B GF/s':>9} {'GF/s B/A':>9}")
+    lines = [f"A = {label_a}", f"B = {label_b}", "", header, "-" * len(header)]
+    for row in comparison["rows"]:
+        shape = f"{row['batch']},{row['heads']},{row['head_dim']}"
+        threads = ("" if row["a_threads"] == row["b_threads"]
+                   else f"  (threads {row['a_threads']} vs {row['b_threads']})")
+        lines.append(f"{row['backend']:<8} {'causal' if row['causal'] else 'full':<6} "
+                     f"{row['n']:>6} {row['dtype']:<8} {shape:<10} {row['a_ms']:>11.3f} "
+                     f"{row['b_ms']:>11.3f} {row['time_ratio']:>8.3f}x "
+                     f"{row['a_gflops']:>9.2f} {row['b_gflops']:>9.2f} "
+                     f"{row['gflops_ratio']:>8.3f}x{threads}")
+    if not comparison["rows"]:
+        lines.append("(no point was measured in both reports)")
+    for name, keys in (("A", comparison["only_a"]), ("B", comparison["only_b"])):
+        if keys:
+            lines.append(f"\nmeasured only in {name}: "
+                         + ", ".join(f"{k[0]} {'causal' if k[1] else 'full'} N={k[2]} {k[3]}"
+                                     for k in keys))
+    return "\n".join(lines)
+
+
+def regressions(comparison, max_time_ratio):
+    """Rows whose time grew by more than ``max_time_ratio`` (e.g. 1.10 for 10 %).
+
+    Parameters
+    ----------
+    comparison : dict
+    max_time_ratio : float
+
+    Returns
+    -------
+    list of dict
+    """
+    return [row for row in comparison["rows"] if row["time_ratio"] > max_time_ratio]

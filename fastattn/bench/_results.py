@@ -1,0 +1,91 @@
+"""``results.json``: the machine-readable record of a sweep, its schema and its loading.
+
+The file is one JSON object::
+
+    {"schema": "fastattn-bench", "schema_version": 1, "created": ISO-8601 time,
+     "command": [...], "machine": {...}, "settings": {...}, "ceiling": {...} | null,
+     "points": [{"backend", "causal", "n", "dtype", "batch", "heads", "head_dim",
+                 "threads", "status": "ok" | "skipped" | "failed", "reason",
+                 "median_s", "min_s", "times_s", "gflops", "tokens_per_s", "flops",
+                 "traced_bytes", "rss_bytes", "rss_method", "peak_bytes",
+                 "naive_bytes_needed", "max_abs_err"}, ...]}
+
+``peak_bytes`` is the larger of the RSS rise and the tracemalloc peak of one call.
+Measurements are None for points that were skipped or failed.  A reader accepts
+any ``schema_version`` up to :data:`SCHEMA_VERSION`; fields may be added without
+raising the version, never renamed or given another meaning.
+"""
+
+import json
+from pathlib import Path
+
+SCHEMA = "fastattn-bench"
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+
+KEY_FIELDS = ("backend", "causal", "n", "dtype", "batch", "heads", "head_dim")
+"""What identifies a point across two reports (the thread count is compared, not matched)."""
+
+
+def point_key(point):
+    """The tuple of :data:`KEY_FIELDS` of ``point``, used to align two reports."""
+    return tuple(point[field] for field in KEY_FIELDS)
+
+
+def save_results(results, directory):
+    """Write ``results`` to ``directory/results.json``; return the path.
+
+    Parameters
+    ----------
+    results : dict
+    directory : str or Path
+        Created when missing.
+
+    Returns
+    -------
+    Path
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / RESULTS_FILE
+    path.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+    return path
+
+
+def load_results(path):
+    """Read a saved sweep from a report directory or a ``results.json`` path.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no results file there.
+    ValueError
+        When the file is not a fastattn benchmark, or its schema is newer than
+        this version of fastattn understands.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no benchmark results at {path} "
+                                f"(give a report directory or its {RESULTS_FILE})")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(results, dict) or results.get("schema") != SCHEMA:
+        raise ValueError(f"{path} is not a fastattn benchmark report "
+                         f"(expected \"schema\": \"{SCHEMA}\")")
+    version = results.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ValueError(f"{path} has schema_version {version!r}; this fastattn reads "
+                         f"versions up to {SCHEMA_VERSION}: upgrade fastattn")
+    return results

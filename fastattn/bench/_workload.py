@@ -1,0 +1,241 @@
+"""What a benchmark measures: the inputs, the runners, the work counted and the check.
+
+Shared by the ``fastattn bench`` sweep (in its child processes) and the
+pytest-benchmark suites in ``bench/``, so both count FLOPs and memory the same way.
+"""
+
+import importlib.util
+from dataclasses import dataclass
+
+import numpy as np
+
+NAIVE_TEMPORARIES = 4
+"""Score-sized float64 arrays the naive reference can hold at once (a conservative count).
+
+It builds the scores, a scaled copy, a masked copy, ``scores - max`` and the
+exponentials; at its peak three or four of them are alive together.
+"""
+
+CHECK_ROWS = 64
+"""Query rows compared with the naive reference when the full problem is too big for it."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One attention problem: ``q (batch, heads, q_len, head_dim)``, k/v with ``kv_heads``."""
+
+    batch: int
+    heads: int
+    q_len: int
+    k_len: int
+    head_dim: int
+    kv_heads: int = None
+    causal: bool = False
+    dtype: str = "float32"
+
+    @property
+    def n_kv_heads(self):
+        return self.heads if self.kv_heads is None else self.kv_heads
+
+
+def attention_flops(shape):
+    """FLOPs of one attention call: ``4 * B * H * Lq * Lk * D``, halved when causal.
+
+    Two matrix products (``q kᵀ`` and ``p v``), a multiply and an add each; the
+    softmax is not counted.  A causal mask removes about half of the products.
+
+    Parameters
+    ----------
+    shape : Shape
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> attention_flops(Shape(1, 8, 1024, 1024, 64))
+    2147483648.0
+    >>> attention_flops(Shape(1, 8, 1024, 1024, 64, causal=True))
+    1073741824.0
+    """
+    flops = 4.0 * shape.batch * shape.heads * shape.q_len * shape.k_len * shape.head_dim
+    return flops / 2 if shape.causal else flops
+
+
+def naive_bytes_needed(shape):
+    """Bytes the naive reference needs for its score-sized float64 temporaries.
+
+    Parameters
+    ----------
+    shape : Shape
+
+    Returns
+    -------
+    int
+        ``NAIVE_TEMPORARIES * B * H * Lq * Lk * 8``.
+
+    Examples
+    --------
+    >>> naive_bytes_needed(Shape(1, 8, 1024, 1024, 64)) / 2**30
+    0.25
+    """
+    return NAIVE_TEMPORARIES * shape.batch * shape.heads * shape.q_len * shape.k_len * 8
+
+
+def make_inputs(shape, seed=0):
+    """Standard-normal ``q, k, v`` arrays for ``shape``, C-contiguous, in its dtype.
+
+    Parameters
+    ----------
+    shape : Shape
+    seed : int, default 0
+
+    Returns
+    -------
+    q, k, v : ndarray
+        ``(B, H, Lq, D)``, ``(B, Hkv, Lk, D)`` and ``(B, Hkv, Lk, D)``.
+
+    Examples
+    --------
+    >>> q, k, v = make_inputs(Shape(1, 4, 3, 5, 8, kv_heads=2))
+    >>> q.shape, k.shape, q.dtype
+    ((1, 4, 3, 8), (1, 2, 5, 8), dtype('float32'))
+    """
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(shape.dtype)
+
+    def draw(heads, length):
+        return rng.standard_normal((shape.batch, heads, length, shape.head_dim), dtype=dtype)
+
+    return draw(shape.heads, shape.q_len), draw(shape.n_kv_heads, shape.k_len), \
+        draw(shape.n_kv_heads, shape.k_len)
+
+
+def torch_available():
+    """True when ``torch`` can be imported (without importing it)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def benchmark_backends(requested=None):
+    """The backends a benchmark can run: fastattn's available ones, then ``"torch"``.
+
+    Parameters
+    ----------
+    requested : sequence of str, optional
+        Keep only these (in this order); unknown or unavailable names raise.
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> "naive" in benchmark_backends()
+    True
+    """
+    from fastattn._backends import all_backends
+
+    known = {b.name: b for b in all_backends()}
+    found = [name for name, b in known.items() if b.available]
+    if torch_available():
+        found.append("torch")
+    if requested is None:
+        return found
+    missing = [name for name in requested if name not in found]
+    if missing:
+        reasons = [f"{name}: {known[name].reason}" if name in known else
+                   f"{name}: {'torch is not installed' if name == 'torch' else 'unknown backend'}"
+                   for name in missing]
+        raise ValueError(f"cannot benchmark {', '.join(reasons)}; available: {found}")
+    return list(requested)
+
+
+def make_runner(backend, q, k, v, causal=False, threads=None):
+    """A no-argument callable computing attention of ``q, k, v`` with ``backend``.
+
+    ``"torch"`` runs ``torch.nn.functional.scaled_dot_product_attention`` on
+    tensors sharing memory with the arrays (grouped-query heads with
+    ``enable_gqa``); the others call :func:`fastattn.attention`.  The callable
+    returns a NumPy array.
+
+    Parameters
+    ----------
+    backend : str
+    q, k, v : ndarray
+    causal : bool, default False
+    threads : int, optional
+        Threads for the compiled kernels (and torch's intra-op pool).
+
+    Returns
+    -------
+    callable
+
+    Examples
+    --------
+    >>> q, k, v = make_inputs(Shape(1, 2, 4, 4, 8))
+    >>> make_runner("naive", q, k, v)().shape
+    (1, 2, 4, 8)
+    """
+    if backend == "torch":
+        return _torch_runner(q, k, v, causal, threads)
+    import fastattn
+
+    def run():
+        if threads is None:
+            return fastattn.attention(q, k, v, causal=causal, backend=backend)
+        with fastattn.config_context(num_threads=threads):
+            return fastattn.attention(q, k, v, causal=causal, backend=backend)
+
+    return run
+
+
+def _torch_runner(q, k, v, causal, threads):
+    import torch
+    from torch.nn.functional import scaled_dot_product_attention
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
+    gqa = q.shape[1] != k.shape[1]
+
+    def run():
+        with torch.inference_mode():
+            return scaled_dot_product_attention(tq, tk, tv, is_causal=causal,
+                                                enable_gqa=gqa).numpy()
+
+    return run
+
+
+def check_against_naive(result, q, k, v, causal, full=True):
+    """Assert ``result`` matches the naive float64 reference; return the max abs error.
+
+    Parameters
+    ----------
+    result : ndarray, shape (B, H, Lq, Dv)
+    q, k, v : ndarray
+    causal : bool
+    full : bool, default True
+        Compare every row; otherwise only the first :data:`CHECK_ROWS` query
+        rows (exact for causal attention too, whose mask is aligned top-left).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    AssertionError
+        When an element differs by more than the dtype's tolerance.
+    """
+    import fastattn
+
+    rows = slice(None) if full else slice(0, CHECK_ROWS)
+    expected = fastattn.attention(q[..., rows, :], k, v, causal=causal, backend="naive")
+    got = np.asarray(result)[..., rows, :]
+    tolerance = 2e-4 if np.dtype(q.dtype) == np.float32 else 1e-9
+    error = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.size else 0.0
+    if not error <= tolerance:
+        raise AssertionError(f"result differs from the naive reference by {error:.3g} "
+                             f"(tolerance {tolerance:g})")
+    return error
