@@ -31,7 +31,9 @@ def show_config(file=None):
     """
     file = file or sys.stdout
     settings = get_config()
-    lines = [f"fastattn {_version('fastattn')}",
+    from . import __version__
+
+    lines = [f"fastattn {__version__}",
              f"python   {platform.python_version()} ({platform.machine()})"]
     lines += [f"{name:<8} {_version(name)}"
               for name in ("numpy", "scipy", "numba", "threadpoolctl", "torch")]

@@ -68,11 +68,11 @@ def describe(name, array):
 
 def validate(q, k, v, mask=None, causal=False, window=None, scale=None):
     """Return the :class:`AttentionProblem` for these arguments, or raise."""
-    q, k, v = (_as_float_array(name, x) for name, x in (("q", q), ("k", k), ("v", v)))
-    squeeze_heads = q.ndim == 2 and k.ndim == 2 and v.ndim == 2
-    q, k, v = (_with_head_axis(x) for x in (q, k, v))
-    _check_shapes(q, k, v)
-    batch_shape = _broadcast_batch(q, k, v)
+    given = [_as_float_array(name, x) for name, x in (("q", q), ("k", k), ("v", v))]
+    squeeze_heads = all(x.ndim == 2 for x in given)
+    q, k, v = (_with_head_axis(x) for x in given)
+    _check_shapes(q, k, v, given)
+    batch_shape = _broadcast_batch(q, k, v, given)
 
     result_dtype = np.result_type(q.dtype, k.dtype, v.dtype)
     compute_dtype = np.dtype(np.float32) if result_dtype == np.float16 else result_dtype
@@ -112,28 +112,28 @@ def _with_head_axis(array):
     return array[None] if array.ndim == 2 else array
 
 
-def _check_shapes(q, k, v):
+def _check_shapes(q, k, v, given):
+    """Check the (head-axis) arrays ``q, k, v``; messages show the caller's ``given`` arrays."""
+    shown_q, shown_k, shown_v = (describe(n, x) for n, x in zip("qkv", given))
     if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must have the same feature size D: "
-                         f"{describe('q', q)}, {describe('k', k)}")
+        raise ValueError(f"q and k must have the same feature size D: {shown_q}, {shown_k}")
     if k.shape[-3:-1] != v.shape[-3:-1]:
         raise ValueError(f"k and v must have the same heads and length (Hk, Lk): "
-                         f"{describe('k', k)}, {describe('v', v)}")
+                         f"{shown_k}, {shown_v}")
     if q.shape[-1] == 0:
-        raise ValueError(f"{describe('q', q)}: the feature size D must be at least 1")
+        raise ValueError(f"{shown_q}: the feature size D must be at least 1")
     heads, kv_heads = q.shape[-3], k.shape[-3]
     if kv_heads == 0 or heads % kv_heads:
         raise ValueError(f"the kv heads Hk={kv_heads} must divide the query heads "
-                         f"Hq={heads} (grouped-query attention): {describe('q', q)}, "
-                         f"{describe('k', k)}")
+                         f"Hq={heads} (grouped-query attention): {shown_q}, {shown_k}")
 
 
-def _broadcast_batch(q, k, v):
+def _broadcast_batch(q, k, v, given):
     try:
         return np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
     except ValueError:
-        raise ValueError(f"the leading (batch) axes of q, k and v do not broadcast: "
-                         f"{describe('q', q)}, {describe('k', k)}, {describe('v', v)}"
+        shown = ", ".join(describe(n, x) for n, x in zip("qkv", given))
+        raise ValueError(f"the leading (batch) axes of q, k and v do not broadcast: {shown}"
                          ) from None
 
 
@@ -212,11 +212,15 @@ def _prepare_mask(mask, scores_shape, compute_dtype):
                          f"shape (..., Hq, Lq, Lk) = {scores_shape}") from None
     if kind == "b":
         return np.broadcast_to(mask.view(np.uint8), scores_shape), True
-    mask = mask.astype(compute_dtype, copy=False)
     if np.isnan(mask).any() or np.isposinf(mask).any():
         raise ValueError(f"{describe('mask', mask)}: an additive mask may hold finite "
                          f"values and -inf, not NaN or +inf")
-    return np.broadcast_to(mask, scores_shape), False
+    with np.errstate(over="ignore"):  # large negative values may become -inf: still masked
+        cast = mask.astype(compute_dtype, copy=False)
+    if np.isposinf(cast).any():
+        raise ValueError(f"{describe('mask', mask)}: values exceed the range of the compute "
+                         f"dtype {compute_dtype}")
+    return np.broadcast_to(cast, scores_shape), False
 
 
 def check_out(out, problem):
