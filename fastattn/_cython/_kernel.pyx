@@ -1,0 +1,432 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""The tiled attention kernel in Cython: OpenMP ``prange`` over the plan's workers.
+
+See :mod:`fastattn._plan` for the contract; this mirrors :mod:`fastattn._numba.kernel`.
+Each task packs its query rows (all heads of a kv group, pre-scaled) into a tile,
+then for every kv block forms the scores, applies the band and the mask, updates
+the running max and sum, and adds ``P @ V`` to the accumulator, rescaling it only
+when a row's max grew.  Rows are normalised once, at the end.
+
+The block products and the softmax are the register-blocked C kernels of
+``_tiles.h``, which keep every tile transposed (query rows along the contiguous
+axis): keys and values are then read in place, whatever their row stride, and the
+row-wise softmax becomes element-wise vector work.  Arrays are reached through
+their data pointer and byte strides (negative and zero included), so read-only
+and broadcast views need no copy.  All indexing is 64-bit.
+"""
+
+cimport numpy as cnp
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.math cimport INFINITY, log
+from libc.stdint cimport int64_t, uint8_t, uintptr_t
+
+cnp.import_array()
+
+__all__ = ["run_plan"]
+
+ctypedef fused real:
+    float
+    double
+
+cdef extern from "_tiles.h" nogil:
+    # See _tiles.h: tiles are transposed, query rows along the contiguous axis.
+    enum: FA_ROW_PAD
+    void fa_scores_t_f32(Py_ssize_t n_k, Py_ssize_t dim, const char *keys,
+                         Py_ssize_t key_stride, const float *qt, Py_ssize_t rows,
+                         Py_ssize_t rp, float *st)
+    void fa_scores_t_f64(Py_ssize_t n_k, Py_ssize_t dim, const char *keys,
+                         Py_ssize_t key_stride, const double *qt, Py_ssize_t rows,
+                         Py_ssize_t rp, double *st)
+    void fa_accumulate_t_f32(Py_ssize_t n_k, Py_ssize_t value_dim, const char *values,
+                             Py_ssize_t value_stride, const float *st, Py_ssize_t rows,
+                             Py_ssize_t rp, float *acct)
+    void fa_accumulate_t_f64(Py_ssize_t n_k, Py_ssize_t value_dim, const char *values,
+                             Py_ssize_t value_stride, const double *st, Py_ssize_t rows,
+                             Py_ssize_t rp, double *acct)
+    bint fa_softmax_t_f32(float *st, Py_ssize_t n_k, Py_ssize_t rp, float *m, double *l,
+                          float *shift, float *alpha, double *block_sum)
+    bint fa_softmax_t_f64(double *st, Py_ssize_t n_k, Py_ssize_t rp, double *m, double *l,
+                          double *shift, double *alpha, double *block_sum)
+    void fa_rescale_t_f32(float *acct, Py_ssize_t value_dim, Py_ssize_t rp,
+                          const float *alpha)
+    void fa_rescale_t_f64(double *acct, Py_ssize_t value_dim, Py_ssize_t rp,
+                          const double *alpha)
+
+cdef enum:
+    MASK_NONE = 0
+    MASK_KEEP = 1
+    MASK_ADD = 2
+    ALIGN_BYTES = 64  # tiles start on cache-line boundaries
+
+
+cdef struct View:
+    # An array as its data pointer and byte strides (up to 4 axes).
+    char *data
+    Py_ssize_t stride[4]
+
+
+cdef struct Problem:
+    # Everything a task reads besides its own row of the task table.
+    View q, k, v, out, lse, mask, part_out, part_lse
+    int mask_kind
+    Py_ssize_t group, block_k, head_dim, value_dim
+    int64_t band_lo, band_hi
+    double scale
+    bint pack_keys, pack_values  # last axis not contiguous: copy rows first
+    # A worker's scratch row, in elements of the compute dtype (rp = max rows padded):
+    # qt (head_dim x rp) | st (block_k x rp) | acct (value_dim x rp) | m | shift | alpha
+    # | packed keys | packed values;  and in its float64 row: l | block_sum.
+    Py_ssize_t rp, at_st, at_acc, at_m, at_shift, at_alpha, at_k, at_v, tile_size
+
+
+# ---------------------------------------------------------------------------
+# Python entry point
+
+def run_plan(plan, q, k, v, mask, mask_is_bool, out, lse, part_out, part_lse, scale):
+    """Run a tiling plan over 4-D views; writes ``out`` and ``lse`` in place.
+
+    Parameters
+    ----------
+    plan : fastattn._plan.TilingPlan
+        Task table, worker split, block sizes and band (see :mod:`fastattn._plan`).
+    q, k, v : numpy.ndarray
+        ``(B, Hq, Lq, D)``, ``(B, Hk, Lk, D)``, ``(B, Hk, Lk, Dv)`` in the compute
+        dtype (float32 or float64), any strides.
+    mask : numpy.ndarray or None
+        ``(B, Hq, Lq, Lk)`` view, uint8 (1 = keep) or additive in the compute dtype.
+    mask_is_bool : bool
+        Whether ``mask`` is a keep mask rather than an additive one.
+    out, lse : numpy.ndarray
+        ``(B, Hq, Lq, Dv)`` and ``(B, Hq, Lq)`` outputs, written in place.
+    part_out, part_lse : numpy.ndarray
+        ``(n_parts, max_rows, Dv)`` and ``(n_parts, max_rows)`` partial results of
+        split-KV tasks, merged afterwards by the caller.
+    scale : float
+        Factor applied to the scores (folded into the queries).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastattn._plan import make_plan
+    >>> q = np.ones((1, 1, 3, 4), np.float32)
+    >>> out, lse = np.empty((1, 1, 3, 4), np.float32), np.empty((1, 1, 3), np.float32)
+    >>> plan = make_plan(1, 1, 1, 3, 3, (-2**62, 2**62), 1)
+    >>> parts = np.empty((0, 3, 4), np.float32), np.empty((0, 3), np.float32)
+    >>> run_plan(plan, q, q, q, None, False, out, lse, *parts, 0.5)
+    >>> float(out[0, 0, 0, 0])
+    1.0
+    """
+    dtype = q.dtype
+    if dtype != np.float32 and dtype != np.float64:
+        raise TypeError(f"the Cython kernel computes in float32 or float64, not {dtype}")
+    cdef Problem problem = _describe(plan, q, k, v, mask, mask_is_bool, out, lse,
+                                     part_out, part_lse, scale)
+    cdef cnp.ndarray tasks = np.ascontiguousarray(plan.tasks, dtype=np.int64)
+    cdef cnp.ndarray starts = np.ascontiguousarray(plan.worker_starts, dtype=np.int64)
+    cdef Py_ssize_t n_workers = starts.shape[0] - 1
+    # Per-worker scratch, allocated once per call (as NumPy arrays, so that memory
+    # tracing sees it) and indexed by worker, never by thread id.
+    cdef cnp.ndarray tiles = np.empty(n_workers * problem.tile_size * dtype.itemsize
+                                      + ALIGN_BYTES, dtype=np.uint8)
+    cdef cnp.ndarray states = np.empty((n_workers, 2 * problem.rp), dtype=np.float64)
+    cdef char *tile_ptr = _aligned(<char *> cnp.PyArray_DATA(tiles))
+    cdef const int64_t *task_ptr = <const int64_t *> cnp.PyArray_DATA(tasks)
+    cdef const int64_t *start_ptr = <const int64_t *> cnp.PyArray_DATA(starts)
+    cdef double *state_ptr = <double *> cnp.PyArray_DATA(states)
+    if dtype == np.float32:
+        _run_workers(&problem, task_ptr, start_ptr, n_workers, <float *> tile_ptr, state_ptr)
+    else:
+        _run_workers(&problem, task_ptr, start_ptr, n_workers, <double *> tile_ptr,
+                     state_ptr)
+
+
+cdef char *_aligned(char *pointer):
+    return pointer + (-<uintptr_t> pointer) % ALIGN_BYTES
+
+
+cdef View _view(array):
+    """Data pointer and byte strides of an ndarray (of up to 4 axes)."""
+    cdef View view
+    cdef cnp.ndarray a = <cnp.ndarray> array
+    cdef int axis
+    view.data = <char *> cnp.PyArray_DATA(a)
+    for axis in range(4):
+        view.stride[axis] = a.strides[axis] if axis < a.ndim else 0
+    return view
+
+
+cdef inline Py_ssize_t _padded(Py_ssize_t n, Py_ssize_t multiple) noexcept nogil:
+    return (n + multiple - 1) // multiple * multiple
+
+
+cdef bint _needs_packing(array):
+    """Whether the rows of a 4-D array are not contiguous (the kernels read them in place)."""
+    return array.shape[3] > 1 and array.strides[3] != array.itemsize
+
+
+cdef Problem _describe(plan, q, k, v, mask, mask_is_bool, out, lse, part_out, part_lse,
+                       double scale):
+    """Gather pointers, strides, sizes and the scratch layout of one call."""
+    cdef Problem p
+    cdef Py_ssize_t align = ALIGN_BYTES // q.itemsize
+    p.q, p.k, p.v, p.out, p.lse = _view(q), _view(k), _view(v), _view(out), _view(lse)
+    p.part_out, p.part_lse = _view(part_out), _view(part_lse)
+    if mask is None:
+        p.mask_kind = MASK_NONE
+        p.mask.data = NULL
+    else:
+        p.mask_kind = MASK_KEEP if mask_is_bool else MASK_ADD
+        p.mask = _view(mask)
+    p.group, p.block_k = plan.group, plan.block_k
+    p.head_dim, p.value_dim = q.shape[3], v.shape[3]
+    p.band_lo, p.band_hi = plan.band_lo, plan.band_hi
+    p.scale = scale
+    p.pack_keys, p.pack_values = _needs_packing(k), _needs_packing(v)
+    p.rp = _padded(plan.max_rows, FA_ROW_PAD)
+    p.at_st = _padded(p.head_dim * p.rp, align)
+    p.at_acc = p.at_st + _padded(p.block_k * p.rp, align)
+    p.at_m = p.at_acc + _padded(p.value_dim * p.rp, align)
+    p.at_shift = p.at_m + p.rp
+    p.at_alpha = p.at_shift + p.rp
+    p.at_k = p.at_alpha + _padded(p.rp, align)
+    p.at_v = p.at_k + (_padded(p.block_k * p.head_dim, align) if p.pack_keys else 0)
+    p.tile_size = p.at_v + (_padded(p.block_k * p.value_dim, align) if p.pack_values else 0)
+    return p
+
+
+# ---------------------------------------------------------------------------
+# Parallel driver and one task
+
+cdef void _run_workers(const Problem *p, const int64_t *tasks, const int64_t *starts,
+                       Py_ssize_t n_workers, real *tiles, double *states) noexcept nogil:
+    cdef Py_ssize_t w
+    cdef int64_t t
+    for w in prange(n_workers, nogil=True, num_threads=n_workers, schedule="static",
+                    chunksize=1):
+        for t in range(starts[w], starts[w + 1]):
+            _run_task(p, tasks + 7 * t, tiles + w * p.tile_size, states + w * 2 * p.rp)
+
+
+cdef void _run_task(const Problem *p, const int64_t *task, real *tile,
+                    double *state) noexcept nogil:
+    cdef int64_t b = task[0], kv_head = task[1], q0 = task[2], q1 = task[3]
+    cdef int64_t k1 = task[5], part = task[6], j0 = task[4]
+    cdef Py_ssize_t n_q = q1 - q0, n_k, r
+    cdef Py_ssize_t rp = _padded(p.group * n_q, FA_ROW_PAD)  # this task's row pitch
+    cdef real *m = tile + p.at_m
+
+    _pack_queries(p, b, kv_head * p.group, q0, n_q, rp, tile)
+    for r in range(p.value_dim * rp):
+        tile[p.at_acc + r] = 0
+    for r in range(rp):
+        m[r] = -INFINITY
+        state[r] = 0.0  # l
+    while j0 < k1:
+        n_k = min(p.block_k, k1 - j0)
+        if p.mask_kind != MASK_KEEP or _block_has_keep(p, b, kv_head * p.group, q0, n_q,
+                                                       j0, n_k):
+            _visit_block(p, b, kv_head, q0, n_q, j0, n_k, rp, tile, state)
+        j0 += n_k
+    _write_rows(p, tile + p.at_acc, m, state, b, kv_head * p.group, q0, n_q, rp, part)
+
+
+cdef void _visit_block(const Problem *p, int64_t b, int64_t kv_head, int64_t q0,
+                       Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k, Py_ssize_t rp, real *tile,
+                       double *state) noexcept nogil:
+    """One kv block: scores, limits, online-softmax update, ``acc += P @ V``."""
+    cdef Py_ssize_t rows = p.group * n_q, key_stride, value_stride
+    cdef real *st = tile + p.at_st
+    cdef real *acct = tile + p.at_acc
+    cdef const char *keys = _rows_of(&p.k, b, kv_head, j0, n_k, p.head_dim, p.pack_keys,
+                                     tile + p.at_k, &key_stride)
+    _scores(n_k, p.head_dim, keys, key_stride, tile, rows, rp, st)
+    _apply_limits(p, st, b, kv_head * p.group, q0, n_q, j0, n_k, rp)
+    if _softmax(st, n_k, rp, tile + p.at_m, state, tile + p.at_shift, tile + p.at_alpha,
+                state + rp):
+        _rescale(acct, p.value_dim, rp, tile + p.at_alpha)
+    cdef const char *values = _rows_of(&p.v, b, kv_head, j0, n_k, p.value_dim,
+                                       p.pack_values, tile + p.at_v, &value_stride)
+    _accumulate(n_k, p.value_dim, values, value_stride, st, rows, rp, acct)
+
+
+# ---------------------------------------------------------------------------
+# Typed entry points to the C tile kernels
+
+cdef inline void _scores(Py_ssize_t n_k, Py_ssize_t dim, const char *keys, Py_ssize_t stride,
+                         const real *qt, Py_ssize_t rows, Py_ssize_t rp,
+                         real *st) noexcept nogil:
+    if real is float:
+        fa_scores_t_f32(n_k, dim, keys, stride, qt, rows, rp, st)
+    else:
+        fa_scores_t_f64(n_k, dim, keys, stride, qt, rows, rp, st)
+
+
+cdef inline void _accumulate(Py_ssize_t n_k, Py_ssize_t dim, const char *values,
+                             Py_ssize_t stride, const real *st, Py_ssize_t rows,
+                             Py_ssize_t rp, real *acct) noexcept nogil:
+    if real is float:
+        fa_accumulate_t_f32(n_k, dim, values, stride, st, rows, rp, acct)
+    else:
+        fa_accumulate_t_f64(n_k, dim, values, stride, st, rows, rp, acct)
+
+
+cdef inline bint _softmax(real *st, Py_ssize_t n_k, Py_ssize_t rp, real *m, double *l,
+                          real *shift, real *alpha, double *block_sum) noexcept nogil:
+    if real is float:
+        return fa_softmax_t_f32(st, n_k, rp, m, l, shift, alpha, block_sum)
+    else:
+        return fa_softmax_t_f64(st, n_k, rp, m, l, shift, alpha, block_sum)
+
+
+cdef inline void _rescale(real *acct, Py_ssize_t dim, Py_ssize_t rp,
+                          const real *alpha) noexcept nogil:
+    if real is float:
+        fa_rescale_t_f32(acct, dim, rp, alpha)
+    else:
+        fa_rescale_t_f64(acct, dim, rp, alpha)
+
+
+# ---------------------------------------------------------------------------
+# Steps of a task that touch the caller's arrays
+
+cdef inline char *_row_ptr(const View *x, int64_t i0, int64_t i1, int64_t i2) noexcept nogil:
+    return x.data + i0 * x.stride[0] + i1 * x.stride[1] + i2 * x.stride[2]
+
+
+cdef void _pack_queries(const Problem *p, int64_t b, int64_t head0, int64_t q0,
+                        Py_ssize_t n_q, Py_ssize_t rp, real *qt) noexcept nogil:
+    """Copy the group's query rows, times the scale, into the transposed tile qt.
+
+    Row ``h * n_q + i`` of the tile is query ``q0 + i`` of head ``head0 + h``;
+    the padding rows up to ``rp`` are zero (their results are never written).
+    """
+    cdef Py_ssize_t h, i, d, r, dim = p.head_dim, step = p.q.stride[3]
+    cdef Py_ssize_t rows = p.group * n_q
+    cdef real factor = <real> p.scale
+    cdef char *src
+    for h in range(p.group):
+        for i in range(n_q):
+            src = _row_ptr(&p.q, b, head0 + h, q0 + i)
+            for d in range(dim):
+                qt[d * rp + h * n_q + i] = (<real *> (src + d * step))[0] * factor
+    for d in range(dim):
+        for r in range(rows, rp):
+            qt[d * rp + r] = 0
+
+
+cdef const char *_rows_of(const View *x, int64_t b, int64_t head, int64_t j0, Py_ssize_t n_k,
+                          Py_ssize_t width, bint pack, real *tile,
+                          Py_ssize_t *stride) noexcept nogil:
+    """Rows ``j0:j0+n_k`` of ``x[b, head]`` with contiguous elements: in place, or packed."""
+    cdef Py_ssize_t j, d, step = x.stride[3]
+    cdef char *src
+    if not pack:
+        stride[0] = x.stride[2]
+        return _row_ptr(x, b, head, j0)
+    for j in range(n_k):
+        src = _row_ptr(x, b, head, j0 + j)
+        for d in range(width):
+            tile[j * width + d] = (<real *> (src + d * step))[0]
+    stride[0] = width * sizeof(real)
+    return <const char *> tile
+
+
+cdef bint _block_has_keep(const Problem *p, int64_t b, int64_t head0, int64_t q0,
+                          Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k) noexcept nogil:
+    """Whether any (row, key) of this block is kept by the bool mask and the band."""
+    cdef Py_ssize_t h, i, step = p.mask.stride[3]
+    cdef int64_t j, lo, hi
+    cdef char *row
+    for h in range(p.group):
+        for i in range(n_q):
+            row = _row_ptr(&p.mask, b, head0 + h, q0 + i)
+            lo = max(j0, q0 + i + p.band_lo)
+            hi = min(j0 + n_k - 1, q0 + i + p.band_hi)
+            for j in range(lo, hi + 1):
+                if (<uint8_t *> (row + j * step))[0]:
+                    return True
+    return False
+
+
+cdef void _apply_limits(const Problem *p, real *st, int64_t b, int64_t head0, int64_t q0,
+                        Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k,
+                        Py_ssize_t rp) noexcept nogil:
+    """Set scores outside the band or the bool mask to -inf; add an additive mask.
+
+    ``st`` is transposed: the score of row ``r`` and key ``j0 + j`` is ``st[j * rp + r]``.
+    """
+    cdef bint inside_band = (j0 >= q0 + n_q - 1 + p.band_lo
+                             and j0 + n_k - 1 <= q0 + p.band_hi)
+    if p.mask_kind != MASK_NONE:
+        _apply_mask(p, st, b, head0, q0, n_q, j0, n_k, rp)
+    if not inside_band:
+        _apply_band(p, st, q0, n_q, j0, n_k, rp)
+
+
+cdef void _apply_band(const Problem *p, real *st, int64_t q0, Py_ssize_t n_q, int64_t j0,
+                      Py_ssize_t n_k, Py_ssize_t rp) noexcept nogil:
+    """-inf where key ``j0 + j`` is outside the band of query ``q0 + i`` (for every head).
+
+    Query ``i`` sees key ``jj`` iff ``jj - band_hi <= i <= jj - band_lo``: for each key
+    that is one run of rows, so the fills run along the contiguous axis of ``st``.
+    """
+    cdef Py_ssize_t j, h, i, seen_lo, seen_hi
+    cdef real *col
+    for j in range(n_k):
+        seen_lo = min(max(j0 + j - p.band_hi - q0, 0), n_q)
+        seen_hi = min(max(j0 + j - p.band_lo - q0 + 1, seen_lo), n_q)  # rows [lo, hi)
+        for h in range(p.group):
+            col = st + j * rp + h * n_q
+            for i in range(seen_lo):
+                col[i] = -INFINITY
+            for i in range(seen_hi, n_q):
+                col[i] = -INFINITY
+
+
+cdef void _apply_mask(const Problem *p, real *st, int64_t b, int64_t head0, int64_t q0,
+                      Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k, Py_ssize_t rp) noexcept nogil:
+    """Apply the bool (-inf where 0) or additive mask to the transposed scores."""
+    cdef Py_ssize_t h, i, j, step = p.mask.stride[3]
+    cdef real *col
+    cdef char *limits
+    for h in range(p.group):
+        for i in range(n_q):
+            col = st + h * n_q + i
+            limits = _row_ptr(&p.mask, b, head0 + h, q0 + i) + j0 * step
+            if p.mask_kind == MASK_KEEP:
+                for j in range(n_k):
+                    if not (<uint8_t *> (limits + j * step))[0]:
+                        col[j * rp] = -INFINITY
+            else:
+                for j in range(n_k):
+                    col[j * rp] += (<real *> (limits + j * step))[0]
+
+
+cdef void _write_rows(const Problem *p, const real *acct, const real *m, const double *l,
+                      int64_t b, int64_t head0, int64_t q0, Py_ssize_t n_q, Py_ssize_t rp,
+                      int64_t part) noexcept nogil:
+    """Normalise the rows; write them to ``out``/``lse`` or to split-KV slot ``part``."""
+    cdef Py_ssize_t h, i, d, r, step
+    cdef double inv, log_sum
+    cdef char *dst
+    for h in range(p.group):
+        for i in range(n_q):
+            r = h * n_q + i
+            if l[r] > 0.0:
+                inv, log_sum = 1.0 / l[r], m[r] + log(l[r])
+            else:  # no visible key: zeros, and lse -inf
+                inv, log_sum = 0.0, -INFINITY
+            if part < 0:
+                dst = _row_ptr(&p.out, b, head0 + h, q0 + i)
+                step = p.out.stride[3]
+                (<real *> _row_ptr(&p.lse, b, head0 + h, q0 + i))[0] = <real> log_sum
+            else:
+                dst = p.part_out.data + part * p.part_out.stride[0] + r * p.part_out.stride[1]
+                step = p.part_out.stride[2]
+                (<real *> (p.part_lse.data + part * p.part_lse.stride[0]
+                           + r * p.part_lse.stride[1]))[0] = <real> log_sum
+            for d in range(p.value_dim):
+                (<real *> (dst + d * step))[0] = <real> (acct[d * rp + r] * inv)

@@ -1,0 +1,79 @@
+/* The vectorisable exp of the online softmax, for float and double.
+ *
+ * Plain C that gcc vectorises inside the `#pragma omp simd` loops of _tiles.inc
+ * (no -ffast-math, which the kernel must not use because masked scores are -inf).
+ *
+ * exp is the range-reduced polynomial of fastattn/_numba/rowops.py:
+ * x = n ln2 + t with n = round(x / ln2), so |t| <= ln2 / 2, exp(t) from its Taylor
+ * series (degree 7 for float, 13 for double, below one ulp), and 2**n written into
+ * the exponent bits.
+ * Arguments are clamped at -88 (float) / -709 (double), where the exponent field
+ * becomes 0, so anything below -- -inf included -- gives exactly 0.  The argument
+ * is always <= 0 here (scores minus their running max).
+ */
+#ifndef FASTATTN_ROWOPS_H
+#define FASTATTN_ROWOPS_H
+
+#include <stdint.h>
+#include <string.h>
+#include <stddef.h>
+
+#define FA_LOG2E 1.4426950408889634
+#define FA_LN2_HI 0.693145751953125 /* ln 2 split so that n * FA_LN2_HI is exact */
+#define FA_LN2_LO 1.4286068203094173e-06
+
+static inline float fa_exp_f32(float x)
+{
+    x = x > -88.0f ? x : -88.0f;
+    /* n = round(x / ln2) by the "magic number" trick: adding 1.5 * 2**23 leaves n in
+     * the low mantissa bits (no float-to-int conversion, which blocks vectorisation). */
+    float shifted = x * (float)FA_LOG2E + 12582912.0f;
+    float nf = shifted - 12582912.0f;
+    int32_t n;
+    memcpy(&n, &shifted, sizeof n);
+    n -= 0x4B400000; /* bits of 12582912.0f */
+    float t = x - nf * (float)FA_LN2_HI - nf * (float)FA_LN2_LO;
+    float p = 1.0f / 5040.0f;
+    p = p * t + 1.0f / 720.0f;
+    p = p * t + 1.0f / 120.0f;
+    p = p * t + 1.0f / 24.0f;
+    p = p * t + 1.0f / 6.0f;
+    p = p * t + 0.5f;
+    p = p * t + 1.0f;
+    p = p * t + 1.0f;
+    int32_t bits = (n + 127) << 23; /* 2**n; 0 for n = -127, i.e. x <= -88 */
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return p * two_n;
+}
+
+static inline double fa_exp_f64(double x)
+{
+    x = x > -709.0 ? x : -709.0;
+    double shifted = x * FA_LOG2E + 6755399441055744.0; /* 1.5 * 2**52, as above */
+    double nf = shifted - 6755399441055744.0;
+    int64_t n;
+    memcpy(&n, &shifted, sizeof n);
+    n -= INT64_C(0x4338000000000000); /* bits of 1.5 * 2**52 */
+    double t = x - nf * FA_LN2_HI - nf * FA_LN2_LO;
+    double p = 1.0 / 6227020800.0;
+    p = p * t + 1.0 / 479001600.0;
+    p = p * t + 1.0 / 39916800.0;
+    p = p * t + 1.0 / 3628800.0;
+    p = p * t + 1.0 / 362880.0;
+    p = p * t + 1.0 / 40320.0;
+    p = p * t + 1.0 / 5040.0;
+    p = p * t + 1.0 / 720.0;
+    p = p * t + 1.0 / 120.0;
+    p = p * t + 1.0 / 24.0;
+    p = p * t + 1.0 / 6.0;
+    p = p * t + 0.5;
+    p = p * t + 1.0;
+    p = p * t + 1.0;
+    int64_t bits = (n + 1023) << 52; /* 2**n; 0 for n = -1023, i.e. x <= -709 */
+    double two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return p * two_n;
+}
+
+#endif
