@@ -40,8 +40,11 @@ UNBOUNDED = 1 << 62
 TARGET_ROWS = 128
 """Query rows per task (all heads of a group together) when the caller sets no block."""
 
-DEFAULT_BLOCK_K = 256
-"""Keys per kv block when the caller sets none."""
+TILE_SCORES = 65536
+"""Scores per tile (rows x keys) when the caller sets no block_k: 512 keys for 128 rows."""
+
+BLOCK_K_RANGE = (512, 1024)
+"""Bounds of the automatic block_k; few rows (decoding) take longer blocks."""
 
 MIN_PARALLEL_TASKS = 16
 """Below this many row tasks, long key ranges are split (split-KV, for decoding)."""
@@ -97,7 +100,9 @@ def make_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=None, blo
     """Plan the tiled pass of a problem with ``batch * kv_heads`` head groups."""
     block_q = block_q or max(1, TARGET_ROWS // group)
     block_q = max(1, min(block_q, lq))
-    block_k = max(1, min(block_k or DEFAULT_BLOCK_K, max(lk, 1)))
+    if block_k is None:
+        block_k = min(max(TILE_SCORES // (group * block_q), BLOCK_K_RANGE[0]), BLOCK_K_RANGE[1])
+    block_k = max(1, min(block_k, max(lk, 1)))
     band_lo, band_hi = band
 
     rows = _row_tasks(batch, kv_heads, lq, lk, block_q, band_lo, band_hi)

@@ -88,7 +88,13 @@ def test_default_query_block_edges(backend, rng, group, edge):
     check_backend(backend, q, k, v, causal="lower_right", oracle=lq <= 2)
 
 
-@pytest.mark.parametrize("lk", block_edges(_plan.DEFAULT_BLOCK_K))
+def planned_block_k(hq, hk, lq):
+    """The key block the planner chooses for these heads and queries (long keys)."""
+    band = (-_plan.UNBOUNDED, _plan.UNBOUNDED)
+    return _plan.make_plan(1, hk, hq // hk, lq, 10**6, band, 1).block_k
+
+
+@pytest.mark.parametrize("lk", block_edges(planned_block_k(hq=2, hk=1, lq=3)))
 def test_default_key_block_edges(backend, rng, lk):
     """Key lengths 1, block-1, block, block+1 of the planner's default key block."""
     q, k, v = heads_qkv(rng, hq=2, hk=1, lq=3, lk=lk, d=4)

@@ -20,9 +20,13 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .rowops import JIT, exp_shifted_rows
+from .rowops import JIT, exp_inplace
 
 MASK_NONE, MASK_KEEP, MASK_ADD = 0, 1, 2
+
+FEW_ROWS = 8
+"""Below this many query rows (decoding) the block products are streamed by hand: a
+BLAS call would repack the whole key block for a handful of rows."""
 
 
 @njit(parallel=True, **JIT)
@@ -65,16 +69,50 @@ def _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, lse, par
         k_tile = _key_rows(k, k_at, b, kv_head, j0, n_k, head_dim, k_scratch)
         v_tile = _key_rows(v, v_at, b, kv_head, j0, n_k, value_dim, v_scratch)
         st = s_scratch[:n_k * rows].reshape(n_k, rows)
-        np.dot(k_tile, q_tile.T, st)
+        if rows < FEW_ROWS:
+            _scores_few_rows(k_tile, q_tile, st)
+        else:
+            np.dot(k_tile, q_tile.T, st)
         _apply_limits(st, mask, mask_at, mask_kind, b, head0, group, q0, n_q, j0,
                       band_lo, band_hi)
         _softmax_block(st, running_max, running_sum, block_max, alpha, bits)
-        pv = pv_scratch[:rows]
-        np.dot(st.T, v_tile, pv)
-        _accumulate(acc, pv, alpha)
+        if rows < FEW_ROWS:
+            _accumulate_few_rows(st, v_tile, acc, alpha)
+        else:
+            pv = pv_scratch[:rows]
+            np.dot(st.T, v_tile, pv)
+            _accumulate(acc, pv, alpha)
 
     _write_rows(acc, running_max, running_sum, out, lse, part_out, part_lse, b, head0, group,
                 q0, n_q, part)
+
+
+@njit(fastmath={"reassoc", "contract"}, **JIT)  # reassociation vectorises the dot; inf stays inf
+def _scores_few_rows(k_tile, q_tile, st):
+    """``st[j, r] = k_tile[j] · q_tile[r]``, reading each key once."""
+    for j in range(k_tile.shape[0]):
+        key = k_tile[j]
+        for r in range(q_tile.shape[0]):
+            query = q_tile[r]
+            total = 0.0
+            for d in range(key.shape[0]):
+                total += key[d] * query[d]
+            st[j, r] = total
+
+
+@njit(**JIT)
+def _accumulate_few_rows(st, v_tile, acc, alpha):
+    """``acc[r] = acc[r] * alpha[r] + Σ_j st[j, r] v_tile[j]``, reading each value once."""
+    for r in range(acc.shape[0]):
+        if alpha[r] != 1.0:
+            acc[r] *= alpha[r]
+    for j in range(v_tile.shape[0]):
+        value = v_tile[j]
+        for r in range(acc.shape[0]):
+            weight = st[j, r]
+            row = acc[r]
+            for d in range(value.shape[0]):
+                row[d] += weight * value[d]
 
 
 @njit(**JIT)
@@ -170,9 +208,16 @@ def _softmax_block(st, running_max, running_sum, block_max, alpha, bits):
         alpha[r] = math.exp(running_max[r] - block_max[r]) if seen else 1.0
         running_max[r] = block_max[r]
         block_max[r] = block_max[r] if seen else 0.0  # shift; any finite value for empty rows
-    for r in range(rows):
         running_sum[r] *= alpha[r]
-    exp_shifted_rows(st, block_max, running_sum, bits)
+    for jj in range(n_k):
+        scores = st[jj]
+        for r in range(rows):
+            scores[r] -= block_max[r]
+    exp_inplace(st.reshape(n_k * rows), bits, n_k * rows)  # flat: vectorises for any rows
+    for jj in range(n_k):
+        scores = st[jj]
+        for r in range(rows):
+            running_sum[r] += scores[r]
 
 
 @njit(**JIT)

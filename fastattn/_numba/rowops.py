@@ -1,4 +1,4 @@
-"""Vectorisable exp for Numba: each key row of a score tile to ``exp(score - shift)``.
+"""Vectorisable exp for Numba: ``x[j] = exp(x[j])`` over a contiguous buffer.
 
 PyPI's llvmlite has no SVML, so ``math.exp`` in a loop stays scalar.  This exp is a
 range-reduced polynomial that LLVM turns into SIMD code: ``x = n ln2 + t`` with
@@ -21,34 +21,20 @@ LN2_LO = 1.4286068203094173e-06
 JIT = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 
 
-def exp_shifted_rows(st, shift, sums, bits):
-    """``st[j, r] = exp(st[j, r] - shift[r])`` for every key row ``j``; add each to ``sums[r]``.
-
-    ``bits`` is int64 scratch with one element per column of ``st``.
-    """
+def exp_inplace(x, bits, n):
+    """Set ``x[j] = exp(x[j])`` for ``j < n``; ``bits`` is int64 scratch of ``n`` elements."""
     raise NotImplementedError  # only callable from jitted code, through the overload
 
 
-@overload(exp_shifted_rows, jit_options=JIT)
-def _exp_shifted_rows_typed(st, shift, sums, bits):
-    one_row = _exp_row_f32 if st.dtype == types.float32 else _exp_row_f64
-
-    def rows_impl(st, shift, sums, bits):
-        n = st.shape[1]
-        for j in range(st.shape[0]):
-            row = st[j]
-            one_row(row, shift, bits, n)
-            for r in range(n):
-                sums[r] += row[r]
-    return rows_impl
+@overload(exp_inplace, jit_options=JIT)
+def _exp_inplace_typed(x, bits, n):
+    return _exp_f32 if x.dtype == types.float32 else _exp_f64
 
 
-@njit(**JIT)
-def _exp_row_f32(x, shift, bits, n):
+def _exp_f32(x, bits, n):
     exponent = bits.view(np.int32)
     for j in range(n):
-        y = x[j] - np.float32(shift[j])
-        y = y if y > np.float32(-88.0) else np.float32(-88.0)
+        y = x[j] if x[j] > np.float32(-88.0) else np.float32(-88.0)
         k = np.int32(y * np.float32(LOG2E) - np.float32(0.5))  # round half down, y <= 0
         kf = np.float32(k)
         t = y - kf * np.float32(LN2_HI) - kf * np.float32(LN2_LO)
@@ -65,11 +51,9 @@ def _exp_row_f32(x, shift, bits, n):
     _multiply(x, exponent.view(np.float32), n)
 
 
-@njit(**JIT)
-def _exp_row_f64(x, shift, bits, n):
+def _exp_f64(x, bits, n):
     for j in range(n):
-        y = x[j] - shift[j]
-        y = y if y > -709.0 else -709.0
+        y = x[j] if x[j] > -709.0 else -709.0
         k = np.int64(y * LOG2E - 0.5)
         kf = np.float64(k)
         t = y - kf * LN2_HI - kf * LN2_LO
