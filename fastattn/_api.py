@@ -67,7 +67,7 @@ def attention(q, k, v, mask=None, *, causal=False, window=None, scale=None,
     if out is not None:
         check_out(out, problem)
     settings = get_config()
-    chosen = resolve(backend if backend is not None else settings["backend"])
+    chosen = resolve(backend if backend is not None else settings["backend"], problem)
     if _is_empty(problem):
         result, lse = naive_attention(problem)
     else:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fastattn._backends import all_backends, available_backends, resolve
@@ -24,6 +25,30 @@ def test_auto_prefers_a_compiled_backend(name):
     assert chosen.available
     compiled = [n for n in ("cython", "numba") if n in available_backends()]
     assert chosen.name in compiled if compiled else chosen.name == "naive"
+
+
+def problem_of(batch=1, hq=8, hk=8, lq=512, lk=512, d=16):
+    from fastattn._validation import validate
+
+    q = np.zeros((batch, hq, lq, d), np.float32)
+    k = np.zeros((batch, hk, lk, d), np.float32)
+    return validate(q, k, k)
+
+
+def test_auto_takes_naive_for_tiny_problems():
+    from fastattn._backends import SMALL_PROBLEM_SCORES
+
+    side = int(SMALL_PROBLEM_SCORES ** 0.5)
+    assert resolve("auto", problem_of(hq=1, hk=1, lq=side, lk=side)).name == "naive"
+    assert resolve("auto", problem_of(hq=1, hk=1, lq=side, lk=2 * side)).name != "naive"
+
+
+def test_auto_prefers_cython_for_prefill_and_numba_for_decode():
+    available = available_backends()
+    prefill = resolve("auto", problem_of()).name
+    decode = resolve("auto", problem_of(hq=32, hk=8, lq=1, lk=65536)).name
+    assert prefill == ("cython" if "cython" in available else "numba")
+    assert decode == ("numba" if "numba" in available else prefill)
 
 
 def test_trivial():
