@@ -69,22 +69,33 @@ def _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, lse, par
         k_tile = _key_rows(k, k_at, b, kv_head, j0, n_k, head_dim, k_scratch)
         v_tile = _key_rows(v, v_at, b, kv_head, j0, n_k, value_dim, v_scratch)
         st = s_scratch[:n_k * rows].reshape(n_k, rows)
-        if rows < FEW_ROWS:
-            _scores_few_rows(k_tile, q_tile, st)
-        else:
-            np.dot(k_tile, q_tile.T, st)
+        _block_scores(k_tile, q_tile, st)
         _apply_limits(st, mask, mask_at, mask_kind, b, head0, group, q0, n_q, j0,
                       band_lo, band_hi)
         _softmax_block(st, running_max, running_sum, block_max, alpha, bits)
-        if rows < FEW_ROWS:
-            _accumulate_few_rows(st, v_tile, acc, alpha)
-        else:
-            pv = pv_scratch[:rows]
-            np.dot(st.T, v_tile, pv)
-            _accumulate(acc, pv, alpha)
+        _block_accumulate(st, v_tile, acc, alpha, pv_scratch[:rows])
 
     _write_rows(acc, running_max, running_sum, out, lse, part_out, part_lse, b, head0, group,
                 q0, n_q, part)
+
+
+@njit(**JIT)
+def _block_scores(k_tile, q_tile, st):
+    """Key-major scores ``st = k_tile @ q_tileᵀ`` of one block."""
+    if q_tile.shape[0] < FEW_ROWS:
+        _scores_few_rows(k_tile, q_tile, st)
+    else:
+        np.dot(k_tile, q_tile.T, st)
+
+
+@njit(**JIT)
+def _block_accumulate(st, v_tile, acc, alpha, pv):
+    """``acc = acc * alpha + stᵀ @ v_tile`` (rows rescaled only where alpha < 1)."""
+    if acc.shape[0] < FEW_ROWS:
+        _accumulate_few_rows(st, v_tile, acc, alpha)
+    else:
+        np.dot(st.T, v_tile, pv)
+        _accumulate(acc, pv, alpha)
 
 
 @njit(fastmath={"reassoc", "contract"}, **JIT)  # reassociation vectorises the dot; inf stays inf
