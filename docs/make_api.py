@@ -10,7 +10,8 @@ import inspect
 
 import fastattn
 
-PUBLIC = ["attention", "merge_attention", "config_context", "get_config", "show_config"]
+PUBLIC = ["attention", "attention_weights", "merge_attention", "config_context", "get_config",
+          "show_config"]
 
 
 def render():

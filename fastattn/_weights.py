@@ -1,0 +1,235 @@
+"""Exact attention probabilities for any block of rows and columns, in linear memory.
+
+The probabilities of query ``i`` are ``p_ij = exp(s_ij - lse_i)``, where ``s_ij`` is the
+scaled (and masked) score and ``lse_i`` the log-sum-exp of row ``i``.  The tiled pass
+of :func:`fastattn.attention` returns ``lse`` in ``O(N)`` memory; with it any block of
+``p`` is recomputed exactly, one small tile at a time.  So a 200 × 200 window of a
+100 000-token sequence costs the memory of the window plus ``O(N)``, never ``N²``.
+
+The tiled pass runs only over the span of the requested rows, and only over the keys
+that the causal/window band lets those rows see: the band is re-expressed, for that
+sub-problem, as a ``window=`` of :func:`fastattn.attention` (see :func:`_span_problem`).
+"""
+
+import numpy as np
+
+from ._api import attention
+from ._plan import UNBOUNDED
+from ._validation import validate
+
+BLOCK_ROWS = 256
+"""Query rows per recomputed tile."""
+
+BLOCK_COLS = 1024
+"""Keys per recomputed tile."""
+
+
+def attention_weights(q, k, mask=None, *, causal=False, window=None, scale=None,
+                      heads=None, rows=None, cols=None):
+    """Exact attention probabilities ``softmax(q kᵀ · scale + mask)`` of a block.
+
+    The arguments mean what they mean in :func:`fastattn.attention` (values are
+    not needed).  The per-row log-sum-exp comes from the tiled pass of
+    :func:`fastattn.attention` (linear memory, the fastest available backend);
+    the requested block is then recomputed tile by tile, so the memory used is
+    that of the result plus ``O(N)``, never ``Lq × Lk``.
+
+    Parameters
+    ----------
+    q : array_like, shape (..., Hq, Lq, D) or (Lq, D)
+        Queries.
+    k : array_like, shape (..., Hk, Lk, D) or (Lk, D)
+        Keys; ``Hk`` divides ``Hq`` and query head ``h`` uses kv head
+        ``h // (Hq // Hk)`` (grouped-query attention).
+    mask : array_like of bool or float, optional
+        Broadcastable to ``(..., Hq, Lq, Lk)``.  Bool: True means the query may
+        attend the key.  Float: added to the scaled scores.
+    causal : bool or {"upper_left", "lower_right"}, default False
+        As in :func:`fastattn.attention`.
+    window : tuple (left, right), optional
+        As in :func:`fastattn.attention`: measured from the causal diagonal.
+    scale : float, optional
+        Default ``1 / sqrt(D)``.
+    heads : sequence of int, optional
+        Query heads to return, in this order (negative indices count from the
+        end); default all.  A single int is taken as ``[int]``: the head axis is
+        always kept.
+    rows : slice or sequence of int or bool array, optional
+        Query rows to return; default all.  A single int keeps the axis.
+    cols : slice or sequence of int or bool array, optional
+        Keys (columns) to return; default all.  A single int keeps the axis.
+
+    Returns
+    -------
+    weights : ndarray, shape (..., len(heads), len(rows), len(cols))
+        In the compute dtype: float32 for float16 (and float32) inputs, float64
+        for float64.  Each full row sums to 1; masked entries are exactly 0 and a
+        row whose keys are all masked is all 0.  With 2-D ``q`` and ``k`` and
+        ``heads=None`` the head axis is dropped: ``(len(rows), len(cols))``.
+
+    Examples
+    --------
+    The worked example of the seed tutorial (its printed numbers were wrong):
+
+    >>> import numpy as np, fastattn
+    >>> q = np.array([[0.3, 0.6]])
+    >>> k = np.array([[0.8, 1.0], [1.6, 2.0], [0.4, 0.5]])
+    >>> fastattn.attention_weights(q, k).round(4)
+    array([[0.2814, 0.5096, 0.2091]])
+
+    A window of a long causal sequence, in linear memory:
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 5000, 16))          # (heads, L, D)
+    >>> w = fastattn.attention_weights(x, x, causal=True, rows=slice(100, 104),
+    ...                                cols=slice(100, 104))
+    >>> w.shape
+    (2, 4, 4)
+    >>> bool(np.all(np.triu(w, 1) == 0))               # keys after the query: 0
+    True
+    """
+    problem = validate(q, k, k, mask, causal, window, scale)
+    n_heads, lq, lk = problem.heads, problem.q.shape[-2], problem.k.shape[-2]
+    head_idx = _indices("heads", heads, n_heads)
+    row_idx = _indices("rows", rows, lq)
+    col_idx = _indices("cols", cols, lk)
+
+    lse = _row_lse(problem, head_idx, row_idx)
+    weights = np.zeros(problem.batch_shape + (len(head_idx), len(row_idx), len(col_idx)),
+                       dtype=problem.compute_dtype)
+    if weights.size:
+        _fill_weights(problem, head_idx, row_idx, col_idx, lse, weights)
+    if problem.squeeze_heads and heads is None:
+        weights = weights[0]
+    return weights
+
+
+def _indices(name, value, size):
+    """Normalise a ``heads``/``rows``/``cols`` selection to a 1-D intp array in range."""
+    if value is None:
+        return np.arange(size, dtype=np.intp)
+    if isinstance(value, slice):
+        return np.arange(size, dtype=np.intp)[value]
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        value = [value]
+    array = np.asarray(value)
+    if array.dtype == bool:
+        if array.shape != (size,):
+            raise ValueError(f"{name}: a bool selection must have shape ({size},), "
+                             f"got {array.shape}")
+        return np.flatnonzero(array).astype(np.intp)
+    if array.size == 0:
+        return np.zeros(0, dtype=np.intp)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be None, a slice, or a sequence of ints (or bools); "
+                        f"got {value!r} (dtype {array.dtype})")
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional; got shape {array.shape}")
+    if array.min() < -size or array.max() >= size:
+        raise IndexError(f"{name} {array.tolist()} out of range for size {size} "
+                         f"(valid: {-size} .. {size - 1})")
+    return np.where(array < 0, array + size, array).astype(np.intp)
+
+
+def _row_lse(problem, head_idx, row_idx):
+    """The log-sum-exp ``(*batch, len(head_idx), len(row_idx))`` of the selected rows."""
+    lse = np.full(problem.batch_shape + (len(head_idx), len(row_idx)), -np.inf,
+                  dtype=problem.compute_dtype)
+    span = _span_problem(problem, row_idx)
+    if span is None or lse.size == 0:
+        return lse
+    r0, r1, c0, c1, sub_window = span
+    all_heads = np.array_equal(head_idx, np.arange(problem.heads))
+
+    q_sub = problem.q[..., r0:r1, :]
+    k_sub = problem.k[..., c0:c1, :]
+    if not all_heads:  # one kv head per selected query head: plain multi-head
+        q_sub = q_sub[..., head_idx, :, :]
+        k_sub = k_sub[..., head_idx // problem.group, :, :]
+    mask = _sub_mask(problem, head_idx, all_heads, r0, r1, c0, c1)
+    values = np.broadcast_to(np.zeros(1, dtype=problem.compute_dtype), k_sub.shape[:-1] + (1,))
+    _, sub_lse = attention(q_sub, k_sub, values, mask, window=sub_window,
+                           scale=problem.scale, return_lse=True)
+
+    inside = (row_idx >= r0) & (row_idx < r1)
+    lse[..., inside] = sub_lse[..., row_idx[inside] - r0]
+    return lse
+
+
+def _span_problem(problem, row_idx):
+    """Rows ``r0:r1`` and keys ``c0:c1`` to run, and the window that keeps their band.
+
+    Query ``i`` sees key ``j`` iff ``lo <= j - i <= hi`` (``problem.band``).  Rows
+    that see no key at all are dropped (their lse is -inf).  In the sub-problem
+    ``i' = i - r0``, ``j' = j - c0``, so the band becomes ``lo + s <= j' - i' <= hi + s``
+    with ``s = r0 - c0``; by the choice of ``r0`` and ``c0``, ``lo + s <= 0 <= hi + s``,
+    which is ``window=(-(lo + s), hi + s)`` around the upper-left diagonal.
+    Returns None when no selected row sees a key.
+    """
+    lk = problem.k.shape[-2]
+    if len(row_idx) == 0 or lk == 0:
+        return None
+    lo, hi = problem.band
+    lo_bounded, hi_bounded = lo > -UNBOUNDED // 2, hi < UNBOUNDED // 2
+    r0, r1 = int(row_idx.min()), int(row_idx.max()) + 1
+    if hi_bounded:
+        r0 = max(r0, -hi)        # earlier rows: every key is right of the band
+    if lo_bounded:
+        r1 = min(r1, lk - lo)    # later rows: every key is left of the band
+    if r0 >= r1:
+        return None
+    c0 = max(0, r0 + lo) if lo_bounded else 0
+    c1 = min(lk, r1 + hi) if hi_bounded else lk
+    shift = r0 - c0
+    left = -(lo + shift) if lo_bounded else None
+    right = hi + shift if hi_bounded else None
+    assert (left is None or left >= 0) and (right is None or right >= 0) and c0 < c1
+    return r0, r1, c0, c1, (left, right)
+
+
+def _sub_mask(problem, head_idx, all_heads, r0, r1, c0, c1):
+    """The mask of the sub-problem, without materialising any broadcast axis."""
+    mask = problem.mask
+    if mask is None:
+        return None
+    # Collapse broadcast (zero-stride) axes to length 1 so no selection copies them.
+    mask = mask[tuple(slice(0, 1) if stride == 0 and length > 1 else slice(None)
+                      for stride, length in zip(mask.strides, mask.shape))]
+    if mask.shape[-2] > 1:
+        mask = mask[..., r0:r1, :]
+    if mask.shape[-1] > 1:
+        mask = mask[..., c0:c1]
+    if mask.shape[-3] > 1 and not all_heads:
+        mask = mask[..., head_idx, :, :]
+    return mask.view(bool) if problem.mask_is_bool else mask
+
+
+def _fill_weights(problem, head_idx, row_idx, col_idx, lse, weights):
+    """Write ``exp(score - lse)`` of the selected block into ``weights``, tile by tile."""
+    lo, hi = problem.band
+    for batch in np.ndindex(*problem.batch_shape):
+        for position, head in enumerate(head_idx):
+            q = problem.q[batch + (head,)]
+            k = problem.k[batch + (head // problem.group,)]
+            mask = None if problem.mask is None else problem.mask[batch + (head,)]
+            for r in range(0, len(row_idx), BLOCK_ROWS):
+                rows = row_idx[r:r + BLOCK_ROWS]
+                q_block = q[rows].astype(np.float64) * problem.scale
+                row_lse = lse[batch + (position, slice(r, r + BLOCK_ROWS))].astype(np.float64)
+                alive = ~np.isneginf(row_lse)[:, None]
+                for c in range(0, len(col_idx), BLOCK_COLS):
+                    cols = col_idx[c:c + BLOCK_COLS]
+                    scores = q_block @ k[cols].astype(np.float64).T
+                    offsets = cols[None, :] - rows[:, None]
+                    keep = (offsets >= lo) & (offsets <= hi) & alive
+                    if mask is not None:
+                        tile = mask[np.ix_(rows, cols)]
+                        if problem.mask_is_bool:
+                            keep &= tile.astype(bool)
+                        else:
+                            scores += tile
+                    with np.errstate(invalid="ignore", over="ignore"):
+                        tile_weights = np.exp(scores - row_lse[:, None])
+                    weights[batch + (position, slice(r, r + BLOCK_ROWS),
+                                     slice(c, c + BLOCK_COLS))] = np.where(
+                        keep, tile_weights, 0.0)
