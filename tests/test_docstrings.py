@@ -7,7 +7,8 @@ import pytest
 
 import fastattn
 
-PUBLIC_MODULES = ["fastattn._api", "fastattn._config", "fastattn._info"]
+PUBLIC_MODULES = ["fastattn._api", "fastattn._config", "fastattn._info", "fastattn._weights",
+                  "fastattn.viz", "fastattn.nn", "fastattn.dask", "fastattn._plan"]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
@@ -20,8 +21,8 @@ def test_docstring_examples(name):
 
 def test_every_public_function_has_a_runnable_example():
     finder = doctest.DocTestFinder()
-    for name in ("attention", "merge_attention", "config_context", "get_config",
-                 "show_config"):
+    for name in ("attention", "attention_weights", "merge_attention", "config_context",
+                 "get_config", "show_config"):
         function = getattr(fastattn, name)
         tests = finder.find(function, name)
         assert tests and any(test.examples for test in tests), f"{name} has no example"
