@@ -12,6 +12,7 @@ import sys
 
 SUBCOMMANDS = {
     "bench": "fastattn.bench._command",
+    "viz": "fastattn._viz_command",
 }
 """Subcommand name -> module implementing it."""
 
