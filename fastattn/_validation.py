@@ -17,8 +17,28 @@ from ._plan import diagonal_band
 CAUSAL_MODES = ("upper_left", "lower_right")
 
 
+class HeadShapes:
+    """Head counts and the output shape of a problem holding ``q``, ``k``, ``v``, ``batch_shape``."""
+
+    @property
+    def heads(self):
+        return self.q.shape[-3]
+
+    @property
+    def kv_heads(self):
+        return self.k.shape[-3]
+
+    @property
+    def group(self):
+        return self.heads // self.kv_heads
+
+    @property
+    def out_shape(self):
+        return self.batch_shape + (self.heads, self.q.shape[-2], self.v.shape[-1])
+
+
 @dataclass(frozen=True)
-class AttentionProblem:
+class AttentionProblem(HeadShapes):
     """A validated call: ``q (*batch, Hq, Lq, D)``, ``k (*batch, Hk, Lk, D)``, ``v (*batch, Hk, Lk, Dv)``.
 
     ``mask`` is None, a uint8 keep-mask (``mask_is_bool``) or an additive mask in the
@@ -38,22 +58,6 @@ class AttentionProblem:
     compute_dtype: np.dtype
     result_dtype: np.dtype
     squeeze_heads: bool
-
-    @property
-    def heads(self):
-        return self.q.shape[-3]
-
-    @property
-    def kv_heads(self):
-        return self.k.shape[-3]
-
-    @property
-    def group(self):
-        return self.heads // self.kv_heads
-
-    @property
-    def out_shape(self):
-        return self.batch_shape + (self.heads, self.q.shape[-2], self.v.shape[-1])
 
     @property
     def public_out_shape(self):

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._plan import diagonal_band
-from .._validation import (_as_float_array, _broadcast_batch, _check_shapes,
+from .._validation import (HeadShapes, _as_float_array, _broadcast_batch, _check_shapes,
                            _normalise_causal, _normalise_scale, _normalise_window,
                            _prepare_mask, _with_head_axis, describe)
 
 
 @dataclass(frozen=True)
-class LazyProblem:
+class LazyProblem(HeadShapes):
     """A checked call: ``q (*batch, Hq, Lq, D)``, ``k (*batch, Hk, Lk, D)``, ``v (..., Dv)``.
 
     The arrays are dask arrays with ``len(batch_shape)`` leading axes each (size 1 where
@@ -39,18 +39,6 @@ class LazyProblem:
     compute_dtype: np.dtype
     result_dtype: np.dtype
     squeeze_heads: bool
-
-    @property
-    def heads(self):
-        return self.q.shape[-3]
-
-    @property
-    def kv_heads(self):
-        return self.k.shape[-3]
-
-    @property
-    def out_shape(self):
-        return self.batch_shape + (self.heads, self.q.shape[-2], self.v.shape[-1])
 
 
 def standin(array):
