@@ -201,3 +201,17 @@ def test_leading_neg_inf_blocks_in_additive_mask(backend, rng, block_k):
     with fastattn.config_context(block_q=2, block_k=block_k):
         out, lse = check_backend(backend, q, k, v, bias)
     assert np.all(out[0, 3] == 0) and np.isneginf(lse[0, 3])
+
+
+def test_concurrent_calls_from_python_threads(compiled_backend, rng):
+    """Calls from a thread pool (as Dask's threaded scheduler makes) stay correct."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    inputs = [heads_qkv(rng, hq=4, hk=2, lq=150, lk=170, d=16) for _ in range(8)]
+    expected = [attend_with("naive", *qkv, causal=True) for qkv in inputs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda qkv: attend_with(compiled_backend, *qkv, causal=True),
+                                inputs))
+    for (out, lse), (want_out, want_lse) in zip(results, expected):
+        assert_close(out, want_out, np.float64)
+        assert_close(lse, want_lse, np.float64)

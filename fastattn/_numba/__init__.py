@@ -1,11 +1,16 @@
 """The Numba backend: JIT-compiled tiled kernel, parallel over the plan's workers."""
 
+import contextlib
+import threading
+
 import numba
 import numpy as np
 
 from .kernel import MASK_ADD, MASK_KEEP, MASK_NONE, run_tasks
 
 __all__ = ["run_plan"]
+
+_WORKQUEUE_LOCK = threading.Lock()
 
 
 def run_plan(plan, q, k, v, mask, mask_is_bool, out, lse, part_out, part_lse, scale):
@@ -27,14 +32,31 @@ def run_plan(plan, q, k, v, mask, mask_is_bool, out, lse, part_out, part_lse, sc
                np.empty((workers, rows), dtype),  # max of the current block
                np.empty((workers, rows * block_k), dtype=np.int64))  # exp scratch
 
-    previous = numba.get_num_threads()
+    previous = numba.get_num_threads()  # a per-thread setting in Numba
     numba.set_num_threads(min(workers, numba.config.NUMBA_NUM_THREADS))
     try:
-        run_tasks(*flat_view(q), *flat_view(k), *flat_view(v), *flat_view(mask), mask_kind,
-                  out, lse, part_out, part_lse, plan.tasks, plan.worker_starts, plan.group,
-                  block_k, plan.band_lo, plan.band_hi, dtype.type(scale), *scratch)
+        with _one_caller_at_a_time():
+            run_tasks(*flat_view(q), *flat_view(k), *flat_view(v), *flat_view(mask),
+                      mask_kind, out, lse, part_out, part_lse, plan.tasks,
+                      plan.worker_starts, plan.group, block_k, plan.band_lo, plan.band_hi,
+                      dtype.type(scale), *scratch)
     finally:
         numba.set_num_threads(previous)
+
+
+def _one_caller_at_a_time():
+    """A lock where Numba runs on its "workqueue" threading layer, else nothing.
+
+    That layer (Numba's fallback when neither OpenMP nor TBB is found) aborts the
+    process when two threads enter parallel code at once, as a thread pool or Dask's
+    threaded scheduler would.  Before the first parallel call the layer is not chosen
+    yet, so that call takes the lock too.
+    """
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        return _WORKQUEUE_LOCK
+    return _WORKQUEUE_LOCK if layer == "workqueue" else contextlib.nullcontext()
 
 
 def flat_view(array):

@@ -4,15 +4,12 @@ They live in their own module, importable without building anything, because a
 distributed worker unpickles the tasks by reference to these functions.
 """
 
-import contextlib
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import _config
 from .._api import attention, merge_attention
-from .._backends import resolve
 
 
 @dataclass(frozen=True)
@@ -34,22 +31,6 @@ class BlockCall:
     settings: tuple
 
 
-_NUMBA_WORKQUEUE_LOCK = threading.Lock()
-
-
-def _kernel_guard(backend):
-    """Numba's "workqueue" threading layer must not be entered by two threads at once."""
-    if resolve(backend).name != "numba":
-        return contextlib.nullcontext()
-    import numba
-
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel kernel has run in this process yet
-        layer = None
-    return contextlib.nullcontext() if layer in ("tbb", "omp") else _NUMBA_WORKQUEUE_LOCK
-
-
 def block_partial(call, q, k, v, mask):
     """``(out, lse)`` of the rows of ``q`` over the keys of ``k``/``v``, in the compute dtype."""
     rows = q.shape[-2]
@@ -62,7 +43,7 @@ def block_partial(call, q, k, v, mask):
                         skip_keys if mask.shape[-1] > 1 else 0:]
     q, k, v = (x.astype(call.compute_dtype, copy=False) for x in (q, k, v))
     settings = dict(call.settings)
-    with _config.config_context(**settings), _kernel_guard(settings.get("backend")):
+    with _config.config_context(**settings):
         out, lse = attention(q, k, v, mask, window=call.window, scale=call.scale,
                              return_lse=True)
     if skip_rows:
