@@ -8,7 +8,8 @@ import pytest
 import fastattn
 
 PUBLIC_MODULES = ["fastattn._api", "fastattn._config", "fastattn._info", "fastattn._weights",
-                  "fastattn.viz", "fastattn._viz_demo", "fastattn.nn", "fastattn.dask", "fastattn._plan"]
+                  "fastattn.viz", "fastattn._viz_demo", "fastattn.nn", "fastattn.dask",
+                  "fastattn._plan"]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
