@@ -35,6 +35,7 @@ def report_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "report"
     status = main(["bench", "--sizes", "16,32", "--backends", "naive,numba",
                    "--heads", str(HEADS), "--head-dim", str(HEAD_DIM), "--repeats", "2",
+                   "--min-time", "0",
                    "--ceiling-size", "64", "--memory-budget", repr(TINY_BUDGET_GIB),
                    "--quiet", "--out", str(out)])
     assert status == 0

@@ -64,6 +64,8 @@ def add_arguments(parser):
                        help="timed calls per point after the warm-up (default 5, quick 3)")
     sweep.add_argument("--time-budget", type=float, metavar="SECONDS",
                        help="stop timing a point after this long (default 20, quick 3)")
+    sweep.add_argument("--min-time", type=float, metavar="SECONDS",
+                       help="keep timing short calls until this long (default 1, quick 0.3)")
     sweep.add_argument("--memory-budget", type=float, metavar="GIB",
                        default=default_memory_budget_gib(),
                        help="skip naive where its score matrices need more "
@@ -116,7 +118,7 @@ def config_from_args(args):
         threads=args.threads or available_cores(), memory_budget_gib=args.memory_budget,
         causal=causal, dtype=args.dtype, batch=args.batch, heads=args.heads,
         head_dim=args.head_dim, repeats=pick(args.repeats, 3, 5),
-        time_budget_s=pick(args.time_budget, 3.0, 20.0),
+        time_budget_s=pick(args.time_budget, 3.0, 20.0), min_time_s=pick(args.min_time, 0.3, 1.0),
         ceiling_size=pick(args.ceiling_size, 2048, 4096), check=not args.no_check,
         point_timeout_s=args.point_timeout, extra={"quick": args.quick})
 

@@ -8,8 +8,11 @@ by a JSON object, on stdout.
 An attention point runs, in order: a call on a tiny problem of the same kind (JIT
 compilation, thread pools), one full-size call under :func:`measure_peak` (the first
 full-size call, so every page it needs is new), the correctness check against the
-naive reference, then the timed calls: up to ``repeats``, stopping early once
-``time_budget_s`` seconds have been spent timing (at least one call is timed).
+naive reference, warm-up calls at full size (the first few calls of a process run
+slower: page faults in fresh scratch, thread pools settling), then the timed calls:
+at least ``repeats`` and at least ``min_time_s`` seconds of them (default 1), so
+that short calls get a stable median, stopping early once ``time_budget_s`` seconds have been
+spent timing (at least one call is timed).
 """
 
 import argparse
@@ -22,6 +25,9 @@ import time
 RESULT_PREFIX = "FASTATTN_BENCH_RESULT "
 FULL_CHECK_BYTES = 256 * 2**20
 """Check every row against the naive reference while its scores take at most this much."""
+
+WARM_UP = (3, 0.5)
+"""Full-size warm-up calls before timing: this many, or fewer once this many seconds pass."""
 
 
 def measure_attention(spec):
@@ -63,16 +69,27 @@ def measure_attention(spec):
         error = check_against_naive(result, q, k, v, shape.causal, full=full)
     del result
 
-    times = []
-    while len(times) < max(1, spec["repeats"]):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-        if sum(times) >= spec.get("time_budget_s", float("inf")):
-            break
+    times = _timed_calls(run, spec["repeats"], spec.get("min_time_s", 1.0),
+                         spec.get("time_budget_s", float("inf")))
     return {"times_s": times, "median_s": statistics.median(times), "min_s": min(times),
             **memory, "baseline_rss_bytes": baseline, "max_abs_err": error,
             "threads": threads}
+
+
+def _timed_calls(run, repeats, min_time_s, budget_s):
+    """Warm up, then time calls of ``run``: see the module docstring for how many."""
+    calls, started = 0, time.perf_counter()
+    while calls < WARM_UP[0] and time.perf_counter() - started < WARM_UP[1]:
+        run()
+        calls += 1
+    times = []
+    while True:
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+        spent = sum(times)
+        if spent >= budget_s or (len(times) >= repeats and spent >= min_time_s):
+            return times
 
 
 def measure(spec):

@@ -113,7 +113,8 @@ def render_markdown(results, plots=()):
         lines += [f"**Ceiling**: NumPy {ceiling['dtype']} matmul {ceiling['size']}³ runs at "
                   f"**{gflops:.1f} GFLOP/s** with {ceiling.get('threads')} threads; "
                   "\"% of ceiling\" below is relative to it.", ""]
-    lines += [f"Times are medians of up to {settings['repeats']} timed calls after a warm-up "
+    lines += [f"Times are medians of at least {settings['repeats']} timed calls and at least "
+              f"{settings.get('min_time_s', 0):g} s of them, after full-size warm-up calls "
               f"(timing stops after {settings['time_budget_s']:g} s per point). GFLOP/s counts "
               "4·B·H·N²·D (halved when causal). Peak MiB is the larger of the RSS rise "
               "and the tracemalloc peak of one call, measured in a fresh process; the "

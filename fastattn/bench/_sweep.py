@@ -51,6 +51,9 @@ class SweepConfig:
         Timed calls per point (after the warm-up); the median is reported.
     time_budget_s : float, default 20
         Stop timing a point once this much time was spent timing it.
+    min_time_s : float, default 1
+        Keep timing a point (beyond ``repeats``) until this much time was spent, so
+        that short calls get a stable median.
     memory_budget_gib : float
         The naive backend is skipped where its score matrices would need more.
     ceiling_size : int, default 4096
@@ -74,6 +77,7 @@ class SweepConfig:
     head_dim: int = 64
     repeats: int = 5
     time_budget_s: float = 20.0
+    min_time_s: float = 1.0
     ceiling_size: int = 4096
     check: bool = True
     point_timeout_s: float = 1800.0
@@ -235,7 +239,8 @@ def run_sweep(config, progress=True, stream=None, command=None):
             if point["status"] == "planned":
                 bar.start(f"{point['backend']} N={point['n']}")
                 spec = {"kind": "attention", "repeats": config.repeats,
-                        "time_budget_s": config.time_budget_s, "check": config.check,
+                        "time_budget_s": config.time_budget_s,
+                        "min_time_s": config.min_time_s, "check": config.check,
                         **{k: point[k] for k in ("backend", "causal", "n", "dtype", "batch",
                                                  "heads", "head_dim", "threads")}}
                 _finish_point(point, run_child(spec, config.point_timeout_s))
