@@ -190,9 +190,19 @@ def plot_gflops(results, path):
         ax.set_ylabel("GFLOP/s (4·B·H·N²·D per call, halved if causal)")
         _n_axis(ax, results["settings"]["sizes"])
         _panel_title(ax, config)
-        ax.legend(loc="best", fontsize=8)
+    _shared_legend(fig, [ax for ax, _ in panels])  # below the panels: lines fill them
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _shared_legend(fig, axes):
+    """One legend for all panels, under them (each label once)."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.legend(entries.values(), entries.keys(), loc="outside lower center",
+               ncol=min(len(entries), 6), fontsize=9)
 
 
 def plot_speedup(results, path):
