@@ -5,6 +5,7 @@ import sys
 from importlib import metadata
 
 from ._backends import all_backends
+from ._blas import describe_blas
 from ._config import get_config
 
 
@@ -43,12 +44,5 @@ def show_config(file=None):
     lines += [f"  {b.name:<8} {'available' if b.available else 'unavailable'}: {b.reason}"
               for b in all_backends()]
     lines.append("blas")
-    lines += [f"  {lib.get('internal_api')} {lib.get('version')} "
-              f"({lib.get('num_threads')} threads)" for lib in _blas_info()]
+    lines += [f"  {line}" for line in describe_blas()]
     print("\n".join(lines), file=file)
-
-
-def _blas_info():
-    from threadpoolctl import threadpool_info
-
-    return [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]

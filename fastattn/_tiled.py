@@ -5,20 +5,10 @@ leading batch axes are merged into one without copying, and where NumPy cannot
 express that as a view (some broadcast patterns), the outer axes are looped here.
 """
 
-import functools
-
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
+from ._blas import single_threaded
 from ._plan import make_plan, merge_split_parts
-
-
-@functools.cache
-def _blas_controller():
-    """Controls every BLAS loaded so far; made after the kernels' BLAS (SciPy's) is loaded."""
-    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS that the kernels call)
-
-    return ThreadpoolController()
 
 
 def run_tiled(run_plan, problem, n_threads, block_q=None, block_k=None):
@@ -29,7 +19,7 @@ def run_tiled(run_plan, problem, n_threads, block_q=None, block_k=None):
     if problem.mask is not None:
         arrays.append(problem.mask)
     # BLAS is called from inside the parallel region: one BLAS thread per worker.
-    with _blas_controller().limit(limits=1, user_api="blas"):
+    with single_threaded():
         for views in _batch_views(arrays, len(problem.batch_shape)):
             q, k, v, out_view, lse_view = views[:5]
             mask = views[5] if len(views) > 5 else None

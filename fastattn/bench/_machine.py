@@ -88,11 +88,11 @@ def machine_info():
 
 def _blas_description():
     try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
+        from .._blas import describe_blas
+
+        return describe_blas()
+    except ImportError:  # threadpoolctl missing
         return []
-    return [f"{lib.get('internal_api')} {lib.get('version')} ({lib.get('num_threads')} threads)"
-            for lib in threadpool_info() if lib.get("user_api") == "blas"]
 
 
 def matmul_gflops(size=4096, dtype="float32", threads=None, repeats=3):
