@@ -7,7 +7,6 @@ express that as a view (some broadcast patterns), the outer axes are looped here
 
 import numpy as np
 
-from ._blas import single_threaded
 from ._plan import make_plan, merge_split_parts
 
 
@@ -18,13 +17,11 @@ def run_tiled(run_plan, problem, n_threads, block_q=None, block_k=None):
     arrays = [problem.q, problem.k, problem.v, out, lse]
     if problem.mask is not None:
         arrays.append(problem.mask)
-    # BLAS is called from inside the parallel region: one BLAS thread per worker.
-    with single_threaded():
-        for views in _batch_views(arrays, len(problem.batch_shape)):
-            q, k, v, out_view, lse_view = views[:5]
-            mask = views[5] if len(views) > 5 else None
-            _run_batch(run_plan, problem, q, k, v, mask, out_view, lse_view,
-                       n_threads, block_q, block_k)
+    for views in _batch_views(arrays, len(problem.batch_shape)):
+        q, k, v, out_view, lse_view = views[:5]
+        mask = views[5] if len(views) > 5 else None
+        _run_batch(run_plan, problem, q, k, v, mask, out_view, lse_view,
+                   n_threads, block_q, block_k)
     return out, lse
 
 

@@ -6,6 +6,7 @@ import threading
 import numba
 import numpy as np
 
+from .._blas import single_threaded
 from .kernel import MASK_ADD, MASK_KEEP, MASK_NONE, run_tasks
 
 __all__ = ["run_plan"]
@@ -35,7 +36,8 @@ def run_plan(plan, q, k, v, mask, mask_is_bool, out, lse, part_out, part_lse, sc
     previous = numba.get_num_threads()  # a per-thread setting in Numba
     numba.set_num_threads(min(workers, numba.config.NUMBA_NUM_THREADS))
     try:
-        with _one_caller_at_a_time():
+        # Every worker calls BLAS (np.dot) inside the parallel region: one BLAS thread each.
+        with single_threaded(), _one_caller_at_a_time():
             run_tasks(*flat_view(q), *flat_view(k), *flat_view(v), *flat_view(mask),
                       mask_kind, out, lse, part_out, part_lse, plan.tasks,
                       plan.worker_starts, plan.group, block_k, plan.band_lo, plan.band_hi,
