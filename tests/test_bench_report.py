@@ -195,3 +195,15 @@ def test_measure_peak_sees_numpy_buffers():
     assert memory["rss_method"] in ("hwm-reset", "psutil-sampling", "ru_maxrss", "unavailable")
     if memory["rss_method"] == "hwm-reset":
         assert memory["rss_bytes"] >= 15_000_000
+
+
+def test_child_imports_this_fastattn_not_one_in_the_working_directory(tmp_path, monkeypatch):
+    """Run from a source checkout (no built extension), the children must still measure the
+    installed package the parent uses: ``python -m`` puts the working directory first."""
+    decoy = tmp_path / "fastattn"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy in the working directory')\n")
+    monkeypatch.chdir(tmp_path)
+    spec = {"kind": "matmul", "size": 8, "dtype": "float64", "threads": 1, "repeats": 1}
+    measured = run_child(spec, timeout=120)
+    assert measured["status"] == "ok", measured

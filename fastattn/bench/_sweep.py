@@ -118,11 +118,14 @@ def plan_points(config):
     return points
 
 
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+"""The directory holding this fastattn package (site-packages, or a source checkout)."""
+
+
 def _child_environment():
     """The environment of a child: this fastattn first on its path, no inherited thread caps."""
     env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -142,8 +145,10 @@ def run_child(spec, timeout):
     """
     command = [sys.executable, "-m", "fastattn.bench._point", "--json", json.dumps(spec)]
     try:
+        # cwd: ``python -m`` puts the working directory first on sys.path, so a source
+        # checkout there (without the built extension) would shadow the installed package.
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              env=_child_environment())
+                              env=_child_environment(), cwd=PACKAGE_ROOT)
     except subprocess.TimeoutExpired:
         return {"status": "failed", "reason": f"timed out after {timeout:g} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
