@@ -50,6 +50,15 @@ def attend(backend, q, k, v, mask=None, **options):
     return fastattn.attention(q, k, v, mask, backend=backend, return_lse=True, **options)
 
 
+def assert_matches(out, lse, ref_out, ref_lse):
+    """Same shapes and dtypes as the reference, no NaN, equal within the dtype's tolerance."""
+    assert out.shape == ref_out.shape and lse.shape == ref_lse.shape
+    assert out.dtype == ref_out.dtype and lse.dtype == ref_lse.dtype
+    assert not np.isnan(out).any() and not np.isnan(lse).any()
+    assert_close(out, ref_out)
+    assert_close(lse, ref_lse)
+
+
 def check_backend(backend, q, k, v, mask=None, oracle=True, **options):
     """Assert that ``backend`` agrees with the naive backend and (optionally) the oracle.
 
@@ -59,12 +68,7 @@ def check_backend(backend, q, k, v, mask=None, oracle=True, **options):
     from oracle import attention_oracle
 
     out, lse = attend(backend, q, k, v, mask, **options)
-    ref_out, ref_lse = attend("naive", q, k, v, mask, **options)
-    assert out.shape == ref_out.shape and lse.shape == ref_lse.shape
-    assert out.dtype == ref_out.dtype and lse.dtype == ref_lse.dtype
-    assert not np.isnan(out).any() and not np.isnan(lse).any()
-    assert_close(out, ref_out)
-    assert_close(lse, ref_lse)
+    assert_matches(out, lse, *attend("naive", q, k, v, mask, **options))
     if oracle:
         want_out, want_lse = attention_oracle(q, k, v, mask, **options)
         assert out.shape == want_out.shape and lse.shape == want_lse.shape
