@@ -239,3 +239,27 @@ def test_empty_dimensions(backend, rng, q_shape, k_shape, v_shape):
     q, k, v = random_qkv(rng, q_shape, k_shape, v_shape)
     out, lse = check_backend(backend, q, k, v)
     assert out.shape == q_shape[:-1] + v_shape[-1:] and lse.shape == q_shape[:-1]
+
+
+def sparse_rows(n_rows, width, row_gap, rng, dtype=np.float32):
+    """``(1, 1, n_rows, width)`` rows ``row_gap`` elements apart in one huge zeroed buffer.
+
+    The buffer is virtual (calloc'd pages are only backed once written), so offsets
+    beyond 2**31 elements cost a few pages of memory, not gigabytes.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    buffer = np.zeros((n_rows - 1) * row_gap + width, dtype=dtype)
+    rows = np.lib.stride_tricks.as_strided(
+        buffer, shape=(1, 1, n_rows, width), strides=(0, 0, row_gap * itemsize, itemsize))
+    rows[...] = rng.standard_normal(rows.shape)
+    return rows
+
+
+def test_offsets_beyond_two_to_the_31_elements(compiled_backend, rng):
+    """64-bit indexing: key rows, value rows and mask rows more than 2**31 elements apart."""
+    gap = 2**31 + 64
+    k, v = sparse_rows(2, 8, gap, rng), sparse_rows(2, 8, gap, rng)
+    q = rng.standard_normal((1, 1, 2, 8)).astype(np.float32)
+    check_backend(compiled_backend, q, k, v, oracle=False)
+    mask = sparse_rows(2, 2, gap, rng)[0, 0]  # (Lq, Lk) additive, rows 2**31 apart
+    check_backend(compiled_backend, q, k, v, mask, oracle=False)
