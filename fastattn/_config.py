@@ -66,6 +66,11 @@ def get_config():
     return settings
 
 
+def explicit_settings():
+    """The settings a caller set (environment variables or :func:`config_context`), as a dict."""
+    return {**_from_environment(), **_overrides.get()}
+
+
 @contextlib.contextmanager
 def config_context(**settings):
     """Override settings inside a ``with`` block (thread- and task-local).

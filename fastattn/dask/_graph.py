@@ -75,8 +75,7 @@ def task_settings():
     from .. import _config
 
     settings = _config.get_config()
-    explicit = {**_config._from_environment(), **_config._overrides.get()}
-    settings["num_threads"] = explicit.get("num_threads", 1)
+    settings["num_threads"] = _config.explicit_settings().get("num_threads", 1)
     return tuple(sorted(settings.items()))
 
 
