@@ -72,28 +72,28 @@ def describe(name, array):
 
 def validate(q, k, v, mask=None, causal=False, window=None, scale=None):
     """Return the :class:`AttentionProblem` for these arguments, or raise."""
-    given = [_as_float_array(name, x) for name, x in (("q", q), ("k", k), ("v", v))]
+    given = [as_float_array(name, x) for name, x in (("q", q), ("k", k), ("v", v))]
     squeeze_heads = all(x.ndim == 2 for x in given)
-    q, k, v = (_with_head_axis(x) for x in given)
-    _check_shapes(q, k, v, given)
-    batch_shape = _broadcast_batch(q, k, v, given)
+    q, k, v = (with_head_axis(x) for x in given)
+    check_shapes(q, k, v, given)
+    batch_shape = broadcast_batch(q, k, v, given)
 
     result_dtype = np.result_type(q.dtype, k.dtype, v.dtype)
     compute_dtype = np.dtype(np.float32) if result_dtype == np.float16 else result_dtype
     q, k, v = (_prepared(x, batch_shape, compute_dtype) for x in (q, k, v))
 
     heads, lq, lk = q.shape[-3], q.shape[-2], k.shape[-2]
-    causal = _normalise_causal(causal)
-    window = _normalise_window(window)
-    mask, mask_is_bool = _prepare_mask(mask, batch_shape + (heads, lq, lk), compute_dtype)
+    causal = normalise_causal(causal)
+    window = normalise_window(window)
+    mask, mask_is_bool = prepare_mask(mask, batch_shape + (heads, lq, lk), compute_dtype)
     return AttentionProblem(
         q=q, k=k, v=v, mask=mask, mask_is_bool=mask_is_bool, batch_shape=batch_shape,
-        scale=_normalise_scale(scale, q.shape[-1]), causal=causal, window=window,
+        scale=normalise_scale(scale, q.shape[-1]), causal=causal, window=window,
         band=diagonal_band(lq, lk, causal, window), compute_dtype=compute_dtype,
         result_dtype=result_dtype, squeeze_heads=squeeze_heads)
 
 
-def _as_float_array(name, x):
+def as_float_array(name, x):
     array = np.asarray(x)
     kind = array.dtype.kind
     if kind in "biu":
@@ -112,11 +112,11 @@ def _as_float_array(name, x):
     return array
 
 
-def _with_head_axis(array):
+def with_head_axis(array):
     return array[None] if array.ndim == 2 else array
 
 
-def _check_shapes(q, k, v, given):
+def check_shapes(q, k, v, given):
     """Check the (head-axis) arrays ``q, k, v``; messages show the caller's ``given`` arrays."""
     shown_q, shown_k, shown_v = (describe(n, x) for n, x in zip("qkv", given))
     if q.shape[-1] != k.shape[-1]:
@@ -132,7 +132,7 @@ def _check_shapes(q, k, v, given):
                          f"Hq={heads} (grouped-query attention): {shown_q}, {shown_k}")
 
 
-def _broadcast_batch(q, k, v, given):
+def broadcast_batch(q, k, v, given):
     try:
         return np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
     except ValueError:
@@ -149,7 +149,7 @@ def _prepared(array, batch_shape, dtype):
     return np.broadcast_to(array, batch_shape + array.shape[-3:])
 
 
-def _normalise_causal(causal):
+def normalise_causal(causal):
     if causal is None or causal is False or (isinstance(causal, np.bool_) and not causal):
         return None
     if causal is True or isinstance(causal, np.bool_):
@@ -160,7 +160,7 @@ def _normalise_causal(causal):
                      f"got {causal!r}")
 
 
-def _normalise_window(window):
+def normalise_window(window):
     if window is None:
         return None
     try:
@@ -184,7 +184,7 @@ def _window_side(side, value, window):
     return number
 
 
-def _normalise_scale(scale, head_dim):
+def normalise_scale(scale, head_dim):
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
     try:
@@ -196,7 +196,7 @@ def _normalise_scale(scale, head_dim):
     return value
 
 
-def _prepare_mask(mask, scores_shape, compute_dtype):
+def prepare_mask(mask, scores_shape, compute_dtype):
     if mask is None:
         return None, False
     mask = np.asarray(mask)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._plan import diagonal_band
-from .._validation import (HeadShapes, _as_float_array, _broadcast_batch, _check_shapes,
-                           _normalise_causal, _normalise_scale, _normalise_window,
-                           _prepare_mask, _with_head_axis, describe)
+from .._validation import (HeadShapes, as_float_array, broadcast_batch, check_shapes, describe,
+                           normalise_causal, normalise_scale, normalise_window, prepare_mask,
+                           with_head_axis)
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,17 @@ def standin(array):
 def check_arguments(q, k, v, mask, causal, window, scale):
     """Return the :class:`LazyProblem` of the arguments, or raise as ``fastattn.attention`` does."""
     arrays = [_as_lazy(x) for x in (q, k, v)]
-    given = [_as_float_array(name, standin(x)) for name, x in zip("qkv", arrays)]
+    given = [as_float_array(name, standin(x)) for name, x in zip("qkv", arrays)]
     squeeze_heads = all(x.ndim == 2 for x in given)
-    shaped = [_with_head_axis(x) for x in given]
-    _check_shapes(*shaped, given)
-    batch_shape = _broadcast_batch(*shaped, given)
+    shaped = [with_head_axis(x) for x in given]
+    check_shapes(*shaped, given)
+    batch_shape = broadcast_batch(*shaped, given)
 
     result_dtype = np.result_type(*(x.dtype for x in given))
     compute_dtype = np.dtype(np.float32) if result_dtype == np.float16 else result_dtype
-    causal = _normalise_causal(causal)
-    window = _normalise_window(window)
-    scale = _normalise_scale(scale, given[0].shape[-1])
+    causal = normalise_causal(causal)
+    window = normalise_window(window)
+    scale = normalise_scale(scale, given[0].shape[-1])
 
     n_batch = len(batch_shape)
     q, k, v = (_leading_axes(x[None] if x.ndim == 2 else x, n_batch + 3) for x in arrays)
@@ -100,11 +100,11 @@ def _check_mask(mask, scores_shape, compute_dtype):
 
     if not isinstance(mask, da.Array):
         array = np.asarray(mask)
-        _prepare_mask(array, scores_shape, compute_dtype)  # every check, values included
+        prepare_mask(array, scores_shape, compute_dtype)  # every check, values included
         return da.asarray(array)
     kind = mask.dtype.kind
     if kind != "f":  # bool, int, anything else: the NumPy checks, cheap on a stand-in
-        _prepare_mask(standin(mask), scores_shape, compute_dtype)
+        prepare_mask(standin(mask), scores_shape, compute_dtype)
         return mask
     try:
         broadcast = np.broadcast_shapes(mask.shape, scores_shape)
