@@ -14,7 +14,7 @@ def band_keep(lq, lk, band):
 
 
 def naive_attention(problem):
-    """Return ``(out, lse)`` of ``problem`` in float64, shapes ``out_shape`` and ``out_shape[:-1]``."""
+    """``(out, lse)`` of ``problem`` in float64, shaped ``out_shape`` and ``out_shape[:-1]``."""
     q = problem.q.astype(np.float64)
     k = np.repeat(problem.k.astype(np.float64), problem.group, axis=-3)
     v = np.repeat(problem.v.astype(np.float64), problem.group, axis=-3)

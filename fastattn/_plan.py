@@ -77,7 +77,7 @@ class TilingPlan:
 
 
 def diagonal_band(lq, lk, causal, window):
-    """Return ``(band_lo, band_hi)``: query ``i`` sees key ``j`` iff ``band_lo <= j - i <= band_hi``.
+    """``(band_lo, band_hi)``: query ``i`` sees key ``j`` iff ``band_lo <= j - i <= band_hi``.
 
     The diagonal is key ``i`` for ``causal`` in (None, "upper_left") and key
     ``i + lk - lq`` for "lower_right"; the window ``(left, right)`` is measured

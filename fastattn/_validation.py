@@ -18,7 +18,7 @@ CAUSAL_MODES = ("upper_left", "lower_right")
 
 
 class HeadShapes:
-    """Head counts and the output shape of a problem holding ``q``, ``k``, ``v``, ``batch_shape``."""
+    """Head counts and output shape of a problem with ``q``, ``k``, ``v`` and ``batch_shape``."""
 
     @property
     def heads(self):
@@ -39,7 +39,7 @@ class HeadShapes:
 
 @dataclass(frozen=True)
 class AttentionProblem(HeadShapes):
-    """A validated call: ``q (*batch, Hq, Lq, D)``, ``k (*batch, Hk, Lk, D)``, ``v (*batch, Hk, Lk, Dv)``.
+    """A validated call: ``q (*batch, Hq, Lq, D)``, ``k (*batch, Hk, Lk, D)``, ``v (..., Dv)``.
 
     ``mask`` is None, a uint8 keep-mask (``mask_is_bool``) or an additive mask in the
     compute dtype, broadcast (as a view) to ``(*batch, Hq, Lq, Lk)``.
