@@ -5,7 +5,6 @@ import numpy as np
 from ._backends import resolve
 from ._config import get_config
 from ._merge import merge_states
-from ._naive import naive_attention
 from ._validation import check_out, describe, validate
 
 
@@ -68,22 +67,16 @@ def attention(q, k, v, mask=None, *, causal=False, window=None, scale=None,
         check_out(out, problem)
     settings = get_config()
     chosen = resolve(backend if backend is not None else settings["backend"], problem)
-    if _is_empty(problem):
-        result, lse = naive_attention(problem)
-    else:
-        result, lse = chosen.run(problem, settings)
-    result = result.astype(problem.result_dtype, copy=False)
-    lse = lse.astype(problem.compute_dtype, copy=False)
+    direct = out is not None and out.dtype == problem.compute_dtype
+    kernel_out = (out[None] if problem.squeeze_heads else out) if direct else None  # a view
+    result, lse = chosen.run(problem, settings, out=kernel_out)
     if problem.squeeze_heads:
         result, lse = result[0], lse[0]
-    if out is not None:
-        np.copyto(out, result)
-        result = out
-    return (result, lse) if return_lse else result
-
-
-def _is_empty(problem):
-    return problem.q.size == 0 or problem.k.shape[-2] == 0 or problem.v.shape[-1] == 0
+    if out is None:
+        out = result.astype(problem.result_dtype, copy=False)
+    elif not direct:  # float16: computed in float32, then converted into out
+        np.copyto(out, result, casting="same_kind")
+    return (out, lse) if return_lse else out
 
 
 def merge_attention(out_a, lse_a, out_b, lse_b):

@@ -1,14 +1,21 @@
 """The backend registry: each backend's name, availability (with the reason) and runner.
 
-A runner takes a validated :class:`~fastattn._validation.AttentionProblem` and the
-settings in force, and returns ``(out, lse)`` with the shapes of the problem.
-Compiled backends are imported lazily, on first use, so ``import fastattn`` is cheap.
+A runner takes a validated :class:`~fastattn._validation.AttentionProblem`, the
+settings in force, an optional ``out`` array (the problem's ``out_shape`` in the
+compute dtype, written in place) and ``lse_only``, and returns ``(out, lse)`` with the
+shapes of the problem (``out`` None with ``lse_only``).  Every problem, empty ones
+included, goes through a runner.  Compiled backends expose ``run_kernel(call)`` (the
+kernel contract of :mod:`fastattn._contract`) and are imported lazily, on first use,
+so ``import fastattn`` is cheap.
 """
 
 import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
+from ._contract import DECODE_ROWS
 from ._naive import naive_attention
 from ._tiled import run_tiled
 
@@ -20,10 +27,9 @@ SMALL_PROBLEM_SCORES = 8192
 its NumPy calls cost less than a compiled call's set-up (measured here: about 90 us
 against 120-170 us at 4096 scores; even at 16384)."""
 
-DECODE_ROWS = 8
-"""Below this many query rows per kv head (Lq x Hq / Hk; decoding), "auto" prefers
-Numba, whose streamed few-row path measured slightly faster than the Cython kernel
-(13.2 ms against 14.8 ms for Lq=1, Lk=65536, Hq=32, Hk=8 on two cores)."""
+# Below DECODE_ROWS query rows per kv head (Lq x Hq / Hk; decoding), "auto" prefers
+# Numba, whose streamed few-row path measured slightly faster than the Cython kernel
+# (13.2 ms against 14.8 ms for Lq=1, Lk=65536, Hq=32, Hk=8 on two cores).
 
 
 @dataclass(frozen=True)
@@ -33,18 +39,24 @@ class Backend:
     reason: str
     runner: object = None
 
-    def run(self, problem, settings):
-        return self.runner(problem, settings)
+    def run(self, problem, settings, out=None, lse_only=False):
+        return self.runner(problem, settings, out, lse_only)
 
 
-def _naive_runner(problem, settings):
-    return naive_attention(problem)
+def _naive_runner(problem, settings, out=None, lse_only=False):
+    result, lse = naive_attention(problem, lse_only)
+    lse = lse.astype(problem.compute_dtype)
+    if lse_only:
+        return None, lse
+    if out is None:
+        return result.astype(problem.compute_dtype), lse
+    np.copyto(out, result, casting="unsafe")
+    return out, lse
 
 
-def _tiled_runner(run_plan):
-    def runner(problem, settings):
-        return run_tiled(run_plan, problem, settings["num_threads"], settings["block_q"],
-                         settings["block_k"])
+def _tiled_runner(run_kernel):
+    def runner(problem, settings, out=None, lse_only=False):
+        return run_tiled(run_kernel, problem, settings, out, lse_only)
     return runner
 
 
@@ -54,12 +66,12 @@ def _load(name):
         return Backend("naive", True, "full-matrix float64 reference", _naive_runner)
     try:
         if name == "numba":
-            from ._numba import run_plan
+            from ._numba import run_kernel
         else:
-            from ._cython import run_plan
+            from ._cython import run_kernel
     except ImportError as error:
         return Backend(name, False, f"cannot be imported: {error}")
-    return Backend(name, True, f"tiled {name} kernel", _tiled_runner(run_plan))
+    return Backend(name, True, f"tiled {name} kernel", _tiled_runner(run_kernel))
 
 
 def backend_names():

@@ -9,12 +9,36 @@ environment variable ``OPENBLAS_CORETYPE``; fastattn leaves that to the user (se
 docs/benchmarks.md: forcing ``Haswell`` on an AVX-512 CPU halves the block products).
 """
 
+import contextlib
 import functools
+import threading
+
+_lock = threading.Lock()
+_holders = 0  # calls inside single_threaded() right now, in any thread
+_limiter = None  # threadpoolctl's record of the limits to restore
 
 
+@contextlib.contextmanager
 def single_threaded():
-    """Context manager: every loaded BLAS on one thread (restored on exit)."""
-    return _controller().limit(limits=1, user_api="blas")
+    """Context manager: every loaded BLAS on one thread while any caller is inside.
+
+    The first caller to enter sets the limit and the last to leave restores it, so
+    concurrent callers (threads, Dask's threaded scheduler) can neither restore each
+    other's limits out of order nor leave BLAS on one thread after the last call.
+    """
+    global _holders, _limiter
+    with _lock:
+        if _holders == 0:
+            _limiter = _controller().limit(limits=1, user_api="blas")
+        _holders += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _holders -= 1
+            if _holders == 0:
+                _limiter.restore_original_limits()
+                _limiter = None
 
 
 @functools.cache

@@ -22,6 +22,27 @@ def available_cores():
         return os.cpu_count() or 1
 
 
+_forked_child = False
+
+
+def _note_fork():
+    global _forked_child
+    _forked_child = True
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
+
+def thread_budget(requested):
+    """Threads a compiled call may use: ``requested``, capped at the cores.
+
+    In a process forked from another (``multiprocessing``'s default on Linux) it is 1:
+    the OpenMP runtime that the kernels' thread teams come from cannot start threads
+    again after a fork, so a forked child runs the kernels serially.
+    """
+    return 1 if _forked_child else max(1, min(requested, available_cores()))
+
+
 def _from_environment():
     settings = {}
     backend = os.environ.get("FASTATTN_BACKEND", "").strip()

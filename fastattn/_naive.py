@@ -2,36 +2,69 @@
 
 This is the definition of correct that every tiled backend is tested against.  It
 materialises ``(*batch, Hq, Lq, Lk)`` scores, so its memory grows as ``Lq * Lk``.
+
+The semantics, in full-matrix form (the tiled kernels keep the same invariant, see
+"The kernel contract" in docs/design.md):
+
+* a key is *visible* to a query when the band, a bool mask and an additive mask
+  (``-inf`` entries) all let it through; an invisible key has weight exactly 0 and
+  contributes nothing, even if its score or value is NaN;
+* a row with no visible key is zeros with lse ``-inf``;
+* otherwise IEEE arithmetic: a NaN score or value that a row sees makes it NaN, and
+  a ``+inf`` score gives NaN (``inf - inf``), never an empty row.
 """
 
 import numpy as np
 
+from ._contract import MASK_ADD, MASK_KEEP
 
-def band_keep(lq, lk, band):
-    """Bool ``(lq, lk)``: where query ``i`` may see key ``j`` under the causal/window band."""
-    offsets = np.arange(lk)[None, :] - np.arange(lq)[:, None]
-    return (offsets >= band[0]) & (offsets <= band[1])
+ROW_CHUNK = 64
+"""Query rows per step of the weighted sum when some value is not finite."""
 
 
-def naive_attention(problem):
-    """``(out, lse)`` of ``problem`` in float64, shaped ``out_shape`` and ``out_shape[:-1]``."""
+def naive_attention(problem, lse_only=False):
+    """``(out, lse)`` of ``problem`` in float64, shaped ``out_shape`` and ``out_shape[:-1]``.
+
+    With ``lse_only`` the values are not read and ``out`` is None.
+    """
+    weights, lse = _weights_and_lse(problem)
+    if lse_only:
+        return None, lse
+    v = np.repeat(problem.v.astype(np.float64), problem.group, axis=-3)
+    return _weighted_sum(weights, v), lse
+
+
+def _weights_and_lse(problem):
+    """Normalised weights (zeros where invisible or the row is empty) and the lse."""
     q = problem.q.astype(np.float64)
     k = np.repeat(problem.k.astype(np.float64), problem.group, axis=-3)
-    v = np.repeat(problem.v.astype(np.float64), problem.group, axis=-3)
-
     scores = (q @ np.swapaxes(k, -1, -2)) * problem.scale
-    keep = band_keep(q.shape[-2], k.shape[-2], problem.band)
-    if problem.mask is not None and problem.mask_is_bool:
-        keep = keep & problem.mask.astype(bool)
-    elif problem.mask is not None:
-        scores = scores + problem.mask
-    scores = np.where(keep, scores, -np.inf)
+    lq, lk = scores.shape[-2:]
+    visible = problem.band.visible(np.arange(lq), np.arange(lk))
+    if problem.mask_kind == MASK_KEEP:
+        visible = visible & problem.mask.astype(bool)
+    elif problem.mask_kind == MASK_ADD:
+        visible = visible & ~np.isneginf(problem.mask)
+        scores = scores + np.where(np.isneginf(problem.mask), 0.0, problem.mask)
+    scores = np.where(visible, scores, -np.inf)
 
-    row_max = scores.max(axis=-1, keepdims=True, initial=-np.inf)
-    empty = np.isneginf(row_max)
-    weights = np.exp(scores - np.where(empty, 0.0, row_max))
-    total = weights.sum(axis=-1, keepdims=True)
-    out = (weights @ v) / np.where(empty, 1.0, total)
-    with np.errstate(divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        row_max = scores.max(axis=-1, keepdims=True, initial=-np.inf)  # NaN if a NaN is seen
+        empty = ~visible.any(axis=-1, keepdims=True)
+        weights = np.exp(scores - np.where(empty, 0.0, row_max))
+        total = weights.sum(axis=-1, keepdims=True)
         lse = np.where(empty, -np.inf, row_max + np.log(total))[..., 0]
-    return out, lse
+        weights = np.where(visible, weights / np.where(empty, 1.0, total), 0.0)
+    return weights, lse
+
+
+def _weighted_sum(weights, v):
+    """``weights @ v`` where a zero weight contributes nothing even to a non-finite value."""
+    if np.isfinite(v).all():
+        return weights @ v
+    out = np.empty(weights.shape[:-1] + v.shape[-1:])
+    for r in range(0, weights.shape[-2], ROW_CHUNK):
+        w = weights[..., r:r + ROW_CHUNK, :, None]
+        terms = np.where(w != 0, w * v[..., None, :, :], 0.0)
+        out[..., r:r + ROW_CHUNK, :] = terms.sum(axis=-2)
+    return out

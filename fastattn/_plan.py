@@ -4,38 +4,16 @@ One plan, made once per call in Python, drives every compiled backend, so the Nu
 and Cython kernels walk exactly the same tasks in the same order.  The plan depends
 on the shape of the problem only; the thread count decides which worker runs which
 task, never what a task computes, so results do not depend on the number of threads.
-
-The kernel contract
--------------------
-A kernel receives 4-D arrays ``q (B, Hq, Lq, D)``, ``k (B, Hk, Lk, D)``,
-``v (B, Hk, Lk, Dv)``, ``out (B, Hq, Lq, Dv)``, ``lse (B, Hq, Lq)``, all in the
-compute dtype with any strides (their last axis has unit stride), and a mask view
-``(B, Hq, Lq, Lk)`` of any strides (zero strides included) that is uint8 (1 = keep)
-or additive in the compute dtype.  It runs::
-
-    for worker in prange(n_workers):
-        for t in range(worker_starts[worker], worker_starts[worker + 1]):
-            b, kv_head, q_start, q_stop, k_start, k_stop, part = tasks[t]
-
-A task covers the query rows ``q_start:q_stop`` of every query head of one kv head
-(heads ``kv_head * group ... kv_head * group + group - 1``), scans the keys
-``k_start:k_stop`` in blocks of ``block_k`` and keeps the online-softmax state of
-``group * (q_stop - q_start) <= max_rows`` rows.  Query ``i`` may attend key ``j``
-only where ``band_lo <= j - i <= band_hi`` (causal and window limits).  With
-``part == -1`` the task writes its normalised rows into ``out`` and ``lse``;
-otherwise into ``part_out[part]`` and ``part_lse[part]`` (row ``h * n + i`` for head
-offset ``h`` and row offset ``i``), and :func:`merge_split_parts` combines them.
+The task and merge tables' columns, the band and what a kernel does with a plan are
+the kernel contract (:mod:`fastattn._contract`).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-# Columns of the task table.
-TASK_BATCH, TASK_KV_HEAD, TASK_Q_START, TASK_Q_STOP, TASK_K_START, TASK_K_STOP, TASK_PART = range(7)
-
-UNBOUNDED = 1 << 62
-"""Band limit meaning "no limit on this side"; far beyond any sequence length."""
+from ._contract import (MERGE_COLUMNS, TASK_BATCH, TASK_COLUMNS, TASK_K_START, TASK_K_STOP,
+                        TASK_KV_HEAD, TASK_PART, TASK_Q_START, TASK_Q_STOP, Band)
 
 TARGET_ROWS = 128
 """Query rows per task (all heads of a group together) when the caller sets no block."""
@@ -52,6 +30,10 @@ MIN_PARALLEL_TASKS = 16
 MIN_SPLIT_KEYS = 1024
 """A split-KV part never covers fewer keys than this."""
 
+ROUND_COST = 1 << 25
+"""Scores per worker in one round of a long call (about 0.1-0.3 s here): between rounds
+Python runs, so Ctrl-C interrupts a call promptly (see :func:`rounds`)."""
+
 
 @dataclass(frozen=True)
 class TilingPlan:
@@ -60,9 +42,9 @@ class TilingPlan:
     block_q: int
     block_k: int
     group: int
-    band_lo: int
-    band_hi: int
+    band: Band
     tasks: np.ndarray
+    task_costs: np.ndarray
     worker_starts: np.ndarray
     merges: np.ndarray
     n_parts: int
@@ -76,26 +58,6 @@ class TilingPlan:
         return self.group * self.block_q
 
 
-def diagonal_band(lq, lk, causal, window):
-    """``(band_lo, band_hi)``: query ``i`` sees key ``j`` iff ``band_lo <= j - i <= band_hi``.
-
-    The diagonal is key ``i`` for ``causal`` in (None, "upper_left") and key
-    ``i + lk - lq`` for "lower_right"; the window ``(left, right)`` is measured
-    from that same diagonal, and ``causal`` cuts everything right of it.
-    """
-    offset = lk - lq if causal == "lower_right" else 0
-    lo, hi = -UNBOUNDED, UNBOUNDED
-    if window is not None:
-        left, right = window
-        if left is not None:
-            lo = offset - left
-        if right is not None:
-            hi = offset + right
-    if causal is not None:
-        hi = min(hi, offset)
-    return lo, hi
-
-
 def make_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=None, block_k=None):
     """Plan the tiled pass of a problem with ``batch * kv_heads`` head groups."""
     block_q = block_q or max(1, TARGET_ROWS // group)
@@ -103,30 +65,29 @@ def make_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=None, blo
     if block_k is None:
         block_k = min(max(TILE_SCORES // (group * block_q), BLOCK_K_RANGE[0]), BLOCK_K_RANGE[1])
     block_k = max(1, min(block_k, max(lk, 1)))
-    band_lo, band_hi = band
-
-    rows = _row_tasks(batch, kv_heads, lq, lk, block_q, band_lo, band_hi)
+    rows = _row_tasks(batch, kv_heads, lq, lk, block_q, band)
     tasks, merges, n_parts = _split_long_rows(rows)
     costs = group * (tasks[:, TASK_Q_STOP] - tasks[:, TASK_Q_START]) * (
         tasks[:, TASK_K_STOP] - tasks[:, TASK_K_START]) + block_k
     worker_starts = _balanced_starts(costs, n_threads)
-    return TilingPlan(block_q, block_k, group, band_lo, band_hi, tasks, worker_starts,
-                      merges, n_parts)
+    return TilingPlan(block_q, block_k, group, band, tasks, costs, worker_starts, merges,
+                      n_parts)
 
 
-def _row_tasks(batch, kv_heads, lq, lk, block_q, band_lo, band_hi):
-    """One task per (batch, kv head, query block), with its key range clipped to the band."""
+def _row_tasks(batch, kv_heads, lq, lk, block_q, band):
+    """One task per (batch, kv head, query block), with its key range clipped to the band.
+
+    An empty key range still makes a task: it writes the rows' zeros and -inf lse.
+    """
     q_starts = np.arange(0, lq, block_q, dtype=np.int64)
     q_stops = np.minimum(q_starts + block_q, lq)
-    k_starts = np.clip(q_starts + band_lo, 0, lk)
-    k_stops = np.clip(q_stops - 1 + band_hi + 1, 0, lk)
-    k_stops = np.maximum(k_stops, k_starts)  # an empty range still writes zeros
+    k_starts, k_stops = band.key_range(q_starts, q_stops, lk)
     per_block = np.stack([q_starts, q_stops, k_starts, k_stops], axis=1)
 
     n_blocks = len(q_starts)
     b, h, blk = np.meshgrid(np.arange(batch), np.arange(kv_heads), np.arange(n_blocks),
                             indexing="ij")
-    tasks = np.empty((b.size, 7), dtype=np.int64)
+    tasks = np.empty((b.size, TASK_COLUMNS), dtype=np.int64)
     tasks[:, TASK_BATCH] = b.ravel()
     tasks[:, TASK_KV_HEAD] = h.ravel()
     tasks[:, TASK_Q_START:TASK_K_STOP + 1] = per_block[blk.ravel()]
@@ -138,18 +99,18 @@ def _split_long_rows(tasks):
     """Split the key ranges of too few tasks so that every thread has work (split-KV).
 
     The number of parts depends on the shape only, so the merged result is the same
-    for any thread count.  Returns the new task table, the merge table (one row
-    ``b, kv_head, q_start, q_stop, first_part, n_parts`` per split task) and the
-    number of partial slots.
+    for any thread count.  Returns the new task table, the merge table (one row of
+    ``MERGE_*`` columns per split task) and the number of partial slots; the parts
+    of one split task are consecutive slots.
     """
     n_tasks = len(tasks)
     if n_tasks == 0 or n_tasks >= MIN_PARALLEL_TASKS:
-        return tasks, np.empty((0, 6), dtype=np.int64), 0
+        return tasks, np.empty((0, MERGE_COLUMNS), dtype=np.int64), 0
     wanted = -(-MIN_PARALLEL_TASKS // n_tasks)
     key_counts = tasks[:, TASK_K_STOP] - tasks[:, TASK_K_START]
     n_splits = np.clip(key_counts // MIN_SPLIT_KEYS, 1, wanted)
     if np.all(n_splits == 1):
-        return tasks, np.empty((0, 6), dtype=np.int64), 0
+        return tasks, np.empty((0, MERGE_COLUMNS), dtype=np.int64), 0
 
     pieces, merges, next_part = [], [], 0
     for task, n in zip(tasks, n_splits):
@@ -183,18 +144,22 @@ def _balanced_starts(costs, n_threads):
     return np.append(starts, len(costs)).astype(np.int64)
 
 
-def merge_split_parts(plan, part_out, part_lse, out, lse):
-    """Fold the split-KV partial results of ``plan`` into ``out`` and ``lse`` (in place)."""
-    from ._merge import merge_states
+def rounds(plan):
+    """Yield plans that together run ``plan``'s tasks, each worker about ``ROUND_COST`` a round.
 
-    for b, kv_head, q_start, q_stop, first, n in plan.merges:
-        n_rows = q_stop - q_start
-        heads = slice(kv_head * plan.group, (kv_head + 1) * plan.group)
-        acc_out = part_out[first, :plan.group * n_rows].astype(np.float64)
-        acc_lse = part_lse[first, :plan.group * n_rows].astype(np.float64)
-        for part in range(first + 1, first + n):
-            acc_out, acc_lse = merge_states(
-                acc_out, acc_lse, part_out[part, :plan.group * n_rows],
-                part_lse[part, :plan.group * n_rows])
-        out[b, heads, q_start:q_stop] = acc_out.reshape(plan.group, n_rows, -1)
-        lse[b, heads, q_start:q_stop] = acc_lse.reshape(plan.group, n_rows)
+    Every worker keeps its own tasks in its own order, so the results are those of
+    ``plan``; only the points where Python regains control differ.
+    """
+    costs, starts = plan.task_costs, plan.worker_starts
+    if int(costs.sum()) <= ROUND_COST * plan.n_workers:
+        yield plan
+        return
+    worker = np.repeat(np.arange(plan.n_workers), np.diff(starts))
+    done = np.cumsum(costs) - costs
+    worker_first = np.append(done, 0)[starts[:-1]]  # cost done before each worker's run
+    round_of = (done - worker_first[worker]) // ROUND_COST
+    for r in range(int(round_of.max()) + 1):
+        chosen = round_of == r
+        counts = np.bincount(worker[chosen], minlength=plan.n_workers)
+        yield replace(plan, tasks=plan.tasks[chosen], task_costs=costs[chosen],
+                      worker_starts=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._plan import diagonal_band
+from ._contract import MASK_ADD, MASK_KEEP, MASK_NONE, Band
 
 CAUSAL_MODES = ("upper_left", "lower_right")
 
@@ -41,20 +41,19 @@ class HeadShapes:
 class AttentionProblem(HeadShapes):
     """A validated call: ``q (*batch, Hq, Lq, D)``, ``k (*batch, Hk, Lk, D)``, ``v (..., Dv)``.
 
-    ``mask`` is None, a uint8 keep-mask (``mask_is_bool``) or an additive mask in the
-    compute dtype, broadcast (as a view) to ``(*batch, Hq, Lq, Lk)``.
+    ``mask`` is None (``mask_kind`` MASK_NONE), a uint8 keep-mask (MASK_KEEP) or an
+    additive mask in the compute dtype (MASK_ADD), broadcast (as a view) to
+    ``(*batch, Hq, Lq, Lk)``; ``band`` holds the causal and window limits.
     """
 
     q: np.ndarray
     k: np.ndarray
     v: np.ndarray
     mask: object
-    mask_is_bool: bool
+    mask_kind: int
     batch_shape: tuple
     scale: float
-    causal: object
-    window: object
-    band: tuple
+    band: Band
     compute_dtype: np.dtype
     result_dtype: np.dtype
     squeeze_heads: bool
@@ -85,11 +84,11 @@ def validate(q, k, v, mask=None, causal=False, window=None, scale=None):
     heads, lq, lk = q.shape[-3], q.shape[-2], k.shape[-2]
     causal = normalise_causal(causal)
     window = normalise_window(window)
-    mask, mask_is_bool = prepare_mask(mask, batch_shape + (heads, lq, lk), compute_dtype)
+    mask, mask_kind = prepare_mask(mask, batch_shape + (heads, lq, lk), compute_dtype)
     return AttentionProblem(
-        q=q, k=k, v=v, mask=mask, mask_is_bool=mask_is_bool, batch_shape=batch_shape,
-        scale=normalise_scale(scale, q.shape[-1]), causal=causal, window=window,
-        band=diagonal_band(lq, lk, causal, window), compute_dtype=compute_dtype,
+        q=q, k=k, v=v, mask=mask, mask_kind=mask_kind, batch_shape=batch_shape,
+        scale=normalise_scale(scale, q.shape[-1]),
+        band=Band.from_alignment(lq, lk, causal, window), compute_dtype=compute_dtype,
         result_dtype=result_dtype, squeeze_heads=squeeze_heads)
 
 
@@ -197,8 +196,9 @@ def normalise_scale(scale, head_dim):
 
 
 def prepare_mask(mask, scores_shape, compute_dtype):
+    """The mask as a view broadcast to ``scores_shape`` and its kind (see _contract)."""
     if mask is None:
-        return None, False
+        return None, MASK_NONE
     mask = np.asarray(mask)
     kind = mask.dtype.kind
     if kind in "iu":
@@ -215,7 +215,7 @@ def prepare_mask(mask, scores_shape, compute_dtype):
         raise ValueError(f"{describe('mask', mask)} does not broadcast to the scores "
                          f"shape (..., Hq, Lq, Lk) = {scores_shape}") from None
     if kind == "b":
-        return np.broadcast_to(mask.view(np.uint8), scores_shape), True
+        return np.broadcast_to(mask.view(np.uint8), scores_shape), MASK_KEEP
     if np.isnan(mask).any() or np.isposinf(mask).any():
         raise ValueError(f"{describe('mask', mask)}: an additive mask may hold finite "
                          f"values and -inf, not NaN or +inf")
@@ -224,7 +224,7 @@ def prepare_mask(mask, scores_shape, compute_dtype):
     if np.isposinf(cast).any():
         raise ValueError(f"{describe('mask', mask)}: values exceed the range of the compute "
                          f"dtype {compute_dtype}")
-    return np.broadcast_to(cast, scores_shape), False
+    return np.broadcast_to(cast, scores_shape), MASK_ADD
 
 
 def check_out(out, problem):

@@ -6,15 +6,18 @@ of :func:`fastattn.attention` returns ``lse`` in ``O(N)`` memory; with it any bl
 ``p`` is recomputed exactly, one small tile at a time.  So a 200 × 200 window of a
 100 000-token sequence costs the memory of the window plus ``O(N)``, never ``N²``.
 
-The tiled pass runs only over the span of the requested rows, and only over the keys
-that the causal/window band lets those rows see: the band is re-expressed, for that
-sub-problem, as a ``window=`` of :func:`fastattn.attention` (see :func:`_span_problem`).
+The lse comes from the tiled kernels in their lse-only mode, run only over the span
+of the requested rows and the keys that the band lets those rows see
+(:meth:`fastattn._contract.Band.restrict`).
 """
+
+import dataclasses
 
 import numpy as np
 
-from ._api import attention
-from ._plan import UNBOUNDED
+from ._backends import resolve
+from ._config import get_config
+from ._contract import MASK_ADD, MASK_KEEP
 from ._validation import validate
 
 BLOCK_ROWS = 256
@@ -135,78 +138,44 @@ def _row_lse(problem, head_idx, row_idx):
     """The log-sum-exp ``(*batch, len(head_idx), len(row_idx))`` of the selected rows."""
     lse = np.full(problem.batch_shape + (len(head_idx), len(row_idx)), -np.inf,
                   dtype=problem.compute_dtype)
-    span = _span_problem(problem, row_idx)
-    if span is None or lse.size == 0:
+    lk = problem.k.shape[-2]
+    span = None if lse.size == 0 else problem.band.restrict(
+        int(row_idx.min()), int(row_idx.max()) + 1, 0, lk)
+    if span is None:
         return lse
-    r0, r1, c0, c1, sub_window = span
-    all_heads = np.array_equal(head_idx, np.arange(problem.heads))
-
-    q_sub = problem.q[..., r0:r1, :]
-    k_sub = problem.k[..., c0:c1, :]
-    if not all_heads:  # one kv head per selected query head: plain multi-head
-        q_sub = q_sub[..., head_idx, :, :]
+    r0, r1, c0, c1, band = span
+    q_sub, k_sub = problem.q[..., r0:r1, :], problem.k[..., c0:c1, :]
+    if not np.array_equal(head_idx, np.arange(problem.heads)):
+        q_sub = q_sub[..., head_idx, :, :]  # one kv head per selected query head
         k_sub = k_sub[..., head_idx // problem.group, :, :]
-    mask = _sub_mask(problem, head_idx, all_heads, r0, r1, c0, c1)
-    values = np.broadcast_to(np.zeros(1, dtype=problem.compute_dtype), k_sub.shape[:-1] + (1,))
-    _, sub_lse = attention(q_sub, k_sub, values, mask, window=sub_window,
-                           scale=problem.scale, return_lse=True)
+    sub = dataclasses.replace(problem, q=q_sub, k=k_sub, v=k_sub, band=band,
+                              mask=_sub_mask(problem, head_idx, r0, r1, c0, c1))
+    settings = get_config()
+    _, sub_lse = resolve(settings["backend"], sub).run(sub, settings, lse_only=True)
 
     inside = (row_idx >= r0) & (row_idx < r1)
     lse[..., inside] = sub_lse[..., row_idx[inside] - r0]
     return lse
 
 
-def _span_problem(problem, row_idx):
-    """Rows ``r0:r1`` and keys ``c0:c1`` to run, and the window that keeps their band.
-
-    Query ``i`` sees key ``j`` iff ``lo <= j - i <= hi`` (``problem.band``).  Rows
-    that see no key at all are dropped (their lse is -inf).  In the sub-problem
-    ``i' = i - r0``, ``j' = j - c0``, so the band becomes ``lo + s <= j' - i' <= hi + s``
-    with ``s = r0 - c0``; by the choice of ``r0`` and ``c0``, ``lo + s <= 0 <= hi + s``,
-    which is ``window=(-(lo + s), hi + s)`` around the upper-left diagonal.
-    Returns None when no selected row sees a key.
-    """
-    lk = problem.k.shape[-2]
-    if len(row_idx) == 0 or lk == 0:
-        return None
-    lo, hi = problem.band
-    lo_bounded, hi_bounded = lo > -UNBOUNDED // 2, hi < UNBOUNDED // 2
-    r0, r1 = int(row_idx.min()), int(row_idx.max()) + 1
-    if hi_bounded:
-        r0 = max(r0, -hi)        # earlier rows: every key is right of the band
-    if lo_bounded:
-        r1 = min(r1, lk - lo)    # later rows: every key is left of the band
-    if r0 >= r1:
-        return None
-    c0 = max(0, r0 + lo) if lo_bounded else 0
-    c1 = min(lk, r1 + hi) if hi_bounded else lk
-    shift = r0 - c0
-    left = -(lo + shift) if lo_bounded else None
-    right = hi + shift if hi_bounded else None
-    assert (left is None or left >= 0) and (right is None or right >= 0) and c0 < c1
-    return r0, r1, c0, c1, (left, right)
-
-
-def _sub_mask(problem, head_idx, all_heads, r0, r1, c0, c1):
-    """The mask of the sub-problem, without materialising any broadcast axis."""
+def _sub_mask(problem, head_idx, r0, r1, c0, c1):
+    """The mask of rows ``r0:r1``, keys ``c0:c1`` and the selected heads, as a broadcast view."""
     mask = problem.mask
     if mask is None:
         return None
     # Collapse broadcast (zero-stride) axes to length 1 so no selection copies them.
     mask = mask[tuple(slice(0, 1) if stride == 0 and length > 1 else slice(None)
                       for stride, length in zip(mask.strides, mask.shape))]
-    if mask.shape[-2] > 1:
-        mask = mask[..., r0:r1, :]
-    if mask.shape[-1] > 1:
-        mask = mask[..., c0:c1]
-    if mask.shape[-3] > 1 and not all_heads:
+    rows = slice(r0, r1) if mask.shape[-2] > 1 else slice(None)
+    keys = slice(c0, c1) if mask.shape[-1] > 1 else slice(None)
+    mask = mask[..., rows, keys]
+    if mask.shape[-3] > 1:
         mask = mask[..., head_idx, :, :]
-    return mask.view(bool) if problem.mask_is_bool else mask
+    return np.broadcast_to(mask, problem.batch_shape + (len(head_idx), r1 - r0, c1 - c0))
 
 
 def _fill_weights(problem, head_idx, row_idx, col_idx, lse, weights):
     """Write ``exp(score - lse)`` of the selected block into ``weights``, tile by tile."""
-    lo, hi = problem.band
     for batch in np.ndindex(*problem.batch_shape):
         for position, head in enumerate(head_idx):
             q = problem.q[batch + (head,)]
@@ -220,14 +189,13 @@ def _fill_weights(problem, head_idx, row_idx, col_idx, lse, weights):
                 for c in range(0, len(col_idx), BLOCK_COLS):
                     cols = col_idx[c:c + BLOCK_COLS]
                     scores = q_block @ k[cols].astype(np.float64).T
-                    offsets = cols[None, :] - rows[:, None]
-                    keep = (offsets >= lo) & (offsets <= hi) & alive
-                    if mask is not None:
+                    keep = problem.band.visible(rows, cols) & alive
+                    if problem.mask_kind == MASK_KEEP:
+                        keep &= mask[np.ix_(rows, cols)].astype(bool)
+                    elif problem.mask_kind == MASK_ADD:
                         tile = mask[np.ix_(rows, cols)]
-                        if problem.mask_is_bool:
-                            keep &= tile.astype(bool)
-                        else:
-                            scores += tile
+                        keep &= ~np.isneginf(tile)
+                        scores += np.where(keep, tile, 0.0)
                     with np.errstate(invalid="ignore", over="ignore"):
                         tile_weights = np.exp(scores - row_lse[:, None])
                     weights[batch + (position, slice(r, r + BLOCK_ROWS),

@@ -5,6 +5,7 @@ import pytest
 
 import fastattn
 from fastattn import _plan
+from fastattn._contract import Band
 from fastattn._validation import validate
 from helpers import attend, check_backend, heads_qkv, random_qkv
 
@@ -90,8 +91,7 @@ def test_default_query_block_edges(backend, rng, group, edge):
 
 def planned_block_k(hq, hk, lq):
     """The key block the planner chooses for these heads and queries (long keys)."""
-    band = (-_plan.UNBOUNDED, _plan.UNBOUNDED)
-    return _plan.make_plan(1, hk, hq // hk, lq, 10**6, band, 1).block_k
+    return _plan.make_plan(1, hk, hq // hk, lq, 10**6, Band(), 1).block_k
 
 
 @pytest.mark.parametrize("lk", block_edges(planned_block_k(hq=2, hk=1, lq=3)))

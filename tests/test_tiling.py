@@ -5,6 +5,7 @@ import pytest
 
 import fastattn
 from fastattn import _plan
+from fastattn._contract import Band
 from fastattn._validation import validate
 from helpers import assert_close, attend, check_backend, heads_qkv
 
@@ -84,7 +85,7 @@ DECODE = dict(batch=1, hq=4, hk=1, lq=1, lk=8192 + 37, d=16)
 
 def decode_plan(n_threads, lk=DECODE["lk"]):
     return _plan.make_plan(DECODE["batch"], DECODE["hk"], DECODE["hq"] // DECODE["hk"],
-                           DECODE["lq"], lk, (-_plan.UNBOUNDED, _plan.UNBOUNDED), n_threads)
+                           DECODE["lq"], lk, Band(), n_threads)
 
 
 @pytest.mark.parametrize("lk", [_plan.MIN_SPLIT_KEYS * n + delta for n in (1, 2)

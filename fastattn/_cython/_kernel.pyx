@@ -2,8 +2,9 @@
 # cython: initializedcheck=False
 """The tiled attention kernel in Cython: OpenMP ``prange`` over the plan's workers.
 
-See :mod:`fastattn._plan` for the contract; this mirrors :mod:`fastattn._numba.kernel`.
-Each task packs its query rows (all heads of a kv group, pre-scaled) into a tile,
+The kernel contract (:mod:`fastattn._contract`, "The kernel contract" in
+docs/design.md) says what it computes; the task steps are those of
+:mod:`fastattn._numba.kernel`.  Each task packs its query rows (all heads of a kv group, pre-scaled) into a tile,
 then for every kv block forms the scores, applies the band and the mask, updates
 the running max and sum, and adds ``P @ V`` to the accumulator, rescaling it only
 when a row's max grew.  Rows are normalised once, at the end.
@@ -13,7 +14,9 @@ The block products and the softmax are the register-blocked C kernels of
 axis): keys and values are then read in place, whatever their row stride, and the
 row-wise softmax becomes element-wise vector work.  Arrays are reached through
 their data pointer and byte strides (negative and zero included), so read-only
-and broadcast views need no copy.  All indexing is 64-bit.
+and broadcast views need no copy.  All indexing is 64-bit.  The contract's constants
+are compiled in here; ``fastattn._cython`` checks them against the Python ones at
+import (:data:`COMPILED_CONSTANTS`).
 """
 
 cimport numpy as cnp
@@ -25,7 +28,7 @@ from libc.stdint cimport int64_t, uint8_t, uintptr_t
 
 cnp.import_array()
 
-__all__ = ["run_plan"]
+__all__ = ["run_kernel", "COMPILED_CONSTANTS"]
 
 ctypedef fused real:
     float
@@ -54,12 +57,36 @@ cdef extern from "_tiles.h" nogil:
                           const float *alpha)
     void fa_rescale_t_f64(double *acct, Py_ssize_t value_dim, Py_ssize_t rp,
                           const double *alpha)
+    void fa_accumulate_visible_t_f32(Py_ssize_t n_k, Py_ssize_t value_dim, const char *values,
+                                     Py_ssize_t value_stride, const float *st, Py_ssize_t rp,
+                                     float *acct)
+    void fa_accumulate_visible_t_f64(Py_ssize_t n_k, Py_ssize_t value_dim, const char *values,
+                                     Py_ssize_t value_stride, const double *st, Py_ssize_t rp,
+                                     double *acct)
+    bint fa_rows_finite_f32(Py_ssize_t n, Py_ssize_t width, const char *rows, Py_ssize_t stride)
+    bint fa_rows_finite_f64(Py_ssize_t n, Py_ssize_t width, const char *rows, Py_ssize_t stride)
 
 cdef enum:
+    # The kernel contract's constants (fastattn/_contract.py), checked at import.
     MASK_NONE = 0
     MASK_KEEP = 1
     MASK_ADD = 2
+    TASK_BATCH = 0
+    TASK_KV_HEAD = 1
+    TASK_Q_START = 2
+    TASK_Q_STOP = 3
+    TASK_K_START = 4
+    TASK_K_STOP = 5
+    TASK_PART = 6
+    TASK_COLUMNS = 7
     ALIGN_BYTES = 64  # tiles start on cache-line boundaries
+
+COMPILED_CONSTANTS = dict(
+    MASK_NONE=MASK_NONE, MASK_KEEP=MASK_KEEP, MASK_ADD=MASK_ADD, TASK_BATCH=TASK_BATCH,
+    TASK_KV_HEAD=TASK_KV_HEAD, TASK_Q_START=TASK_Q_START, TASK_Q_STOP=TASK_Q_STOP,
+    TASK_K_START=TASK_K_START, TASK_K_STOP=TASK_K_STOP, TASK_PART=TASK_PART,
+    TASK_COLUMNS=TASK_COLUMNS)
+"""The contract's constants as compiled into this extension."""
 
 
 cdef struct View:
@@ -72,60 +99,47 @@ cdef struct Problem:
     # Everything a task reads besides its own row of the task table.
     View q, k, v, out, lse, mask, part_out, part_lse
     int mask_kind
-    Py_ssize_t group, block_k, head_dim, value_dim
+    Py_ssize_t group, block_k, head_dim, value_dim  # value_dim 0: lse-only
     int64_t band_lo, band_hi
     double scale
-    bint pack_keys, pack_values  # last axis not contiguous: copy rows first
     # A worker's scratch row, in elements of the compute dtype (rp = max rows padded):
-    # qt (head_dim x rp) | st (block_k x rp) | acct (value_dim x rp) | m | shift | alpha
-    # | packed keys | packed values;  and in its float64 row: l | block_sum.
-    Py_ssize_t rp, at_st, at_acc, at_m, at_shift, at_alpha, at_k, at_v, tile_size
+    # qt (head_dim x rp) | st (block_k x rp) | acct (value_dim x rp) | m | shift | alpha;
+    # and in its float64 row: l | block_sum.
+    Py_ssize_t rp, at_st, at_acc, at_m, at_shift, at_alpha, tile_size
 
 
 # ---------------------------------------------------------------------------
 # Python entry point
 
-def run_plan(plan, q, k, v, mask, mask_is_bool, out, lse, part_out, part_lse, scale):
-    """Run a tiling plan over 4-D views; writes ``out`` and ``lse`` in place.
+def run_kernel(call):
+    """Run a kernel call (see :class:`fastattn._contract.KernelCall`); writes ``out`` and ``lse``.
 
     Parameters
     ----------
-    plan : fastattn._plan.TilingPlan
-        Task table, worker split, block sizes and band (see :mod:`fastattn._plan`).
-    q, k, v : numpy.ndarray
-        ``(B, Hq, Lq, D)``, ``(B, Hk, Lk, D)``, ``(B, Hk, Lk, Dv)`` in the compute
-        dtype (float32 or float64), any strides.
-    mask : numpy.ndarray or None
-        ``(B, Hq, Lq, Lk)`` view, uint8 (1 = keep) or additive in the compute dtype.
-    mask_is_bool : bool
-        Whether ``mask`` is a keep mask rather than an additive one.
-    out, lse : numpy.ndarray
-        ``(B, Hq, Lq, Dv)`` and ``(B, Hq, Lq)`` outputs, written in place.
-    part_out, part_lse : numpy.ndarray
-        ``(n_parts, max_rows, Dv)`` and ``(n_parts, max_rows)`` partial results of
-        split-KV tasks, merged afterwards by the caller.
-    scale : float
-        Factor applied to the scores (folded into the queries).
+    call : fastattn._contract.KernelCall
+        4-D views in float32 or float64 (any strides, last axis contiguous), the mask
+        and its kind, the scale, the plan, the outputs (``out`` None: lse-only) and
+        the split-KV partial buffers.
 
     Examples
     --------
     >>> import numpy as np
+    >>> from fastattn._contract import MASK_NONE, Band, KernelCall
     >>> from fastattn._plan import make_plan
     >>> q = np.ones((1, 1, 3, 4), np.float32)
     >>> out, lse = np.empty((1, 1, 3, 4), np.float32), np.empty((1, 1, 3), np.float32)
-    >>> plan = make_plan(1, 1, 1, 3, 3, (-2**62, 2**62), 1)
-    >>> parts = np.empty((0, 3, 4), np.float32), np.empty((0, 3), np.float32)
-    >>> run_plan(plan, q, q, q, None, False, out, lse, *parts, 0.5)
-    >>> float(out[0, 0, 0, 0])
-    1.0
+    >>> plan = make_plan(1, 1, 1, 3, 3, Band(), 1)
+    >>> run_kernel(KernelCall(q, q, q, None, MASK_NONE, 0.5, plan, out, lse,
+    ...                       np.empty((0, 3, 4), np.float32), np.empty((0, 3), np.float32)))
+    >>> float(out[0, 0, 0, 0]), float(lse[0, 0, 0])  # three equal scores of 2: log(3 e^2)
+    (1.0, 3.0986123085021973)
     """
-    dtype = q.dtype
+    dtype = call.q.dtype
     if dtype != np.float32 and dtype != np.float64:
         raise TypeError(f"the Cython kernel computes in float32 or float64, not {dtype}")
-    cdef Problem problem = _describe(plan, q, k, v, mask, mask_is_bool, out, lse,
-                                     part_out, part_lse, scale)
-    cdef cnp.ndarray tasks = np.ascontiguousarray(plan.tasks, dtype=np.int64)
-    cdef cnp.ndarray starts = np.ascontiguousarray(plan.worker_starts, dtype=np.int64)
+    cdef Problem problem = _describe(call)
+    cdef cnp.ndarray tasks = np.ascontiguousarray(call.plan.tasks, dtype=np.int64)
+    cdef cnp.ndarray starts = np.ascontiguousarray(call.plan.worker_starts, dtype=np.int64)
     cdef Py_ssize_t n_workers = starts.shape[0] - 1
     # Per-worker scratch, allocated once per call (as NumPy arrays, so that memory
     # tracing sees it) and indexed by worker, never by thread id.
@@ -162,38 +176,35 @@ cdef inline Py_ssize_t _padded(Py_ssize_t n, Py_ssize_t multiple) noexcept nogil
     return (n + multiple - 1) // multiple * multiple
 
 
-cdef bint _needs_packing(array):
-    """Whether the rows of a 4-D array are not contiguous (the kernels read them in place)."""
-    return array.shape[3] > 1 and array.strides[3] != array.itemsize
-
-
-cdef Problem _describe(plan, q, k, v, mask, mask_is_bool, out, lse, part_out, part_lse,
-                       double scale):
+cdef Problem _describe(call):
     """Gather pointers, strides, sizes and the scratch layout of one call."""
     cdef Problem p
-    cdef Py_ssize_t align = ALIGN_BYTES // q.itemsize
-    p.q, p.k, p.v, p.out, p.lse = _view(q), _view(k), _view(v), _view(out), _view(lse)
-    p.part_out, p.part_lse = _view(part_out), _view(part_lse)
-    if mask is None:
-        p.mask_kind = MASK_NONE
+    cdef Py_ssize_t align = ALIGN_BYTES // call.q.itemsize
+    plan = call.plan
+    p.q, p.k, p.lse = _view(call.q), _view(call.k), _view(call.lse)
+    p.value_dim = call.value_dim
+    if p.value_dim:
+        p.v, p.out = _view(call.v), _view(call.out)
+        p.part_out = _view(call.part_out)
+    else:  # lse-only: nothing reads these
+        p.v = p.out = p.part_out = _view(np.empty((0, 0, 0, 0), dtype=call.q.dtype))
+    p.part_lse = _view(call.part_lse)
+    p.mask_kind = call.mask_kind
+    if call.mask_kind == MASK_NONE:
         p.mask.data = NULL
     else:
-        p.mask_kind = MASK_KEEP if mask_is_bool else MASK_ADD
-        p.mask = _view(mask)
+        p.mask = _view(call.mask)
     p.group, p.block_k = plan.group, plan.block_k
-    p.head_dim, p.value_dim = q.shape[3], v.shape[3]
-    p.band_lo, p.band_hi = plan.band_lo, plan.band_hi
-    p.scale = scale
-    p.pack_keys, p.pack_values = _needs_packing(k), _needs_packing(v)
+    p.head_dim = call.q.shape[3]
+    p.band_lo, p.band_hi = plan.band.lo, plan.band.hi
+    p.scale = call.scale
     p.rp = _padded(plan.max_rows, FA_ROW_PAD)
     p.at_st = _padded(p.head_dim * p.rp, align)
     p.at_acc = p.at_st + _padded(p.block_k * p.rp, align)
     p.at_m = p.at_acc + _padded(p.value_dim * p.rp, align)
     p.at_shift = p.at_m + p.rp
     p.at_alpha = p.at_shift + p.rp
-    p.at_k = p.at_alpha + _padded(p.rp, align)
-    p.at_v = p.at_k + (_padded(p.block_k * p.head_dim, align) if p.pack_keys else 0)
-    p.tile_size = p.at_v + (_padded(p.block_k * p.value_dim, align) if p.pack_values else 0)
+    p.tile_size = p.at_alpha + _padded(p.rp, align)
     return p
 
 
@@ -203,17 +214,26 @@ cdef Problem _describe(plan, q, k, v, mask, mask_is_bool, out, lse, part_out, pa
 cdef void _run_workers(const Problem *p, const int64_t *tasks, const int64_t *starts,
                        Py_ssize_t n_workers, real *tiles, double *states) noexcept nogil:
     cdef Py_ssize_t w
-    cdef int64_t t
+    if n_workers == 1:  # no thread team: also what a forked child runs (see _config)
+        _run_worker(p, tasks, starts, 0, tiles, states)
+        return
     for w in prange(n_workers, nogil=True, num_threads=n_workers, schedule="static",
                     chunksize=1):
-        for t in range(starts[w], starts[w + 1]):
-            _run_task(p, tasks + 7 * t, tiles + w * p.tile_size, states + w * 2 * p.rp)
+        _run_worker(p, tasks, starts, w, tiles, states)
+
+
+cdef void _run_worker(const Problem *p, const int64_t *tasks, const int64_t *starts,
+                      Py_ssize_t w, real *tiles, double *states) noexcept nogil:
+    cdef int64_t t
+    for t in range(starts[w], starts[w + 1]):
+        _run_task(p, tasks + TASK_COLUMNS * t, tiles + w * p.tile_size, states + w * 2 * p.rp)
 
 
 cdef void _run_task(const Problem *p, const int64_t *task, real *tile,
                     double *state) noexcept nogil:
-    cdef int64_t b = task[0], kv_head = task[1], q0 = task[2], q1 = task[3]
-    cdef int64_t k1 = task[5], part = task[6], j0 = task[4]
+    cdef int64_t b = task[TASK_BATCH], kv_head = task[TASK_KV_HEAD]
+    cdef int64_t q0 = task[TASK_Q_START], q1 = task[TASK_Q_STOP]
+    cdef int64_t j0 = task[TASK_K_START], k1 = task[TASK_K_STOP], part = task[TASK_PART]
     cdef Py_ssize_t n_q = q1 - q0, n_k, r
     cdef Py_ssize_t rp = _padded(p.group * n_q, FA_ROW_PAD)  # this task's row pitch
     cdef real *m = tile + p.at_m
@@ -236,20 +256,29 @@ cdef void _run_task(const Problem *p, const int64_t *task, real *tile,
 cdef void _visit_block(const Problem *p, int64_t b, int64_t kv_head, int64_t q0,
                        Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k, Py_ssize_t rp, real *tile,
                        double *state) noexcept nogil:
-    """One kv block: scores, limits, online-softmax update, ``acc += P @ V``."""
-    cdef Py_ssize_t rows = p.group * n_q, key_stride, value_stride
+    """One kv block: scores, limits, online-softmax update, ``acc += P @ V``.
+
+    Where something was masked in the block and a value is not finite, the product
+    skips zero weights: a masked key contributes exactly nothing (0 * NaN is NaN).
+    """
+    cdef Py_ssize_t rows = p.group * n_q
     cdef real *st = tile + p.at_st
     cdef real *acct = tile + p.at_acc
-    cdef const char *keys = _rows_of(&p.k, b, kv_head, j0, n_k, p.head_dim, p.pack_keys,
-                                     tile + p.at_k, &key_stride)
-    _scores(n_k, p.head_dim, keys, key_stride, tile, rows, rp, st)
-    _apply_limits(p, st, b, kv_head * p.group, q0, n_q, j0, n_k, rp)
+    cdef const char *keys = _row_ptr(&p.k, b, kv_head, j0)
+    cdef const char *values
+    cdef bint limited
+    _scores(n_k, p.head_dim, keys, p.k.stride[2], tile, rows, rp, st)
+    limited = _apply_limits(p, st, b, kv_head * p.group, q0, n_q, j0, n_k, rp)
     if _softmax(st, n_k, rp, tile + p.at_m, state, tile + p.at_shift, tile + p.at_alpha,
                 state + rp):
         _rescale(acct, p.value_dim, rp, tile + p.at_alpha)
-    cdef const char *values = _rows_of(&p.v, b, kv_head, j0, n_k, p.value_dim,
-                                       p.pack_values, tile + p.at_v, &value_stride)
-    _accumulate(n_k, p.value_dim, values, value_stride, st, rows, rp, acct)
+    if p.value_dim == 0:  # lse-only
+        return
+    values = _row_ptr(&p.v, b, kv_head, j0)
+    if limited and not _rows_finite(n_k, p.value_dim, values, p.v.stride[2], st):
+        _accumulate_visible(n_k, p.value_dim, values, p.v.stride[2], st, rp, acct)
+    else:
+        _accumulate(n_k, p.value_dim, values, p.v.stride[2], st, rows, rp, acct)
 
 
 # ---------------------------------------------------------------------------
@@ -279,6 +308,24 @@ cdef inline bint _softmax(real *st, Py_ssize_t n_k, Py_ssize_t rp, real *m, doub
         return fa_softmax_t_f32(st, n_k, rp, m, l, shift, alpha, block_sum)
     else:
         return fa_softmax_t_f64(st, n_k, rp, m, l, shift, alpha, block_sum)
+
+
+cdef inline void _accumulate_visible(Py_ssize_t n_k, Py_ssize_t dim, const char *values,
+                                     Py_ssize_t stride, const real *st, Py_ssize_t rp,
+                                     real *acct) noexcept nogil:
+    if real is float:
+        fa_accumulate_visible_t_f32(n_k, dim, values, stride, st, rp, acct)
+    else:
+        fa_accumulate_visible_t_f64(n_k, dim, values, stride, st, rp, acct)
+
+
+cdef inline bint _rows_finite(Py_ssize_t n, Py_ssize_t width, const char *rows,
+                              Py_ssize_t stride, const real *like) noexcept nogil:
+    """Whether ``n`` rows of ``width`` elements (typed like ``like``) are all finite."""
+    if real is float:
+        return fa_rows_finite_f32(n, width, rows, stride)
+    else:
+        return fa_rows_finite_f64(n, width, rows, stride)
 
 
 cdef inline void _rescale(real *acct, Py_ssize_t dim, Py_ssize_t rp,
@@ -317,23 +364,6 @@ cdef void _pack_queries(const Problem *p, int64_t b, int64_t head0, int64_t q0,
             qt[d * rp + r] = 0
 
 
-cdef const char *_rows_of(const View *x, int64_t b, int64_t head, int64_t j0, Py_ssize_t n_k,
-                          Py_ssize_t width, bint pack, real *tile,
-                          Py_ssize_t *stride) noexcept nogil:
-    """Rows ``j0:j0+n_k`` of ``x[b, head]`` with contiguous elements: in place, or packed."""
-    cdef Py_ssize_t j, d, step = x.stride[3]
-    cdef char *src
-    if not pack:
-        stride[0] = x.stride[2]
-        return _row_ptr(x, b, head, j0)
-    for j in range(n_k):
-        src = _row_ptr(x, b, head, j0 + j)
-        for d in range(width):
-            tile[j * width + d] = (<real *> (src + d * step))[0]
-    stride[0] = width * sizeof(real)
-    return <const char *> tile
-
-
 cdef bint _block_has_keep(const Problem *p, int64_t b, int64_t head0, int64_t q0,
                           Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k) noexcept nogil:
     """Whether any (row, key) of this block is kept by the bool mask and the band."""
@@ -351,12 +381,13 @@ cdef bint _block_has_keep(const Problem *p, int64_t b, int64_t head0, int64_t q0
     return False
 
 
-cdef void _apply_limits(const Problem *p, real *st, int64_t b, int64_t head0, int64_t q0,
+cdef bint _apply_limits(const Problem *p, real *st, int64_t b, int64_t head0, int64_t q0,
                         Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k,
                         Py_ssize_t rp) noexcept nogil:
-    """Set scores outside the band or the bool mask to -inf; add an additive mask.
+    """Set scores outside the band or the mask to -inf; add an additive mask.
 
     ``st`` is transposed: the score of row ``r`` and key ``j0 + j`` is ``st[j * rp + r]``.
+    Returns whether anything may have been masked (False: inside the band, no mask).
     """
     cdef bint inside_band = (j0 >= q0 + n_q - 1 + p.band_lo
                              and j0 + n_k - 1 <= q0 + p.band_hi)
@@ -364,6 +395,7 @@ cdef void _apply_limits(const Problem *p, real *st, int64_t b, int64_t head0, in
         _apply_mask(p, st, b, head0, q0, n_q, j0, n_k, rp)
     if not inside_band:
         _apply_band(p, st, q0, n_q, j0, n_k, rp)
+    return p.mask_kind != MASK_NONE or not inside_band
 
 
 cdef void _apply_band(const Problem *p, real *st, int64_t q0, Py_ssize_t n_q, int64_t j0,
@@ -388,9 +420,13 @@ cdef void _apply_band(const Problem *p, real *st, int64_t q0, Py_ssize_t n_q, in
 
 cdef void _apply_mask(const Problem *p, real *st, int64_t b, int64_t head0, int64_t q0,
                       Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k, Py_ssize_t rp) noexcept nogil:
-    """Apply the bool (-inf where 0) or additive mask to the transposed scores."""
+    """Apply the bool (-inf where 0) or additive mask to the transposed scores.
+
+    An additive ``-inf`` sets the score to -inf (adding it to a NaN score would not).
+    """
     cdef Py_ssize_t h, i, j, step = p.mask.stride[3]
     cdef real *col
+    cdef real bias
     cdef char *limits
     for h in range(p.group):
         for i in range(n_q):
@@ -402,20 +438,24 @@ cdef void _apply_mask(const Problem *p, real *st, int64_t b, int64_t head0, int6
                         col[j * rp] = -INFINITY
             else:
                 for j in range(n_k):
-                    col[j * rp] += (<real *> (limits + j * step))[0]
+                    bias = (<real *> (limits + j * step))[0]
+                    col[j * rp] = -INFINITY if bias == -INFINITY else col[j * rp] + bias
 
 
 cdef void _write_rows(const Problem *p, const real *acct, const real *m, const double *l,
                       int64_t b, int64_t head0, int64_t q0, Py_ssize_t n_q, Py_ssize_t rp,
                       int64_t part) noexcept nogil:
-    """Normalise the rows; write them to ``out``/``lse`` or to split-KV slot ``part``."""
+    """Normalise the rows; write them to ``out``/``lse`` or to split-KV slot ``part``.
+
+    A row whose sum is 0 saw no key: zeros and lse -inf.  A NaN sum stays NaN.
+    """
     cdef Py_ssize_t h, i, d, r, step
     cdef double inv, log_sum
     cdef char *dst
     for h in range(p.group):
         for i in range(n_q):
             r = h * n_q + i
-            if l[r] > 0.0:
+            if l[r] != 0.0:
                 inv, log_sum = 1.0 / l[r], m[r] + log(l[r])
             else:  # no visible key: zeros, and lse -inf
                 inv, log_sum = 0.0, -INFINITY

@@ -1,15 +1,16 @@
-/* The vectorisable exp of the online softmax, for float and double.
+/* The vectorisable exp of the kernel contract, for float and double.
  *
  * Plain C that gcc vectorises inside the `#pragma omp simd` loops of _tiles.inc
  * (no -ffast-math, which the kernel must not use because masked scores are -inf).
  *
- * exp is the range-reduced polynomial of fastattn/_numba/rowops.py:
- * x = n ln2 + t with n = round(x / ln2), so |t| <= ln2 / 2, exp(t) from its Taylor
- * series (degree 7 for float, 13 for double, below one ulp), and 2**n written into
- * the exponent bits.
+ * The same algorithm as fastattn/_numba/rowops.py (described once in docs/design.md):
+ * x = n ln2 + t with n = round(x / ln2) to nearest (the 1.5 * 2**mantissa trick), so
+ * |t| <= ln2 / 2, exp(t) from its Taylor series (degree 7 for float, 13 for double,
+ * below one ulp), and 2**n written into the exponent bits.
  * Arguments are clamped at -88 (float) / -709 (double), where the exponent field
- * becomes 0, so anything below -- -inf included -- gives exactly 0.  The argument
- * is always <= 0 here (scores minus their running max).
+ * becomes 0, so anything below -- -inf included -- gives exactly 0; NaN stays NaN
+ * (the clamp compares so that NaN passes through).  The argument is always <= 0 or
+ * NaN here (scores minus their running max).
  */
 #ifndef FASTATTN_ROWOPS_H
 #define FASTATTN_ROWOPS_H
@@ -24,7 +25,7 @@
 
 static inline float fa_exp_f32(float x)
 {
-    x = x > -88.0f ? x : -88.0f;
+    x = x < -88.0f ? -88.0f : x; /* NaN passes through */
     /* n = round(x / ln2) by the "magic number" trick: adding 1.5 * 2**23 leaves n in
      * the low mantissa bits (no float-to-int conversion, which blocks vectorisation). */
     float shifted = x * (float)FA_LOG2E + 12582912.0f;
@@ -49,7 +50,7 @@ static inline float fa_exp_f32(float x)
 
 static inline double fa_exp_f64(double x)
 {
-    x = x > -709.0 ? x : -709.0;
+    x = x < -709.0 ? -709.0 : x;
     double shifted = x * FA_LOG2E + 6755399441055744.0; /* 1.5 * 2**52, as above */
     double nf = shifted - 6755399441055744.0;
     int64_t n;

@@ -7,22 +7,24 @@ import numba
 import numpy as np
 
 from .._blas import single_threaded
-from .kernel import MASK_ADD, MASK_KEEP, MASK_NONE, run_tasks
+from .._contract import MASK_NONE
+from .kernel import run_tasks_parallel, run_worker
 
-__all__ = ["run_plan"]
+__all__ = ["run_kernel"]
 
 _WORKQUEUE_LOCK = threading.Lock()
 
 
-def run_plan(plan, q, k, v, mask, mask_is_bool, out, lse, part_out, part_lse, scale):
-    """Run ``plan`` over 4-D views (see :mod:`fastattn._plan`); writes ``out`` and ``lse``."""
+def run_kernel(call):
+    """Run a :class:`~fastattn._contract.KernelCall`; writes its ``out`` and ``lse``."""
+    plan, q = call.plan, call.q
     dtype = q.dtype
     workers, rows, block_k = plan.n_workers, plan.max_rows, plan.block_k
-    head_dim, value_dim = q.shape[3], v.shape[3]
-    if mask is None:
-        mask, mask_kind = np.zeros((1, 1, 1, 1), dtype=dtype), MASK_NONE
-    else:
-        mask_kind = MASK_KEEP if mask_is_bool else MASK_ADD
+    head_dim, value_dim = q.shape[3], call.value_dim
+    mask = call.mask if call.mask_kind != MASK_NONE else np.zeros((1, 1, 1, 1), dtype)
+    v = call.v if call.v is not None else np.zeros((1, 1, 1, 0), dtype)
+    out = call.out if call.out is not None else np.zeros((1, 1, 1, 0), dtype)
+    part_out = call.part_out if call.part_out is not None else np.zeros((0, rows, 0), dtype)
     scratch = (np.empty((workers, rows, head_dim), dtype),
                np.empty((workers, block_k, head_dim), dtype),
                np.empty((workers, block_k, value_dim), dtype),
@@ -32,16 +34,25 @@ def run_plan(plan, q, k, v, mask, mask_is_bool, out, lse, part_out, part_lse, sc
                np.empty((workers, 3, rows)),  # running max, running sum, rescale factor
                np.empty((workers, rows), dtype),  # max of the current block
                np.empty((workers, rows * block_k), dtype=np.int64))  # exp scratch
+    arguments = (*flat_view(q), *flat_view(call.k), *flat_view(v), *flat_view(mask),
+                 call.mask_kind, *flat_view(out, writeable=True), call.lse, part_out,
+                 call.part_lse, plan.tasks, plan.worker_starts, plan.group, block_k,
+                 plan.band.lo, plan.band.hi, dtype.type(call.scale), call.out is None,
+                 *scratch)
+    # Workers call BLAS (np.dot) from inside the loop: one BLAS thread each.
+    with single_threaded():
+        if workers == 1:  # no thread team: also what a forked child runs
+            run_worker(0, *arguments)
+        else:
+            _run_parallel(workers, arguments)
 
+
+def _run_parallel(workers, arguments):
     previous = numba.get_num_threads()  # a per-thread setting in Numba
     numba.set_num_threads(min(workers, numba.config.NUMBA_NUM_THREADS))
     try:
-        # Every worker calls BLAS (np.dot) inside the parallel region: one BLAS thread each.
-        with single_threaded(), _one_caller_at_a_time():
-            run_tasks(*flat_view(q), *flat_view(k), *flat_view(v), *flat_view(mask),
-                      mask_kind, out, lse, part_out, part_lse, plan.tasks,
-                      plan.worker_starts, plan.group, block_k, plan.band_lo, plan.band_hi,
-                      dtype.type(scale), *scratch)
+        with _one_caller_at_a_time():
+            run_tasks_parallel(*arguments)
     finally:
         numba.set_num_threads(previous)
 
@@ -61,12 +72,14 @@ def _one_caller_at_a_time():
     return _WORKQUEUE_LOCK if layer == "workqueue" else contextlib.nullcontext()
 
 
-def flat_view(array):
-    """``(buffer, at)``: a read-only 1-D view spanning ``array``'s memory and its geometry.
+def flat_view(array, writeable=False):
+    """``(buffer, at)``: a 1-D view spanning ``array``'s memory and its geometry.
 
     ``at = (offset, strides...)`` in elements, so that ``array[i0, i1, ...]`` is
     ``buffer[offset + i0 * at[1] + i1 * at[2] + ...]``; strides may be zero or
     negative.  One buffer type for every layout keeps Numba to one compilation.
+    Inputs are read-only views; ``writeable`` keeps an output's write access (its
+    strides are whole elements, as the arrays fastattn writes always have).
     """
     itemsize = array.itemsize
     if any(s % itemsize for s in array.strides):
@@ -77,6 +90,7 @@ def flat_view(array):
     corner = tuple(slice(n - 1, n) if s < 0 else slice(0, 1)
                    for n, s in zip(array.shape, strides))
     lowest = array[corner]  # a view that starts at the lowest address
-    buffer = np.lib.stride_tricks.as_strided(lowest, shape=(high - low + 1,),
-                                             strides=(itemsize,), writeable=False)
+    size = high - low + 1 if array.size else 0
+    buffer = np.lib.stride_tricks.as_strided(lowest, shape=(size,), strides=(itemsize,),
+                                             writeable=writeable)
     return buffer, np.array([-low] + strides, dtype=np.int64)

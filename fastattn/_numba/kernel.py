@@ -1,18 +1,21 @@
-"""The tiled attention kernel in Numba: one ``prange`` over workers, tasks from the plan.
+"""The tiled attention kernel in Numba: a loop over workers, tasks from the plan.
 
-See :mod:`fastattn._plan` for the contract.  Every strided input arrives as a flat
-1-D buffer plus its geometry ``at = (offset, stride_b, stride_h, stride_row[,
+The kernel contract (:mod:`fastattn._contract`, "The kernel contract" in
+docs/design.md) says what it computes.  Every strided array arrives as a flat 1-D
+buffer plus its geometry ``at = (offset, stride_b, stride_h, stride_row[,
 stride_key])`` in elements, so one compiled specialisation per dtype serves every
 layout (contiguous, transposed, broadcast, negative strides).
 
 Each task packs its query rows (all heads of a kv group, pre-scaled) into a
 contiguous tile, then for every kv block takes the keys and values (a view when
 their rows are contiguous, a packed copy otherwise) and forms the scores with one
-BLAS call, key-major: ``st = K Qᵀ`` of
-shape ``(keys, rows)``.  In that layout the per-row max, rescale and sum of the
-online softmax are element-wise operations along contiguous rows of ``st``, which
-LLVM vectorises without fast-math (a reduction along a row would need reassociation).
-``acc += stᵀ V`` is the second BLAS call; rows are normalised once, at the end.
+BLAS call, key-major: ``st = K Qᵀ`` of shape ``(keys, rows)``.  In that layout the
+per-row max, rescale and sum of the online softmax are element-wise operations along
+contiguous rows of ``st``, which LLVM vectorises without fast-math (a reduction along
+a row would need reassociation).  ``acc += stᵀ V`` is the second BLAS call; rows are
+normalised once, at the end.  One worker's run is :func:`run_worker`; with several
+workers :func:`run_tasks_parallel` runs them in a ``prange`` (a single worker, as in a
+forked child, needs no thread team at all).
 """
 
 import math
@@ -20,35 +23,46 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .._contract import (DECODE_ROWS, MASK_ADD, MASK_KEEP, MASK_NONE, TASK_BATCH,
+                         TASK_K_START, TASK_K_STOP, TASK_KV_HEAD, TASK_PART, TASK_Q_START,
+                         TASK_Q_STOP)
 from .rowops import JIT, exp_inplace
-
-MASK_NONE, MASK_KEEP, MASK_ADD = 0, 1, 2
-
-FEW_ROWS = 8
-"""Below this many query rows (decoding) the block products are streamed by hand: a
-BLAS call would repack the whole key block for a handful of rows."""
 
 
 @njit(parallel=True, **JIT)
-def run_tasks(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, lse, part_out,
-              part_lse, tasks, worker_starts, group, block_k, band_lo, band_hi, scale,
-              q_tiles, k_tiles, v_tiles, score_tiles, pv_tiles, acc_tiles, row_stats,
-              row_maxes, exp_bits):
+def run_tasks_parallel(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, lse,
+                       part_out, part_lse, tasks, worker_starts, group, block_k, band_lo,
+                       band_hi, scale, lse_only, q_tiles, k_tiles, v_tiles, score_tiles,
+                       pv_tiles, acc_tiles, row_stats, row_maxes, exp_bits):
+    """Run every worker's tasks (:func:`run_worker`), workers in parallel."""
     for worker in prange(len(worker_starts) - 1):
-        for t in range(worker_starts[worker], worker_starts[worker + 1]):
-            _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, lse,
-                      part_out, part_lse, tasks[t], group, block_k, band_lo, band_hi, scale,
-                      q_tiles[worker], k_tiles[worker], v_tiles[worker],
-                      score_tiles[worker], pv_tiles[worker], acc_tiles[worker],
-                      row_stats[worker], row_maxes[worker], exp_bits[worker])
+        run_worker(worker, q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at,
+                   lse, part_out, part_lse, tasks, worker_starts, group, block_k, band_lo,
+                   band_hi, scale, lse_only, q_tiles, k_tiles, v_tiles, score_tiles, pv_tiles,
+                   acc_tiles, row_stats, row_maxes, exp_bits)
 
 
 @njit(**JIT)
-def _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, lse, part_out,
-              part_lse, task, group, block_k, band_lo, band_hi, scale,
+def run_worker(worker, q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, lse,
+               part_out, part_lse, tasks, worker_starts, group, block_k, band_lo, band_hi,
+               scale, lse_only, q_tiles, k_tiles, v_tiles, score_tiles, pv_tiles, acc_tiles,
+               row_stats, row_maxes, exp_bits):
+    """Run the tasks of one worker, with that worker's scratch."""
+    for t in range(worker_starts[worker], worker_starts[worker + 1]):
+        _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, lse,
+                  part_out, part_lse, tasks[t], group, block_k, band_lo, band_hi, scale,
+                  lse_only, q_tiles[worker], k_tiles[worker], v_tiles[worker],
+                  score_tiles[worker], pv_tiles[worker], acc_tiles[worker],
+                  row_stats[worker], row_maxes[worker], exp_bits[worker])
+
+
+@njit(**JIT)
+def _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, lse, part_out,
+              part_lse, task, group, block_k, band_lo, band_hi, scale, lse_only,
               q_scratch, k_scratch, v_scratch, s_scratch, pv_scratch, acc_scratch, stats,
               max_scratch, bits):
-    b, kv_head, q0, q1, k0, k1, part = task
+    b, kv_head, part = task[TASK_BATCH], task[TASK_KV_HEAD], task[TASK_PART]
+    q0, q1, k0, k1 = task[TASK_Q_START], task[TASK_Q_STOP], task[TASK_K_START], task[TASK_K_STOP]
     n_q = q1 - q0
     rows = group * n_q
     head0 = kv_head * group
@@ -67,22 +81,26 @@ def _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, lse, par
                 mask, mask_at, b, head0, group, q0, n_q, j0, n_k, band_lo, band_hi):
             continue
         k_tile = _key_rows(k, k_at, b, kv_head, j0, n_k, head_dim, k_scratch)
-        v_tile = _key_rows(v, v_at, b, kv_head, j0, n_k, value_dim, v_scratch)
         st = s_scratch[:n_k * rows].reshape(n_k, rows)
         _block_scores(k_tile, q_tile, st)
-        _apply_limits(st, mask, mask_at, mask_kind, b, head0, group, q0, n_q, j0,
-                      band_lo, band_hi)
+        limited = _apply_limits(st, mask, mask_at, mask_kind, b, head0, group, q0, n_q, j0,
+                                band_lo, band_hi)
         _softmax_block(st, running_max, running_sum, block_max, alpha, bits)
-        _block_accumulate(st, v_tile, acc, alpha, pv_scratch[:rows])
+        if not lse_only:
+            v_tile = _key_rows(v, v_at, b, kv_head, j0, n_k, value_dim, v_scratch)
+            if limited and not _all_finite(v_tile):
+                _accumulate_visible(st, v_tile, acc, alpha)  # masked keys: exactly nothing
+            else:
+                _block_accumulate(st, v_tile, acc, alpha, pv_scratch[:rows])
 
-    _write_rows(acc, running_max, running_sum, out, lse, part_out, part_lse, b, head0, group,
-                q0, n_q, part)
+    _write_rows(acc, running_max, running_sum, out, out_at, lse, part_out, part_lse, b, head0,
+                group, q0, n_q, part, lse_only)
 
 
 @njit(**JIT)
 def _block_scores(k_tile, q_tile, st):
     """Key-major scores ``st = k_tile @ q_tileᵀ`` of one block."""
-    if q_tile.shape[0] < FEW_ROWS:
+    if q_tile.shape[0] < DECODE_ROWS:
         _scores_few_rows(k_tile, q_tile, st)
     else:
         np.dot(k_tile, q_tile.T, st)
@@ -91,7 +109,7 @@ def _block_scores(k_tile, q_tile, st):
 @njit(**JIT)
 def _block_accumulate(st, v_tile, acc, alpha, pv):
     """``acc = acc * alpha + stᵀ @ v_tile`` (rows rescaled only where alpha < 1)."""
-    if acc.shape[0] < FEW_ROWS:
+    if acc.shape[0] < DECODE_ROWS:
         _accumulate_few_rows(st, v_tile, acc, alpha)
     else:
         np.dot(st.T, v_tile, pv)
@@ -114,9 +132,7 @@ def _scores_few_rows(k_tile, q_tile, st):
 @njit(**JIT)
 def _accumulate_few_rows(st, v_tile, acc, alpha):
     """``acc[r] = acc[r] * alpha[r] + Σ_j st[j, r] v_tile[j]``, reading each value once."""
-    for r in range(acc.shape[0]):
-        if alpha[r] != 1.0:
-            acc[r] *= alpha[r]
+    _rescale(acc, alpha)
     for j in range(v_tile.shape[0]):
         value = v_tile[j]
         for r in range(acc.shape[0]):
@@ -124,6 +140,36 @@ def _accumulate_few_rows(st, v_tile, acc, alpha):
             row = acc[r]
             for d in range(value.shape[0]):
                 row[d] += weight * value[d]
+
+
+@njit(**JIT)
+def _accumulate_visible(st, v_tile, acc, alpha):
+    """As :func:`_accumulate_few_rows`, skipping zero weights (a NaN value times 0 is NaN)."""
+    _rescale(acc, alpha)
+    for j in range(v_tile.shape[0]):
+        value = v_tile[j]
+        for r in range(acc.shape[0]):
+            weight = st[j, r]
+            if weight != 0.0:
+                row = acc[r]
+                for d in range(value.shape[0]):
+                    row[d] += weight * value[d]
+
+
+@njit(fastmath={"reassoc"}, **JIT)  # vectorises the sum; NaN and inf keep their meaning
+def _all_finite(tile):
+    """Whether a C-contiguous tile holds no NaN or infinity."""
+    total = 0.0
+    for x in tile.reshape(tile.size):
+        total += x * 0.0  # NaN for NaN and ±inf, else 0
+    return total == 0.0
+
+
+@njit(**JIT)
+def _rescale(acc, alpha):
+    for r in range(acc.shape[0]):
+        if alpha[r] != 1.0:
+            acc[r] *= alpha[r]
 
 
 @njit(**JIT)
@@ -175,11 +221,15 @@ def _block_has_keep(mask, mask_at, b, head0, group, q0, n_q, j0, n_k, band_lo, b
 @njit(**JIT)
 def _apply_limits(st, mask, mask_at, mask_kind, b, head0, group, q0, n_q, j0,
                   band_lo, band_hi):
-    """Scores outside the band or the bool mask become -inf; an additive mask is added."""
+    """Scores outside the band or the mask become -inf; an additive mask is added.
+
+    Returns whether anything may have been masked (False: the block lies inside the
+    band and there is no mask).
+    """
     n_k = st.shape[0]
     inside_band = j0 >= q0 + n_q - 1 + band_lo and j0 + n_k - 1 <= q0 + band_hi
     if inside_band and mask_kind == MASK_NONE:
-        return
+        return False
     for jj in range(n_k):
         j = j0 + jj
         scores = st[jj]
@@ -192,20 +242,24 @@ def _apply_limits(st, mask, mask_at, mask_kind, b, head0, group, q0, n_q, j0,
                 at = _row_start(mask_at, b, head0 + h, q0) + j * mask_at[4]
                 for i in range(n_q):
                     value = mask[at + i * mask_at[3]]
-                    if mask_kind == MASK_ADD:
+                    if mask_kind == MASK_ADD and value != -np.inf:
                         scores[r0 + i] += value
-                    elif not value:
+                    elif mask_kind == MASK_ADD or not value:  # -inf wins over a NaN score
                         scores[r0 + i] = -np.inf
             scores[r0:r0 + first] = -np.inf
             scores[r0 + last:r0 + n_q] = -np.inf
+    return True
 
 
 @njit(**JIT)
 def _softmax_block(st, running_max, running_sum, block_max, alpha, bits):
     """Scores of one kv block -> unnormalised probabilities; update the row statistics.
 
+    The invariant of docs/design.md: the running max ignores NaN and stays -inf until
+    a row sees a finite or +inf score; the accumulator is rescaled by
+    ``alpha = exp(old max - new max)`` only when the new max is above -inf (else 1).
     Every loop runs along a row of ``st`` (one key, all query rows): element-wise, so
-    it vectorises.  Rows that have seen only masked keys keep max -inf, alpha 1.
+    it vectorises.
     """
     n_k, rows = st.shape
     for r in range(rows):
@@ -243,20 +297,25 @@ def _accumulate(acc, pv, alpha):
 
 
 @njit(**JIT)
-def _write_rows(acc, running_max, running_sum, out, lse, part_out, part_lse, b, head0, group,
-                q0, n_q, part):
+def _write_rows(acc, running_max, running_sum, out, out_at, lse, part_out, part_lse, b, head0,
+                group, q0, n_q, part, lse_only):
+    """Normalise the rows; a row with sum 0 saw no key: zeros and lse -inf (NaN stays NaN)."""
+    value_dim = acc.shape[1]
     for h in range(group):
         for i in range(n_q):
             r = h * n_q + i
-            if running_sum[r] > 0.0:
+            if running_sum[r] != 0.0:
                 inv, log_sum = 1.0 / running_sum[r], running_max[r] + math.log(running_sum[r])
             else:
                 inv, log_sum = 0.0, -np.inf
             if part < 0:
-                dst = out[b, head0 + h, q0 + i]
                 lse[b, head0 + h, q0 + i] = log_sum
+                if not lse_only:
+                    start = _row_start(out_at, b, head0 + h, q0 + i)
+                    for d in range(value_dim):
+                        out[start + d * out_at[4]] = acc[r, d] * inv
             else:
-                dst = part_out[part, r]
                 part_lse[part, r] = log_sum
-            for d in range(dst.shape[0]):
-                dst[d] = acc[r, d] * inv
+                if not lse_only:
+                    for d in range(value_dim):
+                        part_out[part, r, d] = acc[r, d] * inv

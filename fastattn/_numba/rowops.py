@@ -1,13 +1,14 @@
 """Vectorisable exp for Numba: ``x[j] = exp(x[j])`` over a contiguous buffer.
 
-PyPI's llvmlite has no SVML, so ``math.exp`` in a loop stays scalar.  This exp is a
-range-reduced polynomial that LLVM turns into SIMD code: ``x = n ln2 + t`` with
-``|t| <= ln2 / 2``, ``exp(t)`` from its Taylor series (degree 7 for float32, 13 for
-float64, both below one ulp of truncation error), and ``2**n`` written straight
-into the exponent bits of a scratch buffer (a second, equally simple loop
-multiplies them in).  Arguments below about -88 (float32) or -709 (float64),
--inf included, give exactly 0, so masked scores need no special case.  No fast-math
-flags: the arithmetic keeps IEEE semantics for inf.
+PyPI's llvmlite has no SVML, so ``math.exp`` in a loop stays scalar.  This is the exp
+of the kernel contract, the same algorithm as ``fa_exp_*`` in
+``fastattn/_cython/_rowops.h``: ``x = n ln2 + t`` with ``n = round(x / ln2)`` (to
+nearest, by adding and subtracting ``1.5 * 2**mantissa_bits``), so ``|t| <= ln2 / 2``;
+``exp(t)`` from its Taylor series (degree 7 for float32, 13 for float64, both below
+one ulp of truncation error); ``2**n`` written straight into the exponent bits of a
+scratch buffer that a second loop multiplies in.  Arguments below -88 (float32) or
+-709 (float64), -inf included, give exactly 0; NaN gives NaN.  No fast-math flags:
+the arithmetic keeps IEEE semantics for inf and NaN.
 """
 
 import numpy as np
@@ -17,6 +18,8 @@ from numba.extending import overload
 LOG2E = 1.4426950408889634
 LN2_HI = 0.693145751953125  # ln 2 split so that n * LN2_HI is exact
 LN2_LO = 1.4286068203094173e-06
+ROUND_F32 = 12582912.0  # 1.5 * 2**23: adding it rounds a float32 to an integer
+ROUND_F64 = 6755399441055744.0  # 1.5 * 2**52
 
 JIT = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 
@@ -32,11 +35,11 @@ def _exp_inplace_typed(x, bits, n):
 
 
 def _exp_f32(x, bits, n):
-    exponent = bits.view(np.int32)
+    shifted = bits.view(np.float32)
     for j in range(n):
-        y = x[j] if x[j] > np.float32(-88.0) else np.float32(-88.0)
-        k = np.int32(y * np.float32(LOG2E) - np.float32(0.5))  # round half down, y <= 0
-        kf = np.float32(k)
+        y = np.float32(-88.0) if x[j] < np.float32(-88.0) else x[j]  # NaN passes through
+        s = y * np.float32(LOG2E) + np.float32(ROUND_F32)
+        kf = s - np.float32(ROUND_F32)
         t = y - kf * np.float32(LN2_HI) - kf * np.float32(LN2_LO)
         p = np.float32(1.0 / 5040.0)
         p = p * t + np.float32(1.0 / 720.0)
@@ -47,15 +50,16 @@ def _exp_f32(x, bits, n):
         p = p * t + np.float32(1.0)
         p = p * t + np.float32(1.0)
         x[j] = p
-        exponent[j] = (k + np.int32(127)) << np.int32(23)
-    _multiply(x, exponent.view(np.float32), n)
+        shifted[j] = s
+    _times_power_of_two_f32(x, bits.view(np.int32), n)
 
 
 def _exp_f64(x, bits, n):
+    shifted = bits.view(np.float64)
     for j in range(n):
-        y = x[j] if x[j] > -709.0 else -709.0
-        k = np.int64(y * LOG2E - 0.5)
-        kf = np.float64(k)
+        y = -709.0 if x[j] < -709.0 else x[j]
+        s = y * LOG2E + ROUND_F64
+        kf = s - ROUND_F64
         t = y - kf * LN2_HI - kf * LN2_LO
         p = 1.0 / 6227020800.0
         p = p * t + 1.0 / 479001600.0
@@ -72,11 +76,24 @@ def _exp_f64(x, bits, n):
         p = p * t + 1.0
         p = p * t + 1.0
         x[j] = p
-        bits[j] = (k + np.int64(1023)) << np.int64(52)
-    _multiply(x, bits.view(np.float64), n)
+        shifted[j] = s
+    _times_power_of_two_f64(x, bits, n)
 
 
 @njit(**JIT)
-def _multiply(x, factors, n):
+def _times_power_of_two_f32(x, bits, n):
+    """``x[j] *= 2**n_j``, ``n_j`` in the low mantissa bits of the shifted float ``bits[j]``."""
+    powers = bits.view(np.float32)
     for j in range(n):
-        x[j] *= factors[j]
+        bits[j] = (bits[j] - np.int32(0x4B400000) + np.int32(127)) << np.int32(23)
+    for j in range(n):
+        x[j] *= powers[j]
+
+
+@njit(**JIT)
+def _times_power_of_two_f64(x, bits, n):
+    powers = bits.view(np.float64)
+    for j in range(n):
+        bits[j] = (bits[j] - np.int64(0x4338000000000000) + np.int64(1023)) << np.int64(52)
+    for j in range(n):
+        x[j] *= powers[j]

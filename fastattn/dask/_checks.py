@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._plan import diagonal_band
+from .._contract import Band
 from .._validation import (HeadShapes, as_float_array, broadcast_batch, check_shapes, describe,
                            normalise_causal, normalise_scale, normalise_window, prepare_mask,
                            with_head_axis)
@@ -74,7 +74,7 @@ def check_arguments(q, k, v, mask, causal, window, scale):
             raise ValueError(f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() "
                              f"first")
     return LazyProblem(q=q, k=k, v=v, mask=mask, batch_shape=batch_shape, scale=scale,
-                       band=diagonal_band(lq, lk, causal, window),
+                       band=Band.from_alignment(lq, lk, causal, window),
                        compute_dtype=np.dtype(compute_dtype), result_dtype=np.dtype(result_dtype),
                        squeeze_heads=squeeze_heads)
 

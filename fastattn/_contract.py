@@ -1,0 +1,210 @@
+"""The kernel contract: what every attention kernel is given, and what it must compute.
+
+This module owns the rules that the planner, both compiled kernels, the naive
+reference, :func:`fastattn.attention_weights` and :mod:`fastattn.dask` share:
+
+* :class:`Band` -- the causal / sliding-window limits as one pair of diagonals;
+* the mask kinds ``MASK_NONE``, ``MASK_KEEP`` (uint8, 1 = may attend) and
+  ``MASK_ADD`` (added to the scaled scores);
+* the columns of the task table (``TASK_*``) and of the split-KV merge table
+  (``MERGE_*``);
+* :class:`KernelCall` -- one kernel invocation: 4-D views, mask kind, scale, plan,
+  partial buffers, and an lse-only mode.
+
+Both compiled backends expose ``run_kernel(call)``; the Cython extension checks at
+import that its compiled constants equal the ones here.  The online-softmax
+invariant every kernel keeps is described in ``docs/design.md`` ("The kernel
+contract"); :mod:`fastattn._naive` states the same semantics in full-matrix form.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+UNBOUNDED = 1 << 62
+"""A band limit meaning "no limit on this side": far beyond any sequence length, and
+small enough that ``index ± UNBOUNDED`` never overflows an int64."""
+
+MASK_NONE, MASK_KEEP, MASK_ADD = 0, 1, 2
+"""Mask kinds: no mask; a uint8 keep-mask (1 = may attend); an additive mask in the
+compute dtype (a ``-inf`` entry masks the key out even where the score is NaN)."""
+
+(TASK_BATCH, TASK_KV_HEAD, TASK_Q_START, TASK_Q_STOP, TASK_K_START, TASK_K_STOP,
+ TASK_PART) = range(7)
+TASK_COLUMNS = 7
+"""A task: query rows ``q_start:q_stop`` of every query head of kv head ``kv_head`` in
+batch ``batch``, over keys ``k_start:k_stop``; ``part`` is -1 (write ``out``/``lse``)
+or the split-KV slot that receives the partial result."""
+
+MERGE_BATCH, MERGE_KV_HEAD, MERGE_Q_START, MERGE_Q_STOP, MERGE_FIRST_PART, MERGE_N_PARTS = range(6)
+MERGE_COLUMNS = 6
+"""A split task: its rows (as in a task) and its partial slots ``first .. first + n - 1``."""
+
+DECODE_ROWS = 8
+"""Fewer query rows than this per kv head (``Lq * Hq / Hk``) is decoding: the Numba
+kernel streams its block products by hand and "auto" prefers it (see _backends)."""
+
+
+@dataclass(frozen=True)
+class Band:
+    """Query ``i`` may see key ``j`` iff ``lo <= j - i <= hi`` (before any mask).
+
+    ``lo``/``hi`` are clipped to ``±UNBOUNDED``, which means "no limit".
+    """
+
+    lo: int = -UNBOUNDED
+    hi: int = UNBOUNDED
+
+    def __post_init__(self):
+        object.__setattr__(self, "lo", int(min(max(self.lo, -UNBOUNDED), UNBOUNDED)))
+        object.__setattr__(self, "hi", int(min(max(self.hi, -UNBOUNDED), UNBOUNDED)))
+
+    @classmethod
+    def from_alignment(cls, lq, lk, causal=None, window=None):
+        """The band of ``attention(..., causal=causal, window=window)``.
+
+        The diagonal is key ``i`` for ``causal`` in (None, "upper_left") and key
+        ``i + lk - lq`` for "lower_right"; the window ``(left, right)`` is measured
+        from that same diagonal (None: no limit on that side), and ``causal`` cuts
+        everything right of it.
+        """
+        offset = lk - lq if causal == "lower_right" else 0
+        lo, hi = -UNBOUNDED, UNBOUNDED
+        if window is not None:
+            left, right = window
+            if left is not None:
+                lo = offset - min(left, UNBOUNDED)
+            if right is not None:
+                hi = offset + min(right, UNBOUNDED)
+        if causal is not None:
+            hi = min(hi, offset)
+        return cls(lo, hi)
+
+    @property
+    def has_lo(self):
+        return self.lo > -UNBOUNDED
+
+    @property
+    def has_hi(self):
+        return self.hi < UNBOUNDED
+
+    def visible(self, rows, keys):
+        """Bool array: whether each query in ``rows`` sees each key in ``keys`` (an outer test)."""
+        offsets = np.asarray(keys)[None, :] - np.asarray(rows)[:, None]
+        return (offsets >= self.lo) & (offsets <= self.hi)
+
+    def key_range(self, i0, i1, lk):
+        """``(k0, k1)``: the keys that some query of ``i0:i1`` sees, within ``0:lk``.
+
+        Works element-wise on integer arrays; an empty range has ``k0 == k1``.
+        """
+        k0 = np.clip(np.asarray(i0) + self.lo, 0, lk)
+        k1 = np.clip(np.asarray(i1) - 1 + self.hi + 1, 0, lk)
+        return k0, np.maximum(k1, k0)
+
+    def row_range(self, j0, j1, lq):
+        """``(i0, i1)``: the queries that see some key of ``j0:j1``, within ``0:lq``."""
+        i0 = np.clip(np.asarray(j0) - self.hi, 0, lq)
+        i1 = np.clip(np.asarray(j1) - 1 - self.lo + 1, 0, lq)
+        return i0, np.maximum(i1, i0)
+
+    def covers(self, i0, i1, j0, j1):
+        """Whether every query of ``i0:i1`` sees every key of ``j0:j1`` (no band test needed)."""
+        return j0 - (i1 - 1) >= self.lo and (j1 - 1) - i0 <= self.hi
+
+    def shifted(self, i0, j0):
+        """The same band in local coordinates ``i' = i - i0``, ``j' = j - j0``."""
+        offset = j0 - i0
+        return Band(self.lo - offset if self.has_lo else self.lo,
+                    self.hi - offset if self.has_hi else self.hi)
+
+    def restrict(self, i0, i1, j0, j1):
+        """The visible part of queries ``i0:i1`` x keys ``j0:j1`` as a tight rectangle.
+
+        Returns ``(r0, r1, c0, c1, band)``: rows that see no key of the rectangle and
+        keys that no row sees are cut off the edges, and ``band`` is this band in the
+        coordinates of the cut rectangle.  None when no query sees any key.
+        """
+        r0, r1 = (int(x) for x in self.row_range(j0, j1, i1))
+        r0 = max(r0, i0)
+        if r0 >= r1:
+            return None
+        c0, c1 = (int(x) for x in self.key_range(r0, r1, j1))
+        c0 = max(c0, j0)
+        if c0 >= c1:
+            return None
+        return r0, r1, c0, c1, self.shifted(r0, c0)
+
+
+@dataclass
+class KernelCall:
+    """One kernel invocation over 4-D views; see "The kernel contract" in docs/design.md.
+
+    ``q (B, Hq, Lq, D)``, ``k (B, Hk, Lk, D)``, ``v (B, Hk, Lk, Dv)``, ``out (B, Hq, Lq,
+    Dv)`` and ``lse (B, Hq, Lq)`` are arrays of the compute dtype (float32 or float64)
+    with any strides, whose last axis is contiguous (or of length 1); ``mask`` is a
+    ``(B, Hq, Lq, Lk)`` view of any strides (zero strides included) of the kind
+    ``mask_kind``.  In lse-only mode ``v`` and ``out`` are None and only ``lse`` is
+    written.  ``part_out (n_parts, max_rows, Dv)`` and ``part_lse (n_parts, max_rows)``
+    receive split-KV partials; :func:`fastattn._merge.merge_split_parts` folds them in.
+    A kernel reads nothing else, validates nothing, and never reads configuration.
+    """
+
+    q: np.ndarray
+    k: np.ndarray
+    v: object
+    mask: object
+    mask_kind: int
+    scale: float
+    plan: object
+    out: object
+    lse: np.ndarray
+    part_out: object = None
+    part_lse: object = None
+
+    @property
+    def lse_only(self):
+        return self.out is None
+
+    @property
+    def value_dim(self):
+        return 0 if self.v is None else self.v.shape[3]
+
+
+(BWD_BATCH, BWD_KV_HEAD, BWD_K_START, BWD_K_STOP, BWD_Q_START, BWD_Q_STOP,
+ BWD_PART) = range(7)
+BWD_COLUMNS = 7
+"""A backward task: keys ``k_start:k_stop`` of kv head ``kv_head`` in batch ``batch``
+(their ``dk``/``dv`` rows belong to this task alone), against the query rows
+``q_start:q_stop`` of every query head of the group (the rows the band lets see those
+keys).  Its ``dq`` contributions are added to ``dq`` itself when ``part`` is -1 (the
+task is the only one of its (batch, kv head)), else to the zeroed partial slot
+``part_dq[part]``, which the driver sums into ``dq`` in a fixed order."""
+
+
+@dataclass
+class BackwardCall:
+    """One backward kernel invocation over 4-D views (see "The backward pass" in docs/design.md).
+
+    ``q, k, v, mask, mask_kind, scale`` as in :class:`KernelCall`; ``dout (B, Hq, Lq,
+    Dv)`` the upstream gradient; ``lse (B, Hq, Lq)`` the forward's log-sum-exp and
+    ``delta (B, Hq, Lq)`` = ``rowsum(dout * out)``, both in the compute dtype.  The
+    kernel writes ``dk (B, Hk, Lk, D)`` and ``dv (B, Hk, Lk, Dv)`` (every key row, zeros
+    for keys no query sees) and adds into ``dq (B, Hq, Lq, D)`` (zeroed by the caller)
+    or ``part_dq (n_parts, group, Lq, D)`` (zeroed) as the plan's ``BWD_PART`` says.
+    """
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    dout: np.ndarray
+    lse: np.ndarray
+    delta: np.ndarray
+    mask: object
+    mask_kind: int
+    scale: float
+    plan: object
+    dq: np.ndarray
+    dk: np.ndarray
+    dv: np.ndarray
+    part_dq: np.ndarray
