@@ -321,3 +321,40 @@ def test_auto_backend_gives_a_correct_result(rng, name):
     q, k, v = heads_qkv(rng, hq=2, lq=3, lk=4)
     out = fastattn.attention(q, k, v, backend=name)
     np.testing.assert_allclose(out, attention_oracle(q, k, v)[0], rtol=1e-10, atol=1e-12)
+
+
+# Non-finite inputs are not masks (issue 9's red-team findings), in every backend alike.
+
+def test_nan_query_row_is_nan_and_only_that_row(backend, rng):
+    q, k, v = heads_qkv(rng, (1,), 2, 2, 40, 50, 16)
+    q[0, 1, 7, 3] = np.nan
+    out, lse = fastattn.attention(q, k, v, backend=backend, return_lse=True)
+    nan_rows = np.isnan(lse)
+    assert nan_rows.sum() == 1 and nan_rows[0, 1, 7]
+    assert np.isnan(out[0, 1, 7]).all() and not np.isnan(np.delete(out[0, 1], 7, 0)).any()
+
+
+def test_nan_key_reaches_exactly_the_rows_that_see_it(backend, rng):
+    q, k, v = heads_qkv(rng, (1,), 1, 1, 30, 30, 8)
+    k[0, 0, 12, 0] = np.nan
+    out, lse = fastattn.attention(q, k, v, causal=True, backend=backend, return_lse=True)
+    assert np.isnan(lse[0, 0]).tolist() == [i >= 12 for i in range(30)]
+
+
+def test_masked_nan_values_contribute_nothing(backend, rng):
+    """An uninitialised KV-cache tail (NaN values) behind a padding mask."""
+    q, k, v = heads_qkv(rng, (2,), 2, 2, 20, 64, 16)
+    v[:, :, 40:] = np.nan
+    k[:, :, 40:] = np.nan
+    padding = np.arange(64) < 40
+    for mask in (padding, np.where(padding, 0.0, -np.inf)):
+        out = fastattn.attention(q, k, v, mask, backend=backend)
+        expected = fastattn.attention(q, k[:, :, :40], v[:, :, :40], backend="naive")
+        assert not np.isnan(out).any()
+        np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-5)
+
+
+def test_overflowing_scores_are_not_empty_rows(backend):
+    x = np.array([[1e20, 0.0]], np.float32)  # the float32 score overflows to +inf
+    out, lse = fastattn.attention(x, x, x, backend=backend, return_lse=True)
+    assert not np.isneginf(lse).any() and not np.all(out == 0)
