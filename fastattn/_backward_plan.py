@@ -1,0 +1,144 @@
+"""The backward plan: key chunks as tasks, their query rows, and the work split across threads.
+
+A backward task owns the keys ``k_start:k_stop`` of one (batch, kv head): it writes
+their ``dk``/``dv`` rows and no other task touches them.  Its ``dq`` contributions
+go straight into ``dq`` when the task is its head's only one (``part`` -1), else into
+a partial slot of its own that the driver sums in slot order (see
+:mod:`fastattn._contract`, ``BWD_*``).  Like the forward plan, everything here
+depends on the shape only; the thread count decides which worker runs a task,
+never what it computes, so gradients are bit-identical for any number of threads.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._contract import (BWD_BATCH, BWD_COLUMNS, BWD_K_START, BWD_K_STOP, BWD_KV_HEAD, BWD_PART,
+                        BWD_Q_START, BWD_Q_STOP, Band)
+from ._plan import MIN_PARALLEL_TASKS, MIN_SPLIT_KEYS
+
+TARGET_ROWS = 128
+"""Query rows per block (all heads of a group together) when the caller sets no block_q."""
+
+BLOCK_K = 128
+"""Keys per block when the caller sets no block_k: the ``dk``/``dv`` tile a task holds
+while it walks the query blocks (2 x 128 x D floats, in L2 with the score tiles)."""
+
+MAX_CHUNKS = 8
+"""At most this many key chunks per (batch, kv head): each one's partial ``dq`` slot is
+the size of that head group's ``dq``, so the partial slots never exceed 8 x ``dq``."""
+
+
+@dataclass(frozen=True)
+class BackwardPlan:
+    """Block sizes, the ``BWD_*`` task table, task costs and each worker's first task."""
+
+    block_q: int
+    block_k: int
+    group: int
+    band: Band
+    tasks: np.ndarray
+    task_costs: np.ndarray
+    worker_starts: np.ndarray
+    n_parts: int
+
+    @property
+    def n_workers(self):
+        return len(self.worker_starts) - 1
+
+    @property
+    def max_rows(self):
+        return self.group * self.block_q
+
+
+def make_backward_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=None,
+                       block_k=None):
+    """Plan the backward pass of ``batch * kv_heads`` head groups of ``group`` query heads.
+
+    Examples
+    --------
+    One head group and 4096 keys: four key chunks of about equal work (causal: the
+    early keys are seen by more queries), each with its own partial ``dq`` slot.
+
+    >>> from fastattn._contract import Band
+    >>> plan = make_backward_plan(1, 1, 1, 4096, 4096, Band(hi=0), n_threads=2)
+    >>> plan.tasks[:, 2:].tolist()  # k_start, k_stop, q_start, q_stop, part
+    [[0, 512, 0, 4096, 0], [512, 1152, 512, 4096, 1], [1152, 2048, 1152, 4096, 2], [2048, 4096, 2048, 4096, 3]]
+    >>> plan.worker_starts.tolist()  # two tasks each
+    [0, 2, 4]
+    """
+    block_q = max(1, min(block_q or max(1, TARGET_ROWS // group), max(lq, 1)))
+    block_k = max(1, min(block_k or BLOCK_K, max(lk, 1)))
+    rows_per_key = _rows_per_key(band, lq, lk)
+    edges = _chunk_edges(rows_per_key, chunk_count(batch * kv_heads, lk), block_k)
+    chunk_rows = np.stack(band.row_range(edges[:-1], edges[1:], lq), axis=1)
+    done = np.concatenate([[0], np.cumsum(rows_per_key)])
+    chunk_costs = group * (done[edges[1:]] - done[edges[:-1]]) + block_k
+
+    n_chunks, n_heads = len(edges) - 1, batch * kv_heads
+    tasks = np.empty((n_heads * n_chunks, BWD_COLUMNS), dtype=np.int64)
+    head = np.repeat(np.arange(n_heads), n_chunks)
+    tasks[:, BWD_BATCH], tasks[:, BWD_KV_HEAD] = head // max(kv_heads, 1), head % max(kv_heads, 1)
+    tasks[:, BWD_K_START] = np.tile(edges[:-1], n_heads)
+    tasks[:, BWD_K_STOP] = np.tile(edges[1:], n_heads)
+    tasks[:, [BWD_Q_START, BWD_Q_STOP]] = np.tile(chunk_rows, (n_heads, 1))
+    split = n_chunks > 1
+    tasks[:, BWD_PART] = np.arange(len(tasks)) if split else -1
+    costs = np.tile(chunk_costs, n_heads).astype(np.int64)
+    return BackwardPlan(block_q, block_k, group, band, tasks, costs,
+                        balanced_starts(costs, n_threads), len(tasks) if split else 0)
+
+
+def chunk_count(n_heads, lk):
+    """Key chunks per head group: enough tasks for ``MIN_PARALLEL_TASKS`` in all, from the shape.
+
+    Few head groups (``batch * kv_heads`` below 16) split their keys, but never into
+    chunks of fewer than ``MIN_SPLIT_KEYS`` keys on average, nor into more than
+    ``MAX_CHUNKS``.
+    """
+    if n_heads == 0 or n_heads >= MIN_PARALLEL_TASKS:
+        return 1
+    wanted = -(-MIN_PARALLEL_TASKS // n_heads)
+    return int(max(1, min(wanted, lk // MIN_SPLIT_KEYS, MAX_CHUNKS)))
+
+
+def balanced_starts(costs, n_threads):
+    """Cut the task list into contiguous runs of about equal cost, one per worker.
+
+    A task goes to the worker whose share of the total cost holds the task's midpoint.
+    (:func:`fastattn._plan._balanced_starts` cuts at each task's start, which with the
+    few large tasks of a split backward can give one worker 3 of 4 equal chunks.)
+    """
+    n_workers = max(1, min(n_threads, len(costs)))
+    if len(costs) == 0:
+        return np.zeros(2, dtype=np.int64)
+    midpoints = 2 * np.cumsum(costs) - costs
+    worker = midpoints * n_workers // max(2 * int(costs.sum()), 1)
+    starts = np.searchsorted(worker, np.arange(n_workers), side="left")
+    return np.append(starts, len(costs)).astype(np.int64)
+
+
+def _rows_per_key(band, lq, lk):
+    """How many queries the band lets see each key (the work of a key, per query head)."""
+    keys = np.arange(lk, dtype=np.int64)
+    first, stop = band.row_range(keys, keys + 1, lq)
+    return (stop - first).astype(np.int64)
+
+
+def _chunk_edges(rows_per_key, n_chunks, block_k):
+    """Edges ``0 = e0 < e1 < ... = lk`` of chunks of about equal work, on block boundaries.
+
+    Equal work, not equal keys: under a causal band the first keys are seen by the most
+    queries, and equal shares keep the workers balanced with only a few chunks.
+    """
+    lk = len(rows_per_key)
+    if n_chunks <= 1 or lk == 0:
+        return np.array([0, lk], dtype=np.int64)
+    done = np.cumsum(rows_per_key)
+    total = int(done[-1])
+    if total == 0:
+        cuts = np.arange(1, n_chunks) * lk // n_chunks
+    else:
+        cuts = np.searchsorted(done, np.arange(1, n_chunks) * total // n_chunks, side="left")
+    cuts = (cuts + block_k // 2) // block_k * block_k
+    return np.unique(np.concatenate([[0], np.clip(cuts, 0, lk), [lk]])).astype(np.int64)
