@@ -89,7 +89,7 @@ def _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, 
         if not lse_only:
             v_tile = _key_rows(v, v_at, b, kv_head, j0, n_k, value_dim, v_scratch)
             if limited and not _all_finite(v_tile):
-                _accumulate_visible(st, v_tile, acc, alpha)  # masked keys: exactly nothing
+                _accumulate_few_rows(st, v_tile, acc, alpha, skip_zero=True)
             else:
                 _block_accumulate(st, v_tile, acc, alpha, pv_scratch[:rows])
 
@@ -130,30 +130,22 @@ def _scores_few_rows(k_tile, q_tile, st):
 
 
 @njit(**JIT)
-def _accumulate_few_rows(st, v_tile, acc, alpha):
-    """``acc[r] = acc[r] * alpha[r] + Σ_j st[j, r] v_tile[j]``, reading each value once."""
+def _accumulate_few_rows(st, v_tile, acc, alpha, skip_zero=False):
+    """``acc[r] = acc[r] * alpha[r] + Σ_j st[j, r] v_tile[j]``, reading each value once.
+
+    With ``skip_zero`` a zero weight adds nothing even to a NaN or infinite value
+    (``0 * NaN`` is NaN): the masked keys of a block contribute exactly nothing.
+    """
     _rescale(acc, alpha)
     for j in range(v_tile.shape[0]):
         value = v_tile[j]
         for r in range(acc.shape[0]):
             weight = st[j, r]
+            if skip_zero and weight == 0.0:
+                continue
             row = acc[r]
             for d in range(value.shape[0]):
                 row[d] += weight * value[d]
-
-
-@njit(**JIT)
-def _accumulate_visible(st, v_tile, acc, alpha):
-    """As :func:`_accumulate_few_rows`, skipping zero weights (a NaN value times 0 is NaN)."""
-    _rescale(acc, alpha)
-    for j in range(v_tile.shape[0]):
-        value = v_tile[j]
-        for r in range(acc.shape[0]):
-            weight = st[j, r]
-            if weight != 0.0:
-                row = acc[r]
-                for d in range(value.shape[0]):
-                    row[d] += weight * value[d]
 
 
 @njit(fastmath={"reassoc"}, **JIT)  # vectorises the sum; NaN and inf keep their meaning
