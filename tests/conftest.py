@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/oracle.py, with --import-mode=importlib
+os.environ["MPLBACKEND"] = "Agg"  # before anything imports matplotlib: no test opens a window
 
 from fastattn._backends import all_backends  # noqa: E402
 from helpers import BACKENDS, COMPILED_BACKENDS  # noqa: E402

@@ -5,7 +5,6 @@ with a tight tolerance.  The graph tests check that chunk pairs removed by the c
 window band have no task at all; one test runs on a real two-process LocalCluster.
 """
 
-import doctest
 import itertools
 import logging
 import os
@@ -446,14 +445,6 @@ def test_task_settings(monkeypatch):
     monkeypatch.setenv("FASTATTN_NUM_THREADS", "3")
     assert dict(task_settings())["num_threads"] == 3
 
-
-
-@requires_dask
-def test_docstring_example_runs():
-    import fastattn.dask
-
-    result = doctest.testmod(fastattn.dask, optionflags=doctest.ELLIPSIS, verbose=False)
-    assert result.attempted > 0 and result.failed == 0
 
 
 @pytest.fixture(scope="module")

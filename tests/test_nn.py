@@ -1,12 +1,10 @@
 """fastattn.nn: every block against a direct NumPy formula written here."""
 
-import doctest
 import math
 
 import numpy as np
 import pytest
 
-from fastattn import nn
 from fastattn.nn import (MultiHeadAttention, additive_attention, local_attention,
                          sinusoidal_positional_encoding)
 
@@ -46,18 +44,6 @@ def mha_reference(m, x, context=None, keep=None):
         heads.append(p @ v_h)
     out = np.concatenate(heads, axis=-1) @ w["Wo"] + b["bo"]
     return out, np.stack(probabilities, axis=-3)
-
-
-@pytest.mark.parametrize("name", ["sinusoidal_positional_encoding", "MultiHeadAttention",
-                                  "additive_attention", "local_attention"])
-def test_docstring_examples(name):
-    finder = doctest.DocTestFinder()
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    tests = finder.find(getattr(nn, name), name, globs={})
-    assert any(t.examples for t in tests)
-    for test in tests:
-        runner.run(test)
-    assert runner.failures == 0
 
 
 # --- positional encoding ---------------------------------------------------------------

@@ -276,11 +276,6 @@ def test_missing_matplotlib_gives_install_hint(monkeypatch):
 
 # --- examples ----------------------------------------------------------------------------
 
-def test_docstring_examples():
-    result = doctest.testmod(viz, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
-
-
 def test_visualization_page_examples_run():
     result = doctest.testfile(str(ROOT / "docs" / "visualization.md"), module_relative=False,
                               optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
