@@ -1,4 +1,4 @@
-"""Small NumPy building blocks of the attention tutorials, running on :func:`fastattn.attention`.
+"""Small NumPy building blocks of attention models, running on :func:`fastattn.attention`.
 
 - :func:`sinusoidal_positional_encoding`: the fixed position signal of Vaswani et al. (2017).
 - :class:`MultiHeadAttention`: projections, heads, (grouped-query) scaled dot-product
@@ -196,7 +196,7 @@ def additive_attention(query, keys, values, W_q, W_k, w_v, mask=None):
     """Additive (Bahdanau) attention: ``score_ij = w_vᵀ tanh(W_q q_i + W_k k_j)``.
 
     The weights are ``softmax_j(score_ij)`` and the context is ``Σ_j α_ij v_j``: a
-    sum of the *values* (the seed tutorial's code summed the keys).  Projections
+    sum of the *values*, not of the keys (a slip that is easy to make).  Projections
     are applied as ``q @ W_q`` and ``k @ W_k``.  The ``(..., Lq, Lk, A)`` hidden
     activations are formed a block of queries at a time.
 

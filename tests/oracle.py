@@ -1,9 +1,15 @@
 """An independent loop oracle for attention, in float64.
 
-Written from the public contract (DESIGN.md) only, without any of fastattn's code:
-plain Python loops over the batch, the query heads, the query rows and the keys, one
-score at a time, so that it shares no vectorised trick (and no bug) with the package.
-It is slow; keep the shapes small.
+Written from the public contract only (the docstring of ``fastattn.attention`` and the
+semantics table of README.md), without any of fastattn's code: plain Python loops over the
+batch, the query heads, the query rows and the keys, one score at a time, so that it shares
+no vectorised trick (and no bug) with the package.  It is slow; keep the shapes small.
+
+The rules it implements: a key is visible to a query row when the causal/window band, a
+bool mask (True = may attend) and an additive mask (an entry of -inf hides the key) all
+let it through.  An invisible key contributes nothing, even when its score or value is
+NaN; a row with no visible key is zeros with lse -inf.  Everything else is plain IEEE
+arithmetic: a NaN that a row sees makes the row NaN, and so does a +inf score.
 """
 
 import math
@@ -32,6 +38,15 @@ def visible(i, j, lq, lk, causal=False, window=None):
     return True
 
 
+def hidden_by(entry):
+    """Whether one mask entry hides its key: a bool False, or an additive -inf."""
+    if entry is None:
+        return False
+    if isinstance(entry, (bool, np.bool_)):
+        return not entry
+    return float(entry) == -math.inf
+
+
 def attention_oracle(q, k, v, mask=None, causal=False, window=None, scale=None):
     """Return ``(out, lse)`` in float64 for the public ``attention`` semantics."""
     q, k, v = (np.asarray(x).astype(np.float64) for x in (q, k, v))
@@ -56,19 +71,15 @@ def attention_oracle(q, k, v, mask=None, causal=False, window=None, scale=None):
             for i in range(lq):
                 scores, values = [], []
                 for j in range(lk):
-                    if not visible(i, j, lq, lk, causal, window):
+                    entry = None if mask is None else mask[b + (h, i, j)]
+                    if not visible(i, j, lq, lk, causal, window) or hidden_by(entry):
                         continue
                     score = scale * sum(float(x) * float(y)
                                         for x, y in zip(q[b + (h, i)], k[b + (kv_head, j)]))
-                    if mask is not None:
-                        entry = mask[b + (h, i, j)]
-                        if mask.dtype == bool:
-                            if not entry:
-                                continue
-                        else:
-                            score += float(entry)
+                    if entry is not None and mask.dtype != bool:
+                        score += float(entry)
                     if score == -math.inf:
-                        continue
+                        continue  # exp(-inf) = 0: the key adds nothing
                     scores.append(score)
                     values.append(v[b + (kv_head, j)])
                 if not scores:
