@@ -11,6 +11,10 @@ import contextvars
 import os
 
 _SETTINGS = ("backend", "num_threads", "block_q", "block_k")
+
+BACKEND_NAMES = ("naive", "numba", "cython")
+"""Every backend fastattn knows (the registry in _backends loads them); here, so that a
+setting is checked when it is read, without importing the backends."""
 _overrides = contextvars.ContextVar("fastattn_config", default={})
 
 
@@ -47,11 +51,19 @@ def _from_environment():
     settings = {}
     backend = os.environ.get("FASTATTN_BACKEND", "").strip()
     if backend:
-        settings["backend"] = backend
+        settings["backend"] = _backend_name("FASTATTN_BACKEND", backend)
     threads = os.environ.get("FASTATTN_NUM_THREADS", "").strip()
     if threads:
         settings["num_threads"] = _positive_int("FASTATTN_NUM_THREADS", threads)
     return settings
+
+
+def _backend_name(name, value):
+    if value not in BACKEND_NAMES + ("auto",):
+        known = ", ".join(repr(b) for b in BACKEND_NAMES + ("auto",))
+        raise ValueError(f"{name}={value!r} is not a fastattn backend; the backends are "
+                         f"{known} (fastattn.show_config() says which are available here)")
+    return value
 
 
 def _positive_int(name, value):
@@ -126,7 +138,7 @@ def config_context(**settings):
         if name == "backend":
             if not isinstance(value, str):
                 raise TypeError(f"backend must be a str, got {type(value).__name__}")
-            checked[name] = value
+            checked[name] = _backend_name(name, value)
         else:
             checked[name] = _positive_int(name, value)
     token = _overrides.set({**_overrides.get(), **checked})

@@ -1,12 +1,20 @@
 """Checks and normalises the arguments of :func:`fastattn.attention`.
 
 Everything that can be wrong with a call is caught here, with a message that names
-the argument, its shape and its dtype.  What comes out is an :class:`AttentionProblem`
-that the backends can trust: arrays in the compute dtype, last axes contiguous,
-leading axes broadcast to one batch shape, and the causal/window limits as a band.
+the argument, its shape and its dtype.  The checks come in two steps:
+
+* :func:`check_call` decides everything a call needs from the *shapes and dtypes*
+  of its arguments alone (batch shape, compute dtype, scale, band, mask kind), so
+  it also runs on zero-byte stand-ins and on lazy arrays (:mod:`fastattn.dask`);
+* :func:`validate` converts the arguments to NumPy, runs :func:`check_call`, checks
+  the values of an additive mask and prepares the arrays: an
+  :class:`AttentionProblem` that the backends can trust (arrays in the compute
+  dtype, last axes contiguous, leading axes broadcast to one batch shape).
 """
 
+import functools
 import math
+import numbers
 import operator
 from dataclasses import dataclass
 
@@ -15,6 +23,33 @@ import numpy as np
 from ._contract import MASK_ADD, MASK_KEEP, MASK_NONE, Band
 
 CAUSAL_MODES = ("upper_left", "lower_right")
+
+TORCH_KEYWORDS = {
+    "is_causal": "pass causal=True (torch's is_causal; causal='lower_right' aligns the "
+                 "last query with the last key)",
+    "attn_mask": "pass mask= (bool: True = may attend, as in torch; float: added to the "
+                 "scaled scores)",
+    "dropout_p": "dropout is not supported: fastattn computes exact attention (apply "
+                 "dropout to the inputs or outputs yourself)",
+    "enable_gqa": "grouped-query attention is automatic: when Hk divides Hq, query head h "
+                  "uses kv head h // (Hq // Hk); drop the argument",
+}
+"""Keywords of ``torch.nn.functional.scaled_dot_product_attention`` that fastattn spells
+differently or does not take, and what to do instead."""
+
+
+def explain_torch_keywords(function):
+    """Wrap an attention function so torch's keyword names get fastattn's own TypeError."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        foreign = [name for name in kwargs if name in TORCH_KEYWORDS]
+        if foreign:
+            advice = "; ".join(f"{name}: {TORCH_KEYWORDS[name]}" for name in foreign)
+            raise TypeError(f"{function.__name__}() got torch's keyword argument"
+                            f"{'s' if len(foreign) > 1 else ''} {', '.join(foreign)}; "
+                            f"{advice}")
+        return function(*args, **kwargs)
+    return wrapper
 
 
 class HeadShapes:
@@ -35,6 +70,30 @@ class HeadShapes:
     @property
     def out_shape(self):
         return self.batch_shape + (self.heads, self.q.shape[-2], self.v.shape[-1])
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    """What a call decides from the shapes and dtypes of its arguments alone.
+
+    ``scores_shape`` is ``(*batch, Hq, Lq, Lk)``; the other fields are those of
+    :class:`AttentionProblem` that are not arrays.
+    """
+
+    batch_shape: tuple
+    scores_shape: tuple
+    mask_kind: int
+    scale: float
+    band: Band
+    compute_dtype: np.dtype
+    result_dtype: np.dtype
+    squeeze_heads: bool
+
+    def problem_fields(self):
+        """The fields of :class:`AttentionProblem` (and of the Dask problem) decided here."""
+        return dict(batch_shape=self.batch_shape, mask_kind=self.mask_kind, scale=self.scale,
+                    band=self.band, compute_dtype=self.compute_dtype,
+                    result_dtype=self.result_dtype, squeeze_heads=self.squeeze_heads)
 
 
 @dataclass(frozen=True)
@@ -71,29 +130,84 @@ def describe(name, array):
 
 def validate(q, k, v, mask=None, causal=False, window=None, scale=None):
     """Return the :class:`AttentionProblem` for these arguments, or raise."""
-    given = [as_float_array(name, x) for name, x in (("q", q), ("k", k), ("v", v))]
-    squeeze_heads = all(x.ndim == 2 for x in given)
-    q, k, v = (with_head_axis(x) for x in given)
-    check_shapes(q, k, v, given)
-    batch_shape = broadcast_batch(q, k, v, given)
+    q, k, v = (as_array(name, x) for name, x in zip("qkv", (q, k, v)))
+    mask = None if mask is None else as_array("mask", mask)
+    spec = check_call(q, k, v, mask, causal, window, scale)
+    q, k, v = (_prepared(x, spec) for x in (q, k, v))
+    return AttentionProblem(q=q, k=k, v=v, mask=prepare_mask(mask, spec),
+                            **spec.problem_fields())
 
+
+def check_call(q, k, v, mask=None, causal=False, window=None, scale=None):
+    """Check a call from its arguments' ``.shape`` and ``.dtype`` only: its :class:`CallSpec`.
+
+    ``q``, ``k``, ``v`` and ``mask`` may be NumPy arrays, zero-byte stand-ins or lazy
+    arrays of known shape: no value is read.  The values of an additive mask are
+    checked by :func:`prepare_mask`.
+    """
+    given = (q, k, v)
+    for name, x in zip("qkv", given):
+        check_float_array(name, x)
+    q_shape, k_shape, v_shape = (_with_head_axis(x.shape) for x in given)
+    check_shapes(q_shape, k_shape, v_shape, given)
+    batch_shape = broadcast_batch((q_shape, k_shape, v_shape), given)
     result_dtype = np.result_type(q.dtype, k.dtype, v.dtype)
-    compute_dtype = np.dtype(np.float32) if result_dtype == np.float16 else result_dtype
-    q, k, v = (_prepared(x, batch_shape, compute_dtype) for x in (q, k, v))
+    compute_dtype = compute_dtype_of(result_dtype)
+    heads, lq, head_dim = q_shape[-3:]
+    lk = k_shape[-2]
+    scores_shape = batch_shape + (heads, lq, lk)
+    return CallSpec(
+        batch_shape=batch_shape, scores_shape=scores_shape,
+        mask_kind=check_mask(mask, scores_shape),
+        scale=normalise_scale(scale, head_dim, compute_dtype),
+        band=Band.from_alignment(lq, lk, normalise_causal(causal), normalise_window(window)),
+        compute_dtype=compute_dtype, result_dtype=result_dtype,
+        squeeze_heads=all(len(x.shape) == 2 for x in given))
 
-    heads, lq, lk = q.shape[-3], q.shape[-2], k.shape[-2]
-    causal = normalise_causal(causal)
-    window = normalise_window(window)
-    mask, mask_kind = prepare_mask(mask, batch_shape + (heads, lq, lk), compute_dtype)
-    return AttentionProblem(
-        q=q, k=k, v=v, mask=mask, mask_kind=mask_kind, batch_shape=batch_shape,
-        scale=normalise_scale(scale, q.shape[-1]),
-        band=Band.from_alignment(lq, lk, causal, window), compute_dtype=compute_dtype,
-        result_dtype=result_dtype, squeeze_heads=squeeze_heads)
+
+def compute_dtype_of(result_dtype):
+    """The dtype the kernels compute in: float16 is computed in float32."""
+    return np.dtype(np.float32) if result_dtype == np.float16 else np.dtype(result_dtype)
 
 
-def as_float_array(name, x):
-    array = np.asarray(x)
+# ---------------------------------------------------------------- arrays
+
+
+def as_array(name, x):
+    """``np.asarray(x)``, with fastattn's own message where a torch tensor cannot convert.
+
+    torch is never imported: a tensor is recognised by its type's module.
+    """
+    try:
+        return np.asarray(x)
+    except (RuntimeError, TypeError, ValueError) as error:
+        hint = _torch_hint(name, x)
+        if hint is None:
+            what = TypeError if isinstance(error, TypeError) else ValueError
+            raise what(f"{name} ({type(x).__name__}) cannot be converted to a NumPy "
+                       f"array: {error}") from error
+        raise TypeError(hint) from error
+
+
+def _torch_hint(name, x):
+    """Why the torch tensor ``x`` does not convert to NumPy and what to do, or None."""
+    if type(x).__module__.split(".")[0] != "torch":
+        return None
+    if getattr(x, "requires_grad", False):
+        return (f"{name} is a torch tensor that requires grad: fastattn's NumPy API does "
+                f"not track gradients; pass {name}.detach() (a torch backend with autograd "
+                f"is planned as fastattn.torch)")
+    if str(getattr(x, "dtype", "")) == "torch.bfloat16":
+        return (f"{name} is a torch bfloat16 tensor: bfloat16 is not supported yet; pass "
+                f"{name}.float() (float16, float32 and float64 are supported)")
+    device = getattr(x, "device", None)
+    if device is not None and getattr(device, "type", "cpu") != "cpu":
+        return f"{name} is a torch tensor on {device}: fastattn runs on the CPU; pass {name}.cpu()"
+    return None
+
+
+def check_float_array(name, array):
+    """A float16/32/64 dtype and at least 2 dimensions, from ``.dtype`` and ``.shape``."""
     kind = array.dtype.kind
     if kind in "biu":
         what = "bool" if kind == "b" else "integer"
@@ -105,47 +219,53 @@ def as_float_array(name, x):
     if kind != "f" or array.dtype.itemsize > 8:
         raise TypeError(f"{describe(name, array)}: expected float16, float32 or float64; "
                         f"cast with {name}.astype(np.float64)")
-    if array.ndim < 2:
+    if len(array.shape) < 2:
         raise ValueError(f"{describe(name, array)}: expected at least 2 dimensions "
-                         f"(L, D); got {array.ndim}")
-    return array
+                         f"(L, D); got {len(array.shape)}")
 
 
-def with_head_axis(array):
-    return array[None] if array.ndim == 2 else array
+def _with_head_axis(shape):
+    return (1,) + tuple(shape) if len(shape) == 2 else tuple(shape)
 
 
-def check_shapes(q, k, v, given):
-    """Check the (head-axis) arrays ``q, k, v``; messages show the caller's ``given`` arrays."""
-    shown_q, shown_k, shown_v = (describe(n, x) for n, x in zip("qkv", given))
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must have the same feature size D: {shown_q}, {shown_k}")
-    if k.shape[-3:-1] != v.shape[-3:-1]:
+def check_shapes(q_shape, k_shape, v_shape, given):
+    """Check the (head-axis) shapes; messages show the caller's ``given`` arrays."""
+    def shown(*names):
+        return ", ".join(describe(n, x) for n, x in zip("qkv", given) if n in names)
+
+    if q_shape[-1] != k_shape[-1]:
+        raise ValueError(f"q and k must have the same feature size D: {shown('q', 'k')}")
+    if k_shape[-3:-1] != v_shape[-3:-1]:
         raise ValueError(f"k and v must have the same heads and length (Hk, Lk): "
-                         f"{shown_k}, {shown_v}")
-    if q.shape[-1] == 0:
-        raise ValueError(f"{shown_q}: the feature size D must be at least 1")
-    heads, kv_heads = q.shape[-3], k.shape[-3]
+                         f"{shown('k', 'v')}")
+    if q_shape[-1] == 0:
+        raise ValueError(f"{shown('q')}: the feature size D must be at least 1")
+    heads, kv_heads = q_shape[-3], k_shape[-3]
     if kv_heads == 0 or heads % kv_heads:
         raise ValueError(f"the kv heads Hk={kv_heads} must divide the query heads "
-                         f"Hq={heads} (grouped-query attention): {shown_q}, {shown_k}")
+                         f"Hq={heads} (grouped-query attention): {shown('q', 'k')}")
 
 
-def broadcast_batch(q, k, v, given):
+def broadcast_batch(shapes, given):
     try:
-        return np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
+        return np.broadcast_shapes(*(shape[:-3] for shape in shapes))
     except ValueError:
         shown = ", ".join(describe(n, x) for n, x in zip("qkv", given))
         raise ValueError(f"the leading (batch) axes of q, k and v do not broadcast: {shown}"
                          ) from None
 
 
-def _prepared(array, batch_shape, dtype):
+def _prepared(array, spec):
     """Cast, make the last axis contiguous, broadcast the batch axes (views where possible)."""
-    array = array.astype(dtype, copy=False)
+    array = array.astype(spec.compute_dtype, copy=False)
     if array.strides[-1] != array.itemsize and array.shape[-1] > 1:
         array = np.ascontiguousarray(array)
-    return np.broadcast_to(array, batch_shape + array.shape[-3:])
+    if array.ndim == 2:
+        array = array[None]
+    return np.broadcast_to(array, spec.batch_shape + array.shape[-3:])
+
+
+# ---------------------------------------------------------------- options
 
 
 def normalise_causal(causal):
@@ -160,46 +280,72 @@ def normalise_causal(causal):
 
 
 def normalise_window(window):
+    """``None`` or ``(left, right)`` of non-negative Python ints or None (any size)."""
     if window is None:
         return None
-    try:
-        left, right = window
-    except (TypeError, ValueError):
-        raise ValueError(f"window must be a pair (left, right) of non-negative ints "
-                         f"or None; got {window!r}") from None
-    return _window_side("left", left, window), _window_side("right", right, window)
+    if not (isinstance(window, (tuple, list))
+            or (isinstance(window, np.ndarray) and window.ndim == 1)):
+        raise TypeError(f"window must be a pair (left, right) (a tuple, list or 1-D array) "
+                        f"of non-negative ints or None; got {window!r}")
+    if len(window) != 2:
+        raise ValueError(f"window must be a pair (left, right); got {len(window)} "
+                         f"values in window={window!r}")
+    return tuple(_window_side(side, value, window)
+                 for side, value in zip(("left", "right"), window))
 
 
 def _window_side(side, value, window):
     if value is None:
         return None
-    try:
-        number = operator.index(value)
-    except TypeError:
-        number = -1
-    if isinstance(value, (bool, np.bool_)) or number < 0:
+    if isinstance(value, (bool, np.bool_)):
+        number = None
+    else:
+        try:
+            number = operator.index(value)
+        except TypeError:
+            number = None
+    if number is None:
+        raise TypeError(f"window {side} must be a non-negative int or None; "
+                        f"got {value!r} in window={window!r}")
+    if number < 0:
         raise ValueError(f"window {side} must be a non-negative int or None; "
                          f"got {value!r} in window={window!r}")
     return number
 
 
-def normalise_scale(scale, head_dim):
+def normalise_scale(scale, head_dim, compute_dtype):
+    """The scale as a float: default ``1/sqrt(D)``; finite in the compute dtype."""
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
-    try:
-        value = float(scale)
-    except (TypeError, ValueError):
-        raise TypeError(f"scale must be a real number, got {scale!r}") from None
+    if isinstance(scale, np.ndarray) and scale.ndim == 0:
+        scale = scale[()]  # a 0-d array: its NumPy scalar
+    if not isinstance(scale, numbers.Real) or isinstance(scale, (bool, np.bool_)):
+        raise TypeError(f"scale must be a real number (int or float), got "
+                        f"{type(scale).__name__} {scale!r}")
+    value = float(scale)
     if not math.isfinite(value):
         raise ValueError(f"scale must be finite, got {scale!r}")
+    largest = float(np.finfo(compute_dtype).max)
+    if abs(value) > largest:
+        raise ValueError(f"scale={scale!r} overflows the compute dtype {compute_dtype} "
+                         f"(largest finite value {largest:g})")
     return value
 
 
-def prepare_mask(mask, scores_shape, compute_dtype):
-    """The mask as a view broadcast to ``scores_shape`` and its kind (see _contract)."""
+def check_flag(name, value):
+    """A Python or NumPy bool, as a Python bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+# ---------------------------------------------------------------- masks
+
+
+def check_mask(mask, scores_shape):
+    """The mask kind of ``mask`` (None or anything with ``.shape``/``.dtype``), or raise."""
     if mask is None:
-        return None, MASK_NONE
-    mask = np.asarray(mask)
+        return MASK_NONE
     kind = mask.dtype.kind
     if kind in "iu":
         raise TypeError(f"{describe('mask', mask)}: integer masks are ambiguous; pass "
@@ -208,23 +354,44 @@ def prepare_mask(mask, scores_shape, compute_dtype):
     if kind not in "bf":
         raise TypeError(f"{describe('mask', mask)}: expected a bool or float mask")
     try:
-        np.broadcast_shapes(mask.shape, scores_shape)
-        if np.broadcast_shapes(mask.shape, scores_shape) != scores_shape:
-            raise ValueError
+        broadcast = np.broadcast_shapes(tuple(mask.shape), scores_shape)
     except ValueError:
+        broadcast = None
+    if broadcast != scores_shape:
         raise ValueError(f"{describe('mask', mask)} does not broadcast to the scores "
-                         f"shape (..., Hq, Lq, Lk) = {scores_shape}") from None
-    if kind == "b":
-        return np.broadcast_to(mask.view(np.uint8), scores_shape), MASK_KEEP
+                         f"shape (..., Hq, Lq, Lk) = {scores_shape}"
+                         f"{_padding_hint(mask.shape, scores_shape)}")
+    return MASK_KEEP if kind == "b" else MASK_ADD
+
+
+def _padding_hint(mask_shape, scores_shape):
+    """A hint for a ``(B, Lk)`` padding mask, which needs its head and query axes."""
+    if len(mask_shape) == 2 and len(scores_shape) >= 4 and \
+            tuple(mask_shape) == (scores_shape[0], scores_shape[-1]):
+        return ("; a padding mask of shape (B, Lk) needs axes for the heads and queries: "
+                "pass mask[:, None, None, :]")
+    return ""
+
+
+def prepare_mask(mask, spec):
+    """A NumPy ``mask`` as the kernels take it (see _contract), broadcast to the scores.
+
+    A bool mask becomes a uint8 keep-mask view; an additive mask is checked for NaN,
+    ``+inf`` and overflow in the compute dtype, and cast to it.
+    """
+    if mask is None:
+        return None
+    if spec.mask_kind == MASK_KEEP:
+        return np.broadcast_to(mask.view(np.uint8), spec.scores_shape)
     if np.isnan(mask).any() or np.isposinf(mask).any():
         raise ValueError(f"{describe('mask', mask)}: an additive mask may hold finite "
                          f"values and -inf, not NaN or +inf")
     with np.errstate(over="ignore"):  # large negative values may become -inf: still masked
-        cast = mask.astype(compute_dtype, copy=False)
+        cast = mask.astype(spec.compute_dtype, copy=False)
     if np.isposinf(cast).any():
         raise ValueError(f"{describe('mask', mask)}: values exceed the range of the compute "
-                         f"dtype {compute_dtype}")
-    return np.broadcast_to(cast, scores_shape), MASK_ADD
+                         f"dtype {spec.compute_dtype}")
+    return np.broadcast_to(cast, spec.scores_shape)
 
 
 def check_out(out, problem):

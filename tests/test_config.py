@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import fastattn
+import fastattn._backends as registry
 from fastattn._backends import all_backends, available_backends
-from fastattn._config import available_cores
+from fastattn._config import BACKEND_NAMES, available_cores
 from helpers import heads_qkv
 
 
@@ -81,6 +82,8 @@ def test_get_config_returns_a_copy():
     (dict(block_k=-1), ValueError, "block_k"),
     (dict(block_k="x"), ValueError, "block_k"),
     (dict(backend=3), TypeError, "backend"),
+    (dict(backend="bogus"), ValueError, "backend='bogus'.*'naive', 'numba', 'cython'"),
+    (dict(backend="NUMBA"), ValueError, "backend='NUMBA'"),
     (dict(threads=2), TypeError, "threads"),
     (dict(num_thread=2), TypeError, "num_thread"),
 ])
@@ -92,18 +95,23 @@ def test_config_context_rejects_bad_values(settings, error, match):
     assert fastattn.get_config() == before
 
 
-def test_unknown_backend_in_config_fails_on_use(rng):
-    q, k, v = heads_qkv(rng, hq=1, lq=2, lk=2)
-    with pytest.raises(ValueError, match="bogus"):
-        with fastattn.config_context(backend="bogus"):
-            fastattn.attention(q, k, v)
-
-
-def test_explicit_backend_argument_beats_config(rng):
+def test_unavailable_backend_in_config_fails_on_use(rng, monkeypatch):
+    """A known backend that cannot load here is accepted as a setting; a call says why."""
+    missing = registry.Backend("cython", False, "cannot be imported: no compiler here")
+    real_load = registry._load
+    monkeypatch.setattr(registry, "_load",
+                        lambda name: missing if name == "cython" else real_load(name))
     q, k, v = heads_qkv(rng, hq=1, lq=2, lk=3)
-    with fastattn.config_context(backend="bogus"):
-        out = fastattn.attention(q, k, v, backend="naive")
+    with fastattn.config_context(backend="cython"):
+        with pytest.raises(ValueError, match="no compiler here"):
+            fastattn.attention(q, k, v)
+        out = fastattn.attention(q, k, v, backend="naive")  # the argument beats the setting
     np.testing.assert_array_equal(out, fastattn.attention(q, k, v, backend="naive"))
+
+
+def test_backend_names_are_the_registrys():
+    assert BACKEND_NAMES == registry.backend_names()
+    assert {b.name for b in all_backends()} == set(BACKEND_NAMES)
 
 
 @pytest.mark.parametrize("backend", available_backends())
@@ -126,11 +134,22 @@ def test_environment_backend(monkeypatch):
         assert fastattn.get_config()["backend"] == "auto"
 
 
-def test_environment_unknown_backend_fails_on_use(monkeypatch, rng):
-    monkeypatch.setenv("FASTATTN_BACKEND", "nope")
-    q, k, v = heads_qkv(rng, hq=1, lq=2, lk=2)
-    with pytest.raises(ValueError, match="nope"):
-        fastattn.attention(q, k, v)
+@pytest.mark.parametrize("value", ["nope", "Numba", "torch", "auto,naive"])
+def test_environment_unknown_backend_names_the_variable(monkeypatch, rng, value):
+    """Checked when the setting is read, naming the variable and listing the backends."""
+    monkeypatch.setenv("FASTATTN_BACKEND", value)
+    for read in (fastattn.get_config, lambda: fastattn.attention(*heads_qkv(rng, hq=1))):
+        with pytest.raises(ValueError) as info:
+            read()
+        message = str(info.value)
+        assert f"FASTATTN_BACKEND={value!r}" in message
+        assert all(repr(name) in message for name in BACKEND_NAMES + ("auto",))
+
+
+@pytest.mark.parametrize("value", ["naive", " numba ", "auto"])
+def test_environment_backend_names(monkeypatch, value):
+    monkeypatch.setenv("FASTATTN_BACKEND", value)
+    assert fastattn.get_config()["backend"] == value.strip()
 
 
 @pytest.mark.parametrize("value, expected", [("1", 1), ("2", 2), (" 3 ", 3)])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import fastattn
-from fastattn._plan import diagonal_band
+from fastattn._contract import Band
 from helpers import BACKENDS
 
 try:
@@ -271,6 +271,15 @@ def test_empty_key_sequence_and_empty_queries(rng):
     dict(q=(4, 8), k=(5, 8), v=(5, 8), window=(1, -1)),
     dict(q=(4, 8), k=(5, 8), v=(5, 8), scale=float("nan")),
     dict(q=(4, 8), k=(5, 8), v=(5, 8), dtype=np.int32),
+    dict(q=(4, 8), k=(5, 8), v=(5, 8), scale="0.5"),
+    dict(q=(4, 8), k=(5, 8), v=(5, 8), scale=True),
+    dict(q=(4, 8), k=(5, 8), v=(5, 8), scale=1e39, dtype=np.float16),
+    dict(q=(4, 8), k=(5, 8), v=(5, 8), window={1: 2, 3: 4}),
+    dict(q=(4, 8), k=(5, 8), v=(5, 8), window=(1.5, 0)),
+    dict(q=(4, 8), k=(5, 8), v=(5, 8), return_lse="yes"),
+    dict(q=(4, 8), k=(5, 8), v=(5, 8), is_causal=True),
+    dict(q=(4, 8), k=(5, 8), v=(5, 8), attn_mask=None, dropout_p=0.0),
+    dict(q=(2, 3, 4, 8), k=(2, 3, 5, 8), v=(2, 3, 5, 8), mask=((2, 5), bool)),
 ])
 def test_errors_match_fastattn_attention(arguments):
     import fastattn.dask
@@ -304,45 +313,107 @@ def test_bad_additive_mask_values(rng):
         out.compute()
 
 
+@requires_dask
+@pytest.mark.parametrize("position", ["q", "k", "v", "mask"])
+def test_unknown_chunk_sizes_say_compute_chunk_sizes(rng, position):
+    """After boolean indexing a dask array's chunk sizes are unknown (NaN)."""
+    import fastattn.dask
+
+    arrays = {name: lazy(rng.standard_normal((12, 8)), (4, 8)) for name in "qkv"}
+    arrays["mask"] = lazy(rng.random((12, 12)) < 0.9, (4, 4))
+    unknown = arrays[position][arrays[position][:, 0] > -np.inf]  # keeps every row, lazily
+    assert np.isnan(unknown.shape[0])
+    arrays[position] = unknown
+    with pytest.raises(ValueError, match=rf"{position} has unknown chunk sizes.*"
+                                         rf"{position}\.compute_chunk_sizes\(\)"):
+        fastattn.dask.attention(**arrays)
+    arrays[position] = unknown.compute_chunk_sizes()  # the fix the message names
+    fastattn.dask.attention(**arrays).compute()
+
+
+@requires_dask
+@pytest.mark.parametrize("causal", ["upper_left", "lower_right"])
+def test_huge_windows_mean_no_limit(rng, causal):
+    arrays = qkv(rng, batch=(1,), lq=20, lk=30)
+    lazies = [lazy(x, (1, 2, 7, x.shape[-1])) for x in arrays]
+    for window in ((sys.maxsize, 0), (2**63, 0), (2**100, None)):
+        out, lse = check(lazies, arrays, causal=causal, window=window)
+        want_out, want_lse = expected(*arrays, causal=causal)
+        np.testing.assert_allclose(out, want_out, **TIGHT)
+        np.testing.assert_allclose(lse, want_lse, **TIGHT)
+
+
+@requires_dask
+@pytest.mark.parametrize("causal, window", [("upper_left", (0, 0)), ("lower_right", (2, 0)),
+                                            (False, (0, 3)), (False, (3, 0))])
+def test_pairs_cut_at_both_ends(rng, causal, window):
+    """A narrow band cuts rows off both ends of a pair; they come back as zeros, lse -inf."""
+    arrays = qkv(rng, batch=(1,), hq=2, hk=1, lq=30, lk=18)
+    lazies = [lazy(arrays[0], (1, 2, 11, 8)), lazy(arrays[1], (1, 1, 5, 8)),
+              lazy(arrays[2], (1, 1, 5, 6))]
+    mask = rng.random((30, 18)) < 0.8
+    check(lazies, arrays, causal=causal, window=window)
+    check(lazies, arrays, lazy(mask, (11, 5)), mask, causal=causal, window=window)
+
+
+@requires_dask
+def test_keywords_checked_like_fastattn_attention(rng):
+    import fastattn.dask
+
+    arrays = qkv(rng, batch=(1,), lq=4, lk=5)
+    out = fastattn.dask.attention(*arrays, return_lse=np.False_)
+    assert isinstance(out, da.Array)
+    with pytest.raises(TypeError, match="causal=True"):
+        fastattn.dask.attention(*arrays, is_causal=True)
+
+
 # ---------------------------------------------------------------- the graph
 
 
 def visible(band, lq, lk):
-    """Dense ``(Lq, Lk)``: which key each query sees under ``band``."""
-    offsets = np.arange(lk)[None, :] - np.arange(lq)[:, None]
-    return (band[0] <= offsets) & (offsets <= band[1])
+    """Dense ``(Lq, Lk)``: which key each query sees under ``band``, as a loop."""
+    return np.array([[band.lo <= j - i <= band.hi for j in range(lk)] for i in range(lq)],
+                    dtype=bool).reshape(lq, lk)
 
 
 @pytest.mark.parametrize("seed", range(30))
-def test_localised_band_equals_the_global_band_on_every_pair(seed):
-    from fastattn._plan import diagonal_band as band_of
-
+def test_block_calls_cover_the_global_band_on_every_pair(seed):
+    """Each pair's call: a tight rectangle whose local band is the global band there."""
     pytest.importorskip("dask.array")
-    from fastattn.dask._graph import localise
+    from fastattn.dask._graph import block_calls
 
     rng = np.random.default_rng(seed)
     lq, lk = (int(n) for n in rng.integers(1, 40, size=2))
     causal = [None, "upper_left", "lower_right"][seed % 3]
     window = None if seed % 4 == 0 else tuple(
         None if rng.random() < 0.25 else int(rng.integers(0, 12)) for _ in range(2))
-    band = band_of(lq, lk, causal, window)
+    if seed % 7 == 3:
+        window = (2**64, None)  # larger than any sequence: no limit
+    band = Band.from_alignment(lq, lk, causal, window)
     dense = visible(band, lq, lk)
     q_edges = [0, *sorted(set(rng.integers(1, lq, size=3).tolist()) if lq > 1 else []), lq]
     k_edges = [0, *sorted(set(rng.integers(1, lk, size=3).tolist()) if lk > 1 else []), lk]
-    for (i0, i1), (j0, j1) in itertools.product(zip(q_edges, q_edges[1:]),
-                                                zip(k_edges, k_edges[1:])):
+    query_edges, key_edges = list(zip(q_edges, q_edges[1:])), list(zip(k_edges, k_edges[1:]))
+
+    class Problem:  # what block_calls reads
+        scale = 0.5
+
+    Problem.band = band
+    calls = block_calls(Problem, query_edges, key_edges, settings=())
+    for (qi, (i0, i1)), (kj, (j0, j1)) in itertools.product(enumerate(query_edges),
+                                                            enumerate(key_edges)):
         block = dense[i0:i1, j0:j1]
-        local = localise(band, i0, i1, j0, j1)
-        removed = j1 - 1 - i0 < band[0] or j0 - (i1 - 1) > band[1]
-        assert (local is None) == removed == (not block.any())
-        if local is None:
+        call = calls.get((qi, kj))
+        assert (call is None) == (not block.any())
+        if call is None:
             continue
-        rows, keys = i1 - i0 - local.trim_rows, j1 - j0 - local.trim_keys
-        assert local.trim_rows >= 0 and local.trim_keys >= 0 and rows > 0 and keys > 0
-        rebuilt = np.zeros_like(block)
-        rebuilt[local.trim_rows:, local.trim_keys:] = visible(
-            band_of(rows, keys, None, local.window), rows, keys)
-        np.testing.assert_array_equal(rebuilt, block)
+        (r0, r1), (c0, c1) = call.rows, call.keys
+        assert 0 <= r0 < r1 <= i1 - i0 and 0 <= c0 < c1 <= j1 - j0
+        inside = block[r0:r1, c0:c1]
+        assert inside.any(axis=1).all() and inside.any(axis=0).all()  # tight
+        assert block.sum() == inside.sum()  # nothing visible outside the rectangle
+        np.testing.assert_array_equal(visible(call.band, r1 - r0, c1 - c0), inside)
+        assert call.scale == 0.5
 
 
 def graph_tasks(array, prefix):
@@ -382,7 +453,7 @@ def test_pairs_removed_by_the_band_have_no_task(rng, causal, window, want, monke
     tasks = partial_tasks(out)
     assert len(tasks) == want == len(partial_tasks(lse))
     # every pair of the graph is one the band does not remove, and vice versa
-    band = diagonal_band(64, 64, None if causal is False else causal, window)
+    band = Band.from_alignment(64, 64, None if causal is False else causal, window)
     dense = visible(band, 64, 64)
     seen = {key[-3:] for key in tasks}  # (head block, query block, key block)
     needed = {(0, i, j) for i in range(4) for j in range(4)

@@ -1,12 +1,15 @@
 """Bad inputs raise, and the message names the argument, its shape and its dtype."""
 
 import re
+import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
 import fastattn
 from fastattn._backends import all_backends, available_backends
+from helpers import assert_close
 
 
 def qkv(q_shape=(2, 3, 4), k_shape=(2, 5, 4), v_shape=(2, 5, 4), dtype=np.float64):
@@ -132,11 +135,42 @@ def test_bad_causal(causal):
     raises(ValueError, "causal", repr(causal), q=q, k=k, v=v, causal=causal)
 
 
-@pytest.mark.parametrize("window", [(1,), (1, 2, 3), (-1, 0), (0, -2), (1.5, 0), ("a", 1), 3,
-                                   (True, 1), "ab"])
-def test_bad_window(window):
+@pytest.mark.parametrize("window", [(1,), (1, 2, 3), (-1, 0), (0, -2), [0, -1], (-2**70, 0),
+                                    np.array([1, 2, 3])])
+def test_bad_window_values(window):
     q, k, v = qkv()
     raises(ValueError, "window", q=q, k=k, v=v, window=window)
+
+
+@pytest.mark.parametrize("window", [(1.5, 0), ("a", 1), 3, (True, 1), (1, np.True_), "ab",
+                                    {1: 2, 3: 4}, {1, 2}, np.array([[1, 2]]),
+                                    np.array([1.0, 2.0]), (2.0, 0)])
+def test_bad_window_types(window):
+    """Only a pair (tuple, list or 1-D array) of ints or None; a dict's keys are not a window."""
+    q, k, v = qkv()
+    raises(TypeError, "window", q=q, k=k, v=v, window=window)
+
+
+@pytest.mark.parametrize("window", [[2, 0], np.array([2, 0]), (np.int64(2), np.uint8(0)),
+                                    np.array([2, 0], dtype=np.uint64)])
+def test_window_as_list_array_or_numpy_ints(backend, rng, window):
+    q, k, v = (rng.standard_normal((2, 9, 4)) for _ in range(3))
+    want = fastattn.attention(q, k, v, window=(2, 0), backend=backend)
+    np.testing.assert_array_equal(fastattn.attention(q, k, v, window=window, backend=backend),
+                                  want)
+
+
+@pytest.mark.parametrize("causal", ["upper_left", "lower_right"])
+@pytest.mark.parametrize("left", [sys.maxsize, 2**63, 2**64 + 5, 2**200])
+def test_huge_windows_mean_no_limit(backend, rng, causal, left):
+    """Any non-negative int is a window: one larger than the sequence is no limit."""
+    q, k, v = (rng.standard_normal((2, n, 8)) for n in (70, 90, 90))
+    want = fastattn.attention(q, k, v, causal=causal, backend="naive")
+    got = fastattn.attention(q, k, v, causal=causal, window=(left, 0), backend=backend)
+    assert not (got == 0).all(axis=-1).any()  # no row lost its keys
+    assert_close(got, want)
+    both = fastattn.attention(q, k, v, window=(left, left), backend=backend)
+    assert_close(both, fastattn.attention(q, k, v, backend="naive"))
 
 
 @pytest.mark.parametrize("scale", [np.nan, np.inf, -np.inf, float("nan")])
@@ -145,11 +179,44 @@ def test_non_finite_scale(scale):
     raises(ValueError, "scale", q=q, k=k, v=v, scale=scale)
 
 
-@pytest.mark.parametrize("scale", ["big", [1.0, 2.0], object()])
+@pytest.mark.parametrize("scale", ["big", "0.5", [1.0, 2.0], object(), True, np.True_, 1 + 0j,
+                                   b"1", np.array([0.5])])
 def test_non_numeric_scale(scale):
     q, k, v = qkv()
-    with pytest.raises((TypeError, ValueError), match="scale"):
-        fastattn.attention(q, k, v, scale=scale)
+    raises(TypeError, "scale", q=q, k=k, v=v, scale=scale)
+
+
+@pytest.mark.parametrize("scale", [np.float32(0.5), np.float64(0.5), np.float16(0.5),
+                                   Fraction(1, 2), np.array(0.5)])
+def test_numpy_and_other_real_scales(rng, scale):
+    q, k, v = (rng.standard_normal((2, 5, 4)) for _ in range(3))
+    np.testing.assert_array_equal(fastattn.attention(q, k, v, scale=scale),
+                                  fastattn.attention(q, k, v, scale=0.5))
+    assert np.allclose(fastattn.attention(q, k, v, scale=np.int64(2)),
+                       fastattn.attention(q, k, v, scale=2.0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("scale", [1e39, -1e39, 1e300])
+def test_scale_that_overflows_the_compute_dtype(dtype, scale):
+    """1e39 is finite as a Python float but inf in float32 (the compute dtype of float16 too)."""
+    q, k, v = qkv(dtype=dtype)
+    raises(ValueError, "scale", "float32", q=q, k=k, v=v, scale=scale)
+    q, k, v = qkv(dtype=np.float64)
+    assert np.isfinite(fastattn.attention(q, k, v, scale=1e-30 * scale)).all()
+
+
+@pytest.mark.parametrize("flag", ["yes", "", 1, 0, None, np.array([True]), [True]])
+def test_return_lse_must_be_a_bool(flag):
+    q, k, v = qkv()
+    raises(TypeError, "return_lse", q=q, k=k, v=v, return_lse=flag)
+
+
+def test_return_lse_takes_numpy_bools():
+    q, k, v = qkv()
+    out, lse = fastattn.attention(q, k, v, return_lse=np.True_)
+    assert lse.shape == (2, 3)
+    assert isinstance(fastattn.attention(q, k, v, return_lse=np.False_), np.ndarray)
 
 
 @pytest.mark.parametrize("name", ["bogus", "NUMBA", "torch", ""])
@@ -248,3 +315,100 @@ def test_mask_error_names_the_callers_dtype():
         fastattn.attention(q, k, v, mask)
     message = str(info.value)
     assert "mask" in message and "float64" in message, message
+
+
+# ---------------------------------------------------------------- a torch user's first tries
+
+
+@pytest.mark.parametrize("keyword, value, advice", [
+    ("is_causal", True, "causal=True"),
+    ("attn_mask", np.ones((3, 5), bool), "mask="),
+    ("dropout_p", 0.1, "dropout is not supported"),
+    ("enable_gqa", True, "automatic"),
+])
+def test_torch_keywords_get_fastattn_advice(keyword, value, advice):
+    q, k, v = qkv()
+    raises(TypeError, keyword, advice, q=q, k=k, v=v, **{keyword: value})
+
+
+def test_several_torch_keywords_are_named_together():
+    q, k, v = qkv()
+    raises(TypeError, "is_causal", "attn_mask", "causal=", "mask=", q=q, k=k, v=v,
+           is_causal=True, attn_mask=None)
+
+
+def test_other_unknown_keywords_keep_pythons_message():
+    q, k, v = qkv()
+    raises(TypeError, "unexpected keyword argument 'windows'", q=q, k=k, v=v, windows=(1, 1))
+
+
+def test_torch_keyword_wrapper_keeps_the_signature():
+    import inspect
+
+    assert list(inspect.signature(fastattn.attention).parameters)[:4] == ["q", "k", "v", "mask"]
+
+
+@pytest.fixture
+def torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("position", ["q", "k", "v"])
+def test_torch_tensor_that_requires_grad(torch, position):
+    arrays = {name: torch.ones(2, 3, 4) for name in "qkv"}
+    arrays[position] = torch.ones(2, 3, 4, requires_grad=True)
+    message = raises(TypeError, position, "requires grad", "does not track gradients",
+                     f"{position}.detach()", "fastattn.torch", **arrays)
+    assert "Can't call numpy()" not in message
+
+
+def test_torch_bfloat16_tensor(torch):
+    q = torch.ones(2, 3, 4, dtype=torch.bfloat16)
+    raises(TypeError, "q", "bfloat16", "not supported yet", "q.float()",
+           q=q, k=np.ones((2, 5, 4)), v=np.ones((2, 5, 4)))
+
+
+def test_torch_bfloat16_mask(torch):
+    q, k, v = qkv()
+    raises(TypeError, "mask", "bfloat16", "mask.float()", q=q, k=k, v=v,
+           mask=torch.zeros(3, 5, dtype=torch.bfloat16))
+
+
+def test_plain_torch_tensors_work(torch, rng):
+    q, k, v = (rng.standard_normal((2, 3, 4)).astype(np.float32) for _ in range(3))
+    got = fastattn.attention(*(torch.from_numpy(x) for x in (q, k, v)),
+                             mask=torch.ones(3, 3, dtype=torch.bool))
+    np.testing.assert_array_equal(got, fastattn.attention(q, k, v))
+
+
+def test_array_likes_that_do_not_convert_name_the_argument():
+    q, k, v = qkv()
+    raises(ValueError, "k", q=q, k=[[1.0, 2.0], [3.0]], v=v)
+
+
+# ---------------------------------------------------------------- the padding mask
+
+
+def test_padding_mask_of_shape_batch_keys_gets_a_hint(backend):
+    q, k, v = qkv((2, 4, 3, 8), (2, 4, 5, 8), (2, 4, 5, 8))
+    padding = np.ones((2, 5), dtype=bool)
+    raises(ValueError, "mask", "(2, 5)", "mask[:, None, None, :]", q=q, k=k, v=v,
+           mask=padding, backend=backend)
+    fastattn.attention(q, k, v, mask=padding[:, None, None, :], backend=backend)  # the fix
+
+
+def test_other_bad_mask_shapes_get_no_padding_hint():
+    q, k, v = qkv((2, 4, 3, 8), (2, 4, 5, 8), (2, 4, 5, 8))
+    message = raises(ValueError, "mask", q=q, k=k, v=v, mask=np.ones((4, 4), dtype=bool))
+    assert "None, None" not in message
+
+
+def test_a_batch_keys_mask_with_batch_equal_to_queries_broadcasts_as_queries_keys(rng):
+    """The silent mistake README.md warns about: with B == Lq, ``(B, Lk)`` is ``(Lq, Lk)``."""
+    q, k, v = (rng.standard_normal((3, 2, n, 4)) for n in (3, 5, 5))
+    padding = rng.random((3, 5)) < 0.7
+    padding[:, 0] = True
+    as_rows = fastattn.attention(q, k, v, mask=padding)
+    np.testing.assert_array_equal(as_rows, fastattn.attention(q, k, v, mask=padding[None, None]))
+    intended = fastattn.attention(q, k, v, mask=padding[:, None, None, :])
+    assert not np.allclose(as_rows, intended)

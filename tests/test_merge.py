@@ -122,3 +122,40 @@ def test_non_float_inputs_raise_type_error():
     with pytest.raises(TypeError, match="lse_b"):
         fastattn.merge_attention(np.zeros((2, 2)), np.zeros(2),
                                  np.zeros((2, 2)), np.zeros(2, dtype=bool))
+
+
+@pytest.mark.parametrize("position", ["lse_a", "lse_b"])
+def test_pos_inf_lse_is_rejected(position):
+    out, lse = np.zeros((3, 2)), np.zeros(3)
+    bad = np.array([0.0, np.inf, 0.0])
+    arrays = dict(out_a=out, lse_a=lse, out_b=out, lse_b=lse)
+    arrays[position] = bad
+    with pytest.raises(ValueError, match=rf"{position} \(shape \(3,\).*\+inf"):
+        fastattn.merge_attention(**arrays)
+
+
+def test_nan_lse_makes_exactly_its_row_nan():
+    out_a, out_b = np.ones((4, 2)), np.full((4, 2), 3.0)
+    lse_a = np.array([np.nan, 0.0, np.nan, -np.inf])
+    lse_b = np.array([0.0, np.nan, -np.inf, -np.inf])
+    out, lse = fastattn.merge_attention(out_a, lse_a, out_b, lse_b)
+    assert np.isnan(out[:3]).all() and np.isnan(lse[:3]).all()
+    np.testing.assert_array_equal(out[3], [0.0, 0.0])
+    assert np.isneginf(lse[3])
+
+
+def test_a_nan_query_row_stays_nan_through_the_merge(backend, rng):
+    """A NaN in a query row gives that row NaN in each part, and the merge keeps it NaN."""
+    q, k, v = heads_qkv(rng, hq=2, lq=5, lk=8)
+    q[1, 3, 0] = np.nan
+    a = attend(backend, q, k[:, :3], v[:, :3])
+    b = attend(backend, q, k[:, 3:], v[:, 3:])
+    out, lse = fastattn.merge_attention(*a, *b)
+    nan_rows = np.zeros((2, 5), dtype=bool)
+    nan_rows[1, 3] = True
+    np.testing.assert_array_equal(np.isnan(lse), nan_rows)
+    np.testing.assert_array_equal(np.isnan(out).all(axis=-1), nan_rows)
+    assert not np.isnan(out[~nan_rows]).any()
+    want_out, want_lse = attend("naive", q, k, v)
+    assert_close(out[~nan_rows], want_out[~nan_rows])
+    assert_close(lse[~nan_rows], want_lse[~nan_rows])

@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from .._validation import check_flag, explain_torch_keywords
 from ._checks import check_arguments
 from ._cluster import local_cluster
 from ._graph import build
@@ -26,15 +27,17 @@ from ._layout import align
 __all__ = ["attention", "local_cluster"]
 
 
+@explain_torch_keywords
 def attention(q, k, v, mask=None, *, causal=False, window=None, scale=None, return_lse=False):
     """Exact attention over chunked dask arrays, ``softmax(q kᵀ · scale + mask) v``.
 
     The same semantics as :func:`fastattn.attention`, computed block by block: each
-    pair of a query chunk and a key chunk is one task (``fastattn.attention`` with
-    ``return_lse=True`` on those blocks), and the partial results of one query chunk
-    are merged exactly, pairwise in a tree, with :func:`fastattn.merge_attention`.  No
-    task holds the whole key sequence or any ``Lq × Lk`` matrix.  Pairs that the causal
-    or window band removes entirely get no task at all.
+    pair of a query chunk and a key chunk is one task (the kernel of
+    :func:`fastattn.attention` on those blocks, giving ``(out, lse)``), and the partial
+    results of one query chunk are merged exactly, pairwise in a tree, with
+    :func:`fastattn.merge_attention`.  No task holds the whole key sequence or any
+    ``Lq × Lk`` matrix.  Pairs that the causal or window band removes entirely get no
+    task at all.
 
     Parameters
     ----------
@@ -98,6 +101,7 @@ def attention(q, k, v, mask=None, *, causal=False, window=None, scale=None, retu
     True
     """
     problem = check_arguments(q, k, v, mask, causal, window, scale)
+    return_lse = check_flag("return_lse", return_lse)
     out, lse = _compute_graph(problem)
     if problem.squeeze_heads:
         out, lse = out[0], lse[0]

@@ -4,55 +4,54 @@ They live in their own module, importable without building anything, because a
 distributed worker unpickles the tasks by reference to these functions.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _config
-from .._api import attention, merge_attention
+from .._api import merge_attention
+from .._backends import resolve
+from .._contract import Band
+from .._validation import validate
 
 
 @dataclass(frozen=True)
 class BlockCall:
-    """How to compute one (query chunk, key chunk) partial.
+    """How to compute one (query block, key block) partial.
 
-    The first ``trim_rows`` query rows of the chunk see no key of the key chunk and the
-    first ``trim_keys`` keys are seen by no row: both are cut off before the call (the
-    cut rows come back as zeros with lse -inf).  ``window`` is the band left in the
-    trimmed pair, relative to its own diagonal, as ``fastattn.attention`` takes it
-    (``causal=False``).  ``settings`` are :func:`fastattn.config_context` arguments.
+    Only the rows ``rows[0]:rows[1]`` of the query block see keys of the key block, and
+    only its keys ``keys[0]:keys[1]`` are seen (the tight rectangle of
+    :meth:`fastattn._contract.Band.restrict`); ``band`` is the band in the coordinates
+    of that rectangle.  The other rows come back as zeros with lse -inf.  ``settings``
+    are the fastattn settings (``get_config()`` items) the kernel runs with.
     """
 
-    trim_rows: int
-    trim_keys: int
-    window: object
+    rows: tuple
+    keys: tuple
+    band: Band
     scale: float
-    compute_dtype: np.dtype
     settings: tuple
 
 
 def block_partial(call, q, k, v, mask):
     """``(out, lse)`` of the rows of ``q`` over the keys of ``k``/``v``, in the compute dtype."""
-    rows = q.shape[-2]
-    skip_rows, skip_keys = call.trim_rows, call.trim_keys
-    if skip_rows or skip_keys:
-        q = q[..., skip_rows:, :]
-        k, v = k[..., skip_keys:, :], v[..., skip_keys:, :]
-        if mask is not None:
-            mask = mask[..., skip_rows if mask.shape[-2] > 1 else 0:,
-                        skip_keys if mask.shape[-1] > 1 else 0:]
-    q, k, v = (x.astype(call.compute_dtype, copy=False) for x in (q, k, v))
+    (r0, r1), (c0, c1) = call.rows, call.keys
+    if mask is not None:  # an axis of size 1 broadcasts: it is not cut
+        mask = mask[..., slice(r0, r1) if mask.shape[-2] > 1 else slice(None),
+                    slice(c0, c1) if mask.shape[-1] > 1 else slice(None)]
+    problem = validate(q[..., r0:r1, :], k[..., c0:c1, :], v[..., c0:c1, :], mask,
+                       scale=call.scale)
+    problem = dataclasses.replace(problem, band=call.band)
     settings = dict(call.settings)
-    with _config.config_context(**settings):
-        out, lse = attention(q, k, v, mask, window=call.window, scale=call.scale,
-                             return_lse=True)
-    if skip_rows:
-        full_out = np.zeros(out.shape[:-2] + (rows, out.shape[-1]), dtype=out.dtype)
-        full_lse = np.full(lse.shape[:-1] + (rows,), -np.inf, dtype=lse.dtype)
-        full_out[..., skip_rows:, :] = out
-        full_lse[..., skip_rows:] = lse
-        out, lse = full_out, full_lse
-    return out, lse
+    out, lse = resolve(settings["backend"], problem).run(problem, settings)
+    rows = q.shape[-2]
+    if (r0, r1) == (0, rows):
+        return out, lse
+    full_out = np.zeros(out.shape[:-2] + (rows, out.shape[-1]), dtype=out.dtype)
+    full_lse = np.full(lse.shape[:-1] + (rows,), -np.inf, dtype=lse.dtype)
+    full_out[..., r0:r1, :] = out
+    full_lse[..., r0:r1] = lse
+    return full_out, full_lse
 
 
 def merge_pair(state_a, state_b):

@@ -2,10 +2,11 @@
 
 After :func:`~fastattn.dask._layout.align`, the result has one block per
 ``(batch blocks..., query-head block, query block)``.  For each such block and each key
-block that the causal/window band does not remove entirely there is one *partial* task
-(``fastattn.attention(..., return_lse=True)`` on that pair of blocks); the partials of a
-result block are merged pairwise, in a tree, by *merge* tasks; the root gives the
-result block and its lse.  Four graph layers::
+block that the causal/window band does not remove entirely there is one *partial* task:
+the pair cut to the rows and keys that see each other (``Band.restrict``), validated and
+run by a backend of the registry with the band in the pair's own coordinates, giving
+``(out, lse)``.  The partials of a result block are merged pairwise, in a tree, by
+*merge* tasks; the root gives the result block and its lse.  Four graph layers::
 
     fastattn-partial-<token>   one task per computed (query block, key block) pair
     fastattn-merge-<token>     the merge tree (and a zeros block where no pair is left)
@@ -16,53 +17,34 @@ A removed pair has no task at all, so it is neither scheduled nor computed.
 """
 
 import itertools
-from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
+from .. import _config
 from . import _blocks
 
 LAYER_PREFIXES = ("fastattn-partial", "fastattn-merge", "fastattn-out", "fastattn-lse")
 
 
-@dataclass(frozen=True)
-class LocalBand:
-    """The band of one pair of blocks, as :class:`~fastattn.dask._blocks.BlockCall` takes it."""
+def block_calls(problem, query_edges, key_edges, settings):
+    """``{(query block, key block): BlockCall}`` of the pairs the band does not remove.
 
-    trim_rows: int
-    trim_keys: int
-    window: object
-
-
-def localise(band, i0, i1, j0, j1):
-    """The band ``band`` restricted to query rows ``[i0, i1)`` and keys ``[j0, j1)``, or None.
-
-    Globally, query ``i`` sees key ``j`` iff ``lo <= j - i <= hi``.  In the pair's own
-    coordinates (``i' = i - i0``, ``j' = j - j0``) that is ``lo - d <= j' - i' <= hi - d``
-    with ``d = j0 - i0``, clipped to the offsets the pair has,
-    ``-(rows - 1) <= j' - i' <= keys - 1``.  None means the clipped band is empty: the
-    pair is removed.  ``fastattn.attention`` expresses a band through ``window`` around
-    its diagonal ``j' = i'``, which needs ``lo' <= 0 <= hi'``; when the band lies wholly
-    right of the diagonal the first ``lo'`` keys are seen by no row and are cut off, when
-    it lies wholly left the first ``-hi'`` rows see nothing and are cut off, and that
-    moves the diagonal into the band.  A side that does not cut the pair becomes None.
+    :meth:`~fastattn._contract.Band.restrict` cuts each pair to the rectangle of rows
+    and keys that see each other and gives the band in its coordinates; a pair where
+    no query sees any key gets no call, hence no task.
     """
-    rows, keys = i1 - i0, j1 - j0
-    if rows <= 0 or keys <= 0:
-        return None
-    lo, hi = band
-    offset = j0 - i0
-    lo, hi = max(lo - offset, -(rows - 1)), min(hi - offset, keys - 1)
-    if lo > hi:
-        return None
-    trim_rows, trim_keys = max(0, -hi), max(0, lo)
-    lo, hi = lo + trim_rows - trim_keys, hi + trim_rows - trim_keys
-    rows, keys = rows - trim_rows, keys - trim_keys
-    left = None if lo <= -(rows - 1) else -lo
-    right = None if hi >= keys - 1 else hi
-    window = None if left is None and right is None else (left, right)
-    return LocalBand(trim_rows, trim_keys, window)
+    calls = {}
+    for qi, (i0, i1) in enumerate(query_edges):
+        for kj, (j0, j1) in enumerate(key_edges):
+            visible = problem.band.restrict(i0, i1, j0, j1)
+            if visible is None:
+                continue
+            r0, r1, c0, c1, band = visible
+            calls[qi, kj] = _blocks.BlockCall(rows=(r0 - i0, r1 - i0), keys=(c0 - j0, c1 - j0),
+                                              band=band, scale=problem.scale,
+                                              settings=settings)
+    return calls
 
 
 def task_settings():
@@ -72,8 +54,6 @@ def task_settings():
     kernels' thread count is 1 per task unless ``num_threads`` was set explicitly: dask
     runs tasks in parallel already.
     """
-    from .. import _config
-
     settings = _config.get_config()
     settings["num_threads"] = _config.explicit_settings().get("num_threads", 1)
     return tuple(sorted(settings.items()))
@@ -113,12 +93,7 @@ def build(problem, grid):
     batch_edges = [_edges(c) for c in grid.batch_chunks]
     head_edges, query_edges, key_edges = (_edges(grid.head_chunks), _edges(grid.query_chunks),
                                           _edges(grid.key_chunks))
-    locals_by_pair = {(qi, kj): localise(problem.band, i0, i1, j0, j1)
-                      for qi, (i0, i1) in enumerate(query_edges)
-                      for kj, (j0, j1) in enumerate(key_edges)}
-    calls = {pair: _blocks.BlockCall(local.trim_rows, local.trim_keys, local.window,
-                                     problem.scale, problem.compute_dtype, settings)
-             for pair, local in locals_by_pair.items() if local is not None}
+    calls = block_calls(problem, query_edges, key_edges, settings)
 
     for batch_index in itertools.product(*(range(len(e)) for e in batch_edges)):
         batch_sizes = tuple(e[i][1] - e[i][0] for e, i in zip(batch_edges, batch_index))

@@ -48,7 +48,7 @@ def boundaries(chunks):
 
 
 def chunks_between(points):
-    """The chunking whose boundaries are the sorted distinct ``points`` (first 0, last the size)."""
+    """The chunking whose boundaries are the distinct ``points`` (first 0, last the size)."""
     points = sorted(set(points))
     if len(points) == 1:  # an axis of size 0
         return (0,)
