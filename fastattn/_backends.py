@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._config import BACKEND_NAMES
 from ._contract import DECODE_ROWS
 from ._naive import naive_attention
 from ._tiled import run_tiled
@@ -76,7 +77,7 @@ def _load(name):
 
 
 def backend_names():
-    return ("naive", "numba", "cython")
+    return BACKEND_NAMES
 
 
 def all_backends():

@@ -31,14 +31,38 @@ def single_threaded():
         if _holders == 0:
             _limiter = _controller().limit(limits=1, user_api="blas")
         _holders += 1
+    previous = [set_local(1) for set_local in _thread_local_setters()]
     try:
         yield
     finally:
+        for set_local, count in zip(_thread_local_setters(), previous):
+            set_local(count)
         with _lock:
             _holders -= 1
             if _holders == 0:
                 _limiter.restore_original_limits()
                 _limiter = None
+
+
+@functools.cache
+def _thread_local_setters():
+    """``openblas_set_num_threads_local`` of each loaded OpenBLAS that has it.
+
+    Recent OpenBLAS keeps a thread count per calling thread as well: the process-wide
+    limit alone leaves a call from a non-main Python thread multi-threaded (slower,
+    and with other rounding than the same call from the main thread).
+    """
+    import ctypes
+
+    setters = []
+    for library in _controller().info():
+        try:
+            setter = ctypes.CDLL(library["filepath"]).openblas_set_num_threads_local
+        except (OSError, AttributeError, KeyError):
+            continue
+        setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
+        setters.append(setter)
+    return setters
 
 
 @functools.cache

@@ -7,6 +7,7 @@ from importlib import metadata
 from ._backends import all_backends
 from ._blas import describe_blas
 from ._config import get_config
+from ._version import __version__
 
 
 def _version(package):
@@ -32,7 +33,6 @@ def show_config(file=None):
     """
     file = file or sys.stdout
     settings = get_config()
-    from . import __version__
 
     lines = [f"fastattn {__version__}",
              f"python   {platform.python_version()} ({platform.machine()})"]
