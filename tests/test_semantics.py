@@ -10,7 +10,7 @@ from oracle import attention_oracle, scores_oracle, visible
 # Masked rows and huge logits must not make NaN or inf, even transiently.
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
-# The worked example of seeds/001 section 4.1, with DESIGN.md's corrected arithmetic.
+# A worked example: one query, three keys (scores 0.84, 1.68, 0.42; checked by hand).
 SEED_Q = np.array([[0.3, 0.6]])
 SEED_K = np.array([[0.8, 1.0], [1.6, 2.0], [0.4, 0.5]])
 SEED_V = np.array([[1.2, 1.4], [2.4, 2.8], [0.6, 0.7]])
@@ -22,7 +22,7 @@ def test_seed_example_scores_are_design_numbers():
 
 
 def test_seed_example(backend):
-    """DESIGN.md: scores 0.84, 1.68, 0.42 -> weights 0.2814, 0.5096, 0.2091 -> (1.6861, 1.9671).
+    """Scores 0.84, 1.68, 0.42 -> weights 0.2814, 0.5096, 0.2091 -> output (1.6861, 1.9671).
 
     The weights are the softmax of the scores scaled by the default 1/sqrt(D), D = 2.
     """
