@@ -10,8 +10,8 @@ import importlib
 import inspect
 
 SECTIONS = {
-    "fastattn": ["attention", "attention_weights", "merge_attention", "config_context",
-                 "get_config", "show_config"],
+    "fastattn": ["attention", "attention_backward", "attention_weights", "merge_attention",
+                 "config_context", "get_config", "show_config"],
     "fastattn.viz": ["heatmap", "heatmap_grid", "rollout", "to_bertviz", "save",
                      "demo_figures", "worked_example"],
     "fastattn.nn": ["MultiHeadAttention", "additive_attention", "local_attention",

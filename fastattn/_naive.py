@@ -68,3 +68,35 @@ def _weighted_sum(weights, v):
         terms = np.where(w != 0, w * v[..., None, :, :], 0.0)
         out[..., r:r + ROW_CHUNK, :] = terms.sum(axis=-2)
     return out
+
+
+def naive_backward(problem, dout):
+    """``(dq, dk, dv)`` in float64: the gradient of ``sum(dout * out)`` with full matrices.
+
+    ``dout`` has the problem's ``out_shape``; the gradients have the shapes of
+    ``problem.q``, ``problem.k``, ``problem.v`` (batch axes broadcast; each kv head's
+    gradient summed over its query group).  With ``W`` the weights above and
+    ``delta = rowsum(dout * out)``: ``dV = Wᵀ dO``, ``dS = W (dO Vᵀ - delta)`` (0 where
+    ``W`` is 0), ``dQ = dS K scale``, ``dK = dSᵀ Q scale``.  A zero weight contributes
+    nothing to any product, even against a NaN, so masked keys and fully masked rows
+    (zero ``dq``) stay out of every gradient; the mask itself is a constant.
+    """
+    weights, _ = _weights_and_lse(problem)
+    group = problem.group
+    q = problem.q.astype(np.float64)
+    k, v = (np.repeat(x.astype(np.float64), group, axis=-3) for x in (problem.k, problem.v))
+    dout = np.asarray(dout, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        delta = np.sum(dout * _weighted_sum(weights, v), axis=-1, keepdims=True)
+        d_scores = dout @ np.swapaxes(v, -1, -2) - delta
+        d_scores = np.where(weights != 0, weights * d_scores, 0.0)
+    dq = _weighted_sum(d_scores, k) * problem.scale
+    dk = _weighted_sum(np.swapaxes(d_scores, -1, -2), q) * problem.scale
+    dv = _weighted_sum(np.swapaxes(weights, -1, -2), dout)
+    return dq, _sum_query_groups(dk, group), _sum_query_groups(dv, group)
+
+
+def _sum_query_groups(grad, group):
+    """``(..., Hk * group, L, D)`` -> ``(..., Hk, L, D)``: each kv head sums its query heads."""
+    shape = grad.shape
+    return grad.reshape(shape[:-3] + (shape[-3] // group, group) + shape[-2:]).sum(axis=-3)

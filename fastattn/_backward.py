@@ -1,0 +1,237 @@
+"""The gradients of attention: :func:`attention_backward`, its backends and the tiled driver.
+
+The tiled driver computes ``delta = rowsum(dout * out)`` once with NumPy, merges the
+batch axes into one (views, as :mod:`fastattn._tiled` does), plans
+(:mod:`fastattn._backward_plan`), runs a compiled kernel's
+``run_backward_kernel(call)`` on a :class:`~fastattn._contract.BackwardCall`, sums
+the partial ``dq`` slots in slot order, and finally sums the gradients of inputs
+that were broadcast over batch axes.  See "The backward pass" in docs/design.md.
+"""
+
+import functools
+import math
+
+import numpy as np
+
+from ._backends import SMALL_PROBLEM_SCORES, resolve
+from ._backward_plan import make_backward_plan
+from ._config import get_config, thread_budget
+from ._contract import BWD_BATCH, BWD_KV_HEAD, BWD_PART, BWD_Q_START, BWD_Q_STOP, BackwardCall
+from ._naive import naive_backward
+from ._plan import rounds
+from ._tiled import _batch_views
+from ._validation import describe, validate
+
+AUTO_ORDER = ("cython", "numba", "naive")
+"""The order in which "auto" looks for a backward backend above ``SMALL_PROBLEM_SCORES``
+(see "Choosing a backward backend" in docs/design.md for the measurements)."""
+
+
+def attention_backward(dout, q, k, v, out, lse, mask=None, *, causal=False, window=None,
+                       scale=None, backend=None):
+    """Gradients of :func:`attention` with respect to ``q``, ``k`` and ``v``.
+
+    For the forward ``out = attention(q, k, v, mask, causal=..., window=...,
+    scale=...)`` and an upstream gradient ``dout`` (the gradient of a scalar loss
+    with respect to ``out``), returns the gradients of that loss with respect to
+    ``q``, ``k`` and ``v``.  The tiled backends recompute the probabilities block by
+    block from ``lse`` (FlashAttention-2): no ``Lq x Lk`` buffer, extra memory O(N).
+
+    Parameters
+    ----------
+    dout : array_like, shape (..., Hq, Lq, Dv) or (Lq, Dv)
+        Upstream gradient, the shape of ``out``.
+    q, k, v, mask, causal, window, scale
+        As given to :func:`attention`.  The mask (bool or additive) is a constant:
+        it gets no gradient.
+    out : array_like, shape (..., Hq, Lq, Dv) or (Lq, Dv)
+        The forward's output.
+    lse : array_like, shape (..., Hq, Lq) or (Lq,)
+        The forward's log-sum-exp (``attention(..., return_lse=True)``).
+    backend : {"naive", "numba", "cython", "auto"}, optional
+        Default: the ``backend`` setting (see :func:`config_context`), "auto".
+
+    Returns
+    -------
+    dq, dk, dv : ndarray
+        Shaped and typed like ``q``, ``k`` and ``v`` (float16 is computed in
+        float32).  Where ``k``/``v`` were broadcast over batch axes, their gradients
+        are summed over those axes; with grouped-query attention, each kv head's
+        gradient sums over its query heads.  A row whose keys are all masked
+        contributes nothing: its ``dq`` is zero.
+
+    Notes
+    -----
+    ``dout``, ``out`` and ``lse`` must be float arrays that the compute dtype of
+    ``q``, ``k``, ``v`` holds exactly (a float64 ``dout`` for float32 inputs is
+    refused rather than rounded).
+
+    Examples
+    --------
+    The gradient of ``sum(dout * out)`` with respect to one key entry, checked by a
+    central difference:
+
+    >>> import numpy as np, fastattn
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 4, 8))
+    >>> out, lse = fastattn.attention(q, k, v, causal=True, return_lse=True)
+    >>> dout = rng.normal(size=out.shape)
+    >>> dq, dk, dv = fastattn.attention_backward(dout, q, k, v, out, lse, causal=True)
+    >>> def loss(k):
+    ...     return np.sum(dout * fastattn.attention(q, k, v, causal=True))
+    >>> step = np.zeros_like(k)
+    >>> step[1, 2] = 1e-6
+    >>> numeric = (loss(k + step) - loss(k - step)) / 2e-6
+    >>> bool(np.isclose(numeric, dk[1, 2], rtol=1e-6))
+    True
+    """
+    q, k, v = (np.asarray(x) for x in (q, k, v))
+    problem = validate(q, k, v, mask, causal, window, scale)
+    dout, out, lse = _gradient_inputs(problem, dout, out, lse)
+    settings = get_config()
+    runner = backward_runner(backend if backend is not None else settings["backend"], problem)
+    if problem.group == 0:  # no query heads: nothing depends on k and v
+        grads = tuple(np.zeros(x.shape, problem.compute_dtype) for x in
+                      (problem.q, problem.k, problem.v))
+    else:
+        grads = runner(problem, dout, out, lse, settings)
+    return tuple(_like_input(grad, x) for grad, x in zip(grads, (q, k, v)))
+
+
+def _gradient_inputs(problem, dout, out, lse):
+    """``dout``, ``out``, ``lse`` checked against ``problem``, in the compute dtype, with heads."""
+    shape, dtype = problem.public_out_shape, problem.compute_dtype
+    checked = []
+    for name, x, expected in (("dout", dout, shape), ("out", out, shape),
+                              ("lse", lse, shape[:-1])):
+        array = np.asarray(x)
+        if array.dtype.kind != "f" or array.dtype.itemsize > 8:
+            raise TypeError(f"{describe(name, array)}: expected a float16, float32 or float64 "
+                            f"array")
+        if array.shape != expected:
+            what = "attention's lse" if name == "lse" else "attention's output"
+            raise ValueError(f"{describe(name, array)} must have shape {expected}, that of "
+                             f"{what} for these q, k and v")
+        if not np.can_cast(array.dtype, dtype, "safe"):
+            raise TypeError(f"{describe(name, array)}: q, k and v are computed in {dtype}, "
+                            f"which would round {name}; pass {name}.astype(np.{dtype}) or "
+                            f"q, k, v in {array.dtype}")
+        array = array.astype(dtype, copy=False)
+        checked.append(array[None] if problem.squeeze_heads else array)
+    return checked
+
+
+def _like_input(grad, x):
+    """``grad`` (the broadcast shape) summed over the axes ``x`` was broadcast along, as ``x``."""
+    extra = grad.ndim - x.ndim
+    if extra:
+        grad = grad.sum(axis=tuple(range(extra)))
+    ones = tuple(i for i, (n, m) in enumerate(zip(x.shape, grad.shape)) if n == 1 and m != 1)
+    if ones:
+        grad = grad.sum(axis=ones, keepdims=True)
+    return grad.astype(x.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------- backends
+
+def backward_runner(name, problem):
+    """The backward runner for backend ``name`` (None or "auto": chosen for ``problem``).
+
+    A runner takes ``(problem, dout, out, lse, settings)`` (4-D ``dout``/``out``, 3-D
+    ``lse``, all in the compute dtype) and returns ``(dq, dk, dv)`` in the compute dtype,
+    shaped like ``problem.q``, ``problem.k``, ``problem.v``.  Unknown or unavailable
+    names raise ``ValueError`` as in :func:`fastattn._backends.resolve`.
+    """
+    if name is None or name == "auto":
+        name = auto_backward_choice(problem)
+    resolve(name, problem)  # unknown names, and backends that cannot run at all
+    runner, reason = backward_runners()[name]
+    if runner is None:
+        available = ", ".join(n for n, (r, _) in backward_runners().items() if r is not None)
+        raise ValueError(f"backend {name!r} has no backward here: {reason}; backends with a "
+                         f"backward: {available}, or 'auto'")
+    return runner
+
+
+def auto_backward_choice(problem):
+    """The backend "auto" picks for the backward of ``problem``."""
+    batch = math.prod(problem.batch_shape)
+    scores = batch * problem.heads * problem.q.shape[-2] * problem.k.shape[-2]
+    runners = backward_runners()
+    preference = ("naive",) if scores <= SMALL_PROBLEM_SCORES else AUTO_ORDER
+    return next(name for name in preference if runners[name][0] is not None)
+
+
+@functools.cache
+def backward_runners():
+    """``{name: (runner or None, reason)}`` for every backend; compiled kernels load lazily."""
+    runners = {"naive": (_naive_runner, "full-matrix float64 reference")}
+    for name in ("numba", "cython"):
+        try:
+            if name == "numba":
+                from ._numba.backward import run_backward_kernel
+            else:
+                from ._cython._backward import run_backward_kernel
+        except ImportError as error:
+            runners[name] = (None, f"its backward kernel cannot be imported: {error}")
+            continue
+        runners[name] = (_tiled_runner(run_backward_kernel), f"tiled {name} backward kernel")
+    return runners
+
+
+def _naive_runner(problem, dout, out, lse, settings):
+    return tuple(g.astype(problem.compute_dtype) for g in naive_backward(problem, dout))
+
+
+def _tiled_runner(run_kernel):
+    def runner(problem, dout, out, lse, settings):
+        return run_backward_tiled(run_kernel, problem, dout, out, lse, settings)
+    return runner
+
+
+# --------------------------------------------------------------------------- the tiled driver
+
+def run_backward_tiled(run_kernel, problem, dout, out, lse, settings):
+    """``(dq, dk, dv)`` of ``problem`` in the compute dtype, computed by ``run_kernel``."""
+    dtype = problem.compute_dtype
+    if min(problem.q.size, problem.k.size, problem.v.size) == 0:  # the loss is constant
+        return tuple(np.zeros(x.shape, dtype) for x in (problem.q, problem.k, problem.v))
+    arrays = {"q": problem.q, "k": problem.k, "v": problem.v, "dout": dout,
+              "lse": np.ascontiguousarray(lse),
+              "delta": np.einsum("...d,...d->...", dout, out),  # rowsum(dout * out), once
+              "dq": np.zeros(problem.q.shape, dtype), "dk": np.empty(problem.k.shape, dtype),
+              "dv": np.empty(problem.v.shape, dtype)}
+    if problem.mask is not None:
+        arrays["mask"] = problem.mask
+    n_threads = thread_budget(settings["num_threads"])
+    for views in _batch_views(arrays, len(problem.batch_shape)):
+        _run_batch(run_kernel, problem, views, n_threads, settings["block_q"],
+                   settings["block_k"])
+    return arrays["dq"], arrays["dk"], arrays["dv"]
+
+
+def _run_batch(run_kernel, problem, views, n_threads, block_q, block_k):
+    q, k, dq = views["q"], views["k"], views["dq"]
+    plan = make_backward_plan(q.shape[0], k.shape[1], problem.group, q.shape[2], k.shape[2],
+                              problem.band, n_threads, block_q, block_k)
+    call = BackwardCall(q=q, k=k, v=views["v"], dout=views["dout"], lse=views["lse"],
+                        delta=views["delta"], mask=views.get("mask"),
+                        mask_kind=problem.mask_kind, scale=problem.scale, plan=plan, dq=dq,
+                        dk=views["dk"], dv=views["dv"],
+                        part_dq=np.zeros((plan.n_parts, plan.group) + q.shape[2:], q.dtype))
+    for part in rounds(plan):  # Python runs between rounds: a pending Ctrl-C is raised
+        call.plan = part
+        run_kernel(call)
+    sum_partial_dq(plan, call.part_dq, dq)
+
+
+def sum_partial_dq(plan, part_dq, dq):
+    """Add the partial ``dq`` slots into ``dq`` in slot order (a fixed, shape-only order)."""
+    group = plan.group
+    for task in plan.tasks[np.argsort(plan.tasks[:, BWD_PART], kind="stable")]:
+        if task[BWD_PART] < 0:
+            continue
+        b, heads = task[BWD_BATCH], slice(task[BWD_KV_HEAD] * group,
+                                          (task[BWD_KV_HEAD] + 1) * group)
+        rows = slice(task[BWD_Q_START], task[BWD_Q_STOP])  # the rows its keys can reach
+        dq[b, heads, rows] += part_dq[task[BWD_PART], :, rows]
