@@ -2,9 +2,11 @@
 
 ``fastattn viz "SENTENCE"`` tokenises the sentence, runs all-MiniLM-L6-v2 in NumPy
 (:mod:`fastattn.models`, attention by :func:`fastattn.attention`), and draws the
-exact attention probabilities with :mod:`fastattn.viz`.  ``fastattn viz --demo``
-draws the model-free demo figures.  Importing this module is cheap: NumPy,
-matplotlib and the model are loaded only when the command runs.
+exact attention probabilities as heatmaps, as :mod:`fastattn.viz` does.
+``fastattn viz --demo`` draws the model-free demo figures.  Importing this module is
+cheap: NumPy, matplotlib and the model are loaded only when the command runs.  The
+figures are bare ``matplotlib.figure.Figure`` objects written to files: no matplotlib
+backend is chosen or changed, and no window opens.
 """
 
 import argparse
@@ -13,7 +15,13 @@ import os
 import sys
 from pathlib import Path
 
-HELP = "draw attention heatmaps of a real model (all-MiniLM-L6-v2) for a sentence"
+HELP = ("draw attention heatmaps of a real model (all-MiniLM-L6-v2) for a sentence, "
+        "or the model-free demo figures (--demo)")
+EXAMPLES = [
+    ('fastattn viz "The cat sat on the mat"', "heatmaps of every layer and head, and rollout"),
+    ("fastattn viz --demo", "the demo figures, no model needed"),
+]
+"""``(command, what it does)`` lines for ``fastattn --help``."""
 DEFAULT_SENTENCE = "The animal didn't cross the street because it was too tired"
 DESCRIPTION = f"""\
 Tokenise SENTENCE, run all-MiniLM-L6-v2 (6 layers x 12 heads) in NumPy with
@@ -91,14 +99,6 @@ def _missing_matplotlib():
     return None
 
 
-def _use_file_backend():
-    """Draw off-screen (Agg) unless pyplot is already in use with another backend."""
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")
-
-
 def run(args):
     """Write the figures ``args`` asks for; print their paths; return the exit status."""
     if args.demo and args.sentence is not None:
@@ -106,13 +106,12 @@ def run(args):
     problem = _missing_matplotlib()
     if problem:
         return _fail(problem)
-    _use_file_backend()
     out = Path(args.out)
     if args.demo:
-        from . import viz
+        from ._viz_demo import write_demo_figures
 
         out.mkdir(parents=True, exist_ok=True)
-        written = [Path(p) for p in viz.demo_figures(out)]
+        written = [Path(p) for p in write_demo_figures(out)]
     else:
         try:
             written = _draw_model(args, out)
@@ -165,6 +164,7 @@ def _draw_model(args, out):
         print(f"{len(tokens)} tokens: {' '.join(tokens)}", file=sys.stderr, flush=True)
 
     from . import viz
+    from ._viz_draw import draw_heatmap, draw_heatmap_grid, write_figure
 
     layers = list(range(model.num_layers)) if layer == "all" else [layer]
     total = 2 + (len(layers) * model.num_heads if args.per_head else 0)
@@ -176,31 +176,28 @@ def _draw_model(args, out):
     written = []
 
     def save(figure, name):
-        import matplotlib.pyplot as plt
-
-        path = Path(viz.save(figure, out / f"{name}.{ext}"))
-        plt.close(figure)
+        path = Path(write_figure(figure, out / f"{name}.{ext}"))
         written.append(path)
         progress.step(path)
 
     quoted = sentence if len(sentence) <= 60 else sentence[:57] + "..."
     if layer == "all":
-        figure = viz.heatmap_grid(attentions, tokens, tokens,
-                                  title=f"all-MiniLM-L6-v2 attention: \"{quoted}\"")
+        figure = draw_heatmap_grid(attentions, tokens, tokens,
+                                   title=f"all-MiniLM-L6-v2 attention: \"{quoted}\"")
         save(figure, "layers-heads")
     else:
-        figure = _heads_figure(viz, attentions[layer], tokens,
+        figure = _heads_figure(attentions[layer], tokens,
                                f"all-MiniLM-L6-v2, layer {layer}: \"{quoted}\"")
         save(figure, f"layer{layer}-heads")
     flow = viz.rollout(attentions)
-    ax = viz.heatmap(flow, tokens, tokens,
-                     title=f"attention rollout over {model.num_layers} layers: \"{quoted}\"")
+    ax = draw_heatmap(flow, tokens, tokens,
+                      title=f"attention rollout over {model.num_layers} layers: \"{quoted}\"")
     save(ax.figure, "rollout")
     if args.per_head:
         for index in layers:
             for head in range(model.num_heads):
-                ax = viz.heatmap(attentions[index][head], tokens, tokens,
-                                 title=f"layer {index}, head {head}: \"{quoted}\"")
+                ax = draw_heatmap(attentions[index][head], tokens, tokens,
+                                  title=f"layer {index}, head {head}: \"{quoted}\"")
                 save(ax.figure, f"layer{index}-head{head}")
     if args.save_weights:
         path = out / "attentions.npz"
@@ -210,19 +207,19 @@ def _draw_model(args, out):
     return written
 
 
-def _heads_figure(viz, weights, tokens, title):
+def _heads_figure(weights, tokens, title):
     """The heads of one layer wrapped in rows of four, on one shared colour scale.
 
     (:func:`fastattn.viz.heatmap_grid` puts a layer's heads on one row: twelve
     heads make a figure too wide to read.)
     """
-    import matplotlib.pyplot as plt
+    from ._viz_draw import detached_figure, draw_heatmap
 
     count = weights.shape[0]
     columns = min(count, 4)
     rows = -(-count // columns)
     cell = 2.6 + 0.12 * min(len(tokens), 40)
-    figure = plt.figure(figsize=(cell * columns + 1.4, cell * rows + 0.8), layout="constrained")
+    figure = detached_figure((cell * columns + 1.4, cell * rows + 0.8))
     axes = figure.subplots(rows, columns, squeeze=False)
     top = float(weights.max()) or 1.0
     image = None
@@ -232,9 +229,9 @@ def _heads_figure(viz, weights, tokens, title):
             continue
         column = head % columns
         last_row = head + columns >= count
-        viz.heatmap(weights[head], tokens if column == 0 else None,
-                    tokens if last_row else None, ax=ax, title=f"head {head}",
-                    colorbar=False, annotate=False)
+        draw_heatmap(weights[head], tokens if column == 0 else None,
+                     tokens if last_row else None, ax=ax, title=f"head {head}",
+                     colorbar=False, annotate=False)
         image = ax.images[-1]
         image.set_clim(0.0, top)
         if column:

@@ -243,6 +243,24 @@ def test_demo_figures(tmp_path):
     assert plt.get_fignums() == []                      # every demo figure was closed
 
 
+def test_demo_draws_off_pyplot_and_leaves_the_backend_alone(tmp_path):
+    code = ("import sys, matplotlib; matplotlib.use('svg'); from fastattn import viz; "
+            f"viz.demo_figures({str(tmp_path)!r}); "
+            "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, check=True)
+    assert result.stdout.split() == ["svg", "False"]
+    assert len(list(tmp_path.glob("*.png"))) == 5
+
+
+def test_modules_say_what_their_example_is():
+    """Readers do not have the tutorials fastattn grew from: no docstring cites them."""
+    from fastattn import _viz_command, _viz_demo, _viz_draw
+
+    for module in (viz, _viz_demo, _viz_draw, _viz_command):
+        assert "tutorial" not in Path(module.__file__).read_text().lower(), module.__name__
+
+
 def test_worked_example_numbers():
     q, keys, values, weights, output = viz.worked_example()
     np.testing.assert_allclose(q @ keys.T, [[0.84, 1.68, 0.42]])

@@ -42,6 +42,27 @@ def test_viz_is_a_registered_subcommand():
     assert "viz" in _cli.build_parser().format_help()
 
 
+def test_top_level_help_names_the_demo(capsys):
+    with pytest.raises(SystemExit):
+        _cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert "fastattn viz --demo" in text
+    viz_line = next(line for line in text.splitlines() if line.strip().startswith("viz "))
+    assert "--demo" in text[text.index(viz_line):text.index("examples:")]
+    assert "fastattn bench compare A B" in text and "fastattn bench --quick" in text
+
+
+def test_the_command_draws_off_pyplot(tmp_path):
+    """``fastattn viz`` writes files without pyplot: no backend is chosen or changed."""
+    code = ("import sys, matplotlib; matplotlib.use('svg'); from fastattn._cli import main; "
+            f"status = main(['viz', '--demo', '--quiet', '--out', {str(tmp_path)!r}]); "
+            "print(status, matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)")
+    package_root = Path(fastattn.__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=package_root)
+    assert result.stdout.split()[-3:] == ["0", "svg", "False"]
+
+
 def test_the_command_module_is_cheap_to_import():
     code = ("import sys, fastattn._viz_command; "
             "print(sorted(m for m in ('matplotlib', 'fastattn.models', 'tokenizers', "
