@@ -75,76 +75,46 @@ def naive_budget_bytes(request):
 
 @pytest.fixture(autouse=True)
 def _limit_blas(threads):
-    """BLAS (used by naive and the NumPy matmul) gets the same threads as the kernels."""
+    """BLAS (used by naive and the NumPy matmul reference) gets the same threads as the kernels."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads, user_api="blas"):
         yield
 
 
-def _independent_reference(q, k, v, causal, rows):
-    """float64 softmax attention of the first ``rows`` queries, written out directly."""
-    import numpy as np
-
-    group = q.shape[1] // k.shape[1]
-    q64 = q[:, :, :rows].astype(np.float64)
-    k64 = np.repeat(k.astype(np.float64), group, axis=1)
-    v64 = np.repeat(v.astype(np.float64), group, axis=1)
-    scores = q64 @ k64.swapaxes(-1, -2) / np.sqrt(q.shape[-1])
-    if causal:
-        keys = np.arange(k.shape[2])[None, :]
-        scores = np.where(keys <= np.arange(scores.shape[2])[:, None], scores, -np.inf)
-    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    return (weights / weights.sum(axis=-1, keepdims=True)) @ v64
-
-
 @pytest.fixture
 def measure_attention(threads, naive_budget_bytes):
     """Benchmark one attention shape with one backend and record its extra_info.
 
-    Returns a function ``(benchmark, backend, shape, group) -> None`` that: skips
-    naive over the memory budget; warms up (JIT) outside the timed region; measures
-    the peak memory of one call (tracemalloc and RSS); checks the result once
-    against the naive reference (all rows at small sizes, the first rows otherwise);
-    then times the call with ``benchmark``.
+    Returns a function ``(benchmark, backend, shape, group) -> None`` that skips
+    naive over the memory budget, prepares the call exactly as ``fastattn bench``
+    does (:func:`fastattn.bench._point.prepare_attention`: JIT warm-up, peak memory of
+    the first full-size call, the correctness check, warm-up calls), then times it
+    with ``benchmark``.
     """
     import numpy as np
 
-    from fastattn.bench._memory import measure_peak
-    from fastattn.bench._workload import (CHECK_ROWS, attention_flops, check_against_naive,
-                                          make_inputs, make_runner, naive_bytes_needed)
+    from fastattn.bench._point import prepare_attention
+    from fastattn.bench._workload import attention_flops, naive_over_budget
 
     def run_benchmark(benchmark, backend, shape, group):
         benchmark.group = group
-        needed = naive_bytes_needed(shape)
-        if backend == "naive" and needed > naive_budget_bytes:
-            pytest.skip(f"would need {needed / 2**30:.2f} GiB for the naive score matrices "
-                        f"(budget {naive_budget_bytes / 2**30:.2f} GiB)")
-        q, k, v = make_inputs(shape)
-        run = make_runner(backend, q, k, v, causal=shape.causal, threads=threads)
-        run()  # JIT compilation, thread pools, first touch: outside the timed region
-        result, memory = measure_peak(run)
+        reason = naive_over_budget(shape, naive_budget_bytes)
+        if backend == "naive" and reason:
+            pytest.skip(reason)
+        prepared = prepare_attention(backend, shape, threads)
 
-        if backend == "naive":
-            rows = min(shape.q_len, CHECK_ROWS)
-            expected = _independent_reference(q, k, v, shape.causal, rows)
-            error = float(np.max(np.abs(result[:, :, :rows] - expected)))
-            assert error <= (2e-4 if shape.dtype == "float32" else 1e-9), error
-        else:
-            error = check_against_naive(result, q, k, v, shape.causal,
-                                        full=needed <= 256 * 2**20)
-        del result
-
-        benchmark(run)
+        benchmark(prepared.run)
 
         flops = attention_flops(shape)
+        memory = prepared.memory
         info = {"backend": backend, "seq_len": shape.k_len, "q_len": shape.q_len,
                 "causal": shape.causal, "dtype": shape.dtype, "heads": shape.heads,
                 "kv_heads": shape.n_kv_heads, "head_dim": shape.head_dim,
                 "batch": shape.batch, "threads": threads, "flops": flops,
                 "peak_traced_bytes": memory["traced_bytes"],
                 "peak_rss_bytes": memory["rss_bytes"], "rss_method": memory["rss_method"],
-                "max_abs_err": error}
+                "max_abs_err": prepared.max_abs_err}
         stats = getattr(benchmark, "stats", None)
         if stats is not None:  # None under --benchmark-disable
             median = stats.stats.median

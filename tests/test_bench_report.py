@@ -5,21 +5,31 @@ report files are written and read back, and that two reports compare correctly.
 They do not judge speed: benchmarks live in ``bench/``.
 """
 
+import ast
 import copy
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import fastattn
 from fastattn._backends import available_backends
-from fastattn._cli import main
+from fastattn._cli import build_parser, main
 from fastattn.bench import SCHEMA_VERSION, compare_results, load_results, save_results
 from fastattn.bench._compare import format_comparison, regressions
 from fastattn.bench._memory import measure_peak
+from fastattn.bench._reference import reference_libraries
+from fastattn.bench._report import TABLE_COLUMNS, render_markdown
 from fastattn.bench._results import point_key
 from fastattn.bench._sweep import SweepConfig, plan_points, run_child, run_sweep
-from fastattn.bench._workload import Shape, attention_flops, naive_bytes_needed
+from fastattn.bench._workload import (Shape, attention_flops, check_result, make_inputs,
+                                      make_runner, naive_bytes_needed)
+
+PACKAGE_DIR = Path(fastattn.__file__).resolve().parent
 
 HEADS, HEAD_DIM = 2, 8
 # Naive at N=16 needs 16 KiB of scores, at N=32 64 KiB: a 32 KiB budget runs one, skips one.
@@ -36,7 +46,7 @@ def report_dir(tmp_path_factory):
     status = main(["bench", "--sizes", "16,32", "--backends", "naive,numba",
                    "--heads", str(HEADS), "--head-dim", str(HEAD_DIM), "--repeats", "2",
                    "--min-time", "0",
-                   "--ceiling-size", "64", "--memory-budget", repr(TINY_BUDGET_GIB),
+                   "--reference-size", "64", "--memory-budget", repr(TINY_BUDGET_GIB),
                    "--quiet", "--out", str(out)])
     assert status == 0
     return out
@@ -51,11 +61,16 @@ def test_sweep_writes_report_and_results(report_dir):
     results = load_results(report_dir)
     assert results["schema_version"] == SCHEMA_VERSION
     assert results["settings"]["sizes"] == [16, 32]
-    assert results["ceiling"]["gflops"] > 0
+    reference = results["reference"]
+    measured = {m["library"]: m for m in reference["libraries"]}
+    assert sorted(measured) == sorted(reference_libraries())  # numpy, and torch if installed
+    assert reference["gflops"] == max(m["gflops"] for m in measured.values())
+    assert measured[reference["best"]]["gflops"] == reference["gflops"]
     assert len(results["points"]) == 2 * 2 * 2  # backends x sizes x masks
     for point in _points(results, backend="numba"):
         assert point["status"] == "ok"
         assert point["median_s"] > 0 and len(point["times_s"]) in (1, 2)
+        assert point["min_s"] <= point["median_s"] <= point["max_s"]
         shape = Shape(1, HEADS, point["n"], point["n"], HEAD_DIM, causal=point["causal"])
         assert point["flops"] == attention_flops(shape)
         assert point["gflops"] == pytest.approx(point["flops"] / point["median_s"] / 1e9)
@@ -79,6 +94,82 @@ def test_naive_over_budget_is_skipped_not_crashed(report_dir):
     assert "| 16 | numba |" in report and "| 32 | numba |" in report
 
 
+def test_report_tables_show_the_spread_and_the_matmul_reference(report_dir):
+    report = (report_dir / "report.md").read_text()
+    assert "ceiling" not in report.lower()
+    assert "**Matmul reference**: float32 matmul 64³" in report
+    header = "| " + " | ".join(TABLE_COLUMNS) + " |"
+    assert report.count(header) == 2  # one table per mask
+    assert {"min ms", "max ms", "calls", "% of matmul ref"} <= set(TABLE_COLUMNS)
+    results = load_results(report_dir)
+    point = _points(results, backend="numba", n=16, causal=False)[0]
+    row = next(line for line in report.splitlines() if line.startswith("| 16 | numba |"))
+    cells = dict(zip(TABLE_COLUMNS, (c.strip() for c in row.strip("|").split("|"))))
+    assert float(cells["min ms"]) == pytest.approx(point["min_s"] * 1e3, rel=0.01)
+    assert float(cells["max ms"]) == pytest.approx(point["max_s"] * 1e3, rel=0.01)
+    assert int(cells["calls"]) == len(point["times_s"])
+
+
+def _passing_results(coretype="Haswell"):
+    """Hand-made results: cython at 300 GFLOP/s against a 229 GFLOP/s NumPy reference."""
+    points = []
+    for n, cython_s in ((512, 0.0018), (1024, 0.0067)):
+        flops = attention_flops(Shape(1, 8, n, n, 64))
+        for backend, median in (("numba", 4 * cython_s), ("cython", cython_s)):
+            points.append({"backend": backend, "causal": False, "n": n, "dtype": "float32",
+                           "batch": 1, "heads": 8, "head_dim": 64, "threads": 2,
+                           "status": "ok", "reason": None, "median_s": median,
+                           "times_s": [median * 0.9, median, median * 1.3], "flops": flops,
+                           "gflops": flops / median / 1e9, "tokens_per_s": n / median,
+                           "peak_bytes": 2**20, "max_abs_err": 1e-7})
+    numpy = {"library": "numpy", "gflops": 229.0, "openblas_coretype": coretype,
+             "blas": "openblas 0.3.31, Haswell kernels"}
+    torch = {"library": "torch", "gflops": 198.0, "blas": "torch 2.13.0, mkl"}
+    return {"schema": "fastattn-bench", "schema_version": SCHEMA_VERSION,
+            "created": "2026-11-22T00:00:00+00:00", "command": ["fastattn", "bench"],
+            "machine": {"cpu": "AMD EPYC", "cpu_vendor": "AuthenticAMD",
+                        "cpu_simd": ["avx2", "avx512f"], "available_cores": 2,
+                        "logical_cpus": 2, "memory_gib": 23.5, "platform": "Linux",
+                        "python": "3.11", "versions": {"numpy": "2.4"}, "blas": [],
+                        "backends": {"cython": "available"}},
+            "settings": {"threads": 2, "memory_budget_gib": 4.0, "repeats": 3,
+                         "min_time_s": 0.3, "time_budget_s": 3.0, "sizes": [512, 1024]},
+            "reference": {"size": 4096, "dtype": "float32", "threads": 2,
+                          "libraries": [numpy, torch], "best": "numpy", "gflops": 229.0},
+            "points": points}
+
+
+def test_report_says_who_passes_the_reference_and_why():
+    report = render_markdown(_passing_results())
+    assert "**229.0 GFLOP/s** by numpy (openblas 0.3.31, Haswell kernels; kernels forced by " \
+           "`OPENBLAS_CORETYPE=Haswell`); torch: 198.0 GFLOP/s" in report
+    above = next(line for line in report.splitlines() if line.startswith("**Above the"))
+    assert "cython at 2 of 2 points" in above and "numba" not in above.split(". Why")[0]
+    assert "forced by OPENBLAS_CORETYPE" in above
+    assert "AVX-512" in above and "-march=native" in above
+    assert "MKL" in above  # torch's BLAS on this AMD CPU
+    assert "env -u OPENBLAS_CORETYPE" in report
+
+    plain = _passing_results(coretype=None)
+    for point in plain["points"]:
+        point["gflops"] /= 2  # nobody passes: nothing to explain
+    report = render_markdown(plain)
+    assert "Above the reference" not in report and "OPENBLAS_CORETYPE" not in report
+
+
+def test_schema_1_results_are_read_with_their_ceiling_as_the_reference(tmp_path):
+    old = _passing_results()
+    del old["reference"]
+    old["schema_version"] = 1
+    old["ceiling"] = {"size": 4096, "dtype": "float32", "threads": 2, "median_s": 0.6,
+                      "gflops": 229.0}
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    results = load_results(tmp_path)
+    assert "ceiling" not in results and results["schema_version"] == SCHEMA_VERSION
+    assert results["reference"]["best"] == "numpy" and results["reference"]["gflops"] == 229.0
+    assert "**Above the reference**: cython" in render_markdown(results)
+
+
 def test_results_round_trip(report_dir, tmp_path):
     results = load_results(report_dir)
     copy_path = save_results(results, tmp_path / "copy")
@@ -94,6 +185,49 @@ def test_plots_are_written(report_dir):
         data = (report_dir / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
         assert f"]({name})" in report
+
+
+@pytest.mark.parametrize("name", ["time", "gflops", "speedup", "memory"])
+def test_plots_have_bars_and_a_legend_outside_the_panels(name, tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.container import ErrorbarContainer
+
+    from fastattn.bench import _plots
+
+    results = _passing_results()
+    results["points"].insert(0, dict(results["points"][0], backend="naive",
+                                     median_s=0.05, times_s=[0.05, 0.06]))
+    figure = getattr(_plots, f"plot_{name}")(results, tmp_path / f"{name}.png")
+    axes = [ax for ax in figure.axes if ax.get_xlabel()]
+    assert axes and all(ax.get_legend() is None for ax in axes)
+    assert len(figure.legends) == 1  # one legend for the panels, under them
+    legend_box = figure.legends[0].get_window_extent()
+    for ax in axes:
+        assert not legend_box.overlaps(ax.get_window_extent())
+        bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert bool(bars) == (name != "memory")  # memory is one call: no spread to show
+    if name == "gflops":
+        labels = [t.get_text() for t in figure.legends[0].get_texts()]
+        assert any(label.startswith("matmul reference: numpy float32 4096³, "
+                                    "OPENBLAS_CORETYPE=Haswell") for label in labels)
+
+
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(_passing_results()))
+    code = f"""
+import json, sys, matplotlib
+matplotlib.use("svg")
+from fastattn.bench._plots import draw_plots
+from pathlib import Path
+draw_plots(json.loads(Path({str(path)!r}).read_text()), Path({str(tmp_path)!r}))
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=PACKAGE_DIR.parent, check=True)
+    assert done.stdout.split() == ["svg", "False"]
+    assert (tmp_path / "gflops.png").is_file()
 
 
 def test_compare_with_itself_is_one(report_dir):
@@ -173,7 +307,7 @@ def test_plan_skips_naive_over_budget_without_running():
 def test_sweep_records_a_failing_point():
     config = SweepConfig(sizes=(16,), backends=("naive", "nonexistent"), threads=1,
                          memory_budget_gib=1.0, causal=(False,), heads=1, head_dim=4,
-                         repeats=1, ceiling_size=0)
+                         repeats=1, reference_size=0)
     stream = io.StringIO()
     results = run_sweep(config, stream=stream)
     naive, broken = results["points"]
@@ -207,3 +341,95 @@ def test_child_imports_this_fastattn_not_one_in_the_working_directory(tmp_path, 
     spec = {"kind": "matmul", "size": 8, "dtype": "float64", "threads": 1, "repeats": 1}
     measured = run_child(spec, timeout=120)
     assert measured["status"] == "ok", measured
+
+
+def test_check_result_catches_a_wrong_answer():
+    q, k, v = make_inputs(Shape(1, 2, 16, 16, 8, kv_heads=1))
+    for backend in ("naive", "numba" if "numba" in available_backends() else "naive"):
+        result = make_runner(backend, q, k, v, causal=True)()
+        assert check_result(result, q, k, v, True, backend) < 1e-5
+        result[0, 1, 3, 2] += 1e-3  # the naive check looks at the first 64 rows
+        with pytest.raises(AssertionError, match=f"{backend}: result differs"):
+            check_result(result, q, k, v, True, backend)
+
+
+def test_the_suites_use_the_package_measurement():
+    """bench/conftest.py prepares its calls with fastattn.bench, not a copy of its own."""
+    conftest = (PACKAGE_DIR.parent / "bench" / "conftest.py")
+    if not conftest.is_file():
+        pytest.skip("no bench/ suites next to this fastattn")
+    tree = ast.parse(conftest.read_text())
+    defined = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    assert "_independent_reference" not in defined and "prepare_attention" in conftest.read_text()
+
+
+# --- the command line ----------------------------------------------------------------------
+
+def _help(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_bench_help_shows_compare_as_optional(capsys):
+    text = _help(["bench", "--help"], capsys)
+    usage = text[:text.index("\n\n")]
+    assert usage.startswith("usage: fastattn bench [options]")
+    assert "fastattn bench compare A B [--max-slowdown PERCENT]" in usage
+    assert "[compare]" in text and "optional action" in text
+    assert "--reference-size" in text and "ceiling" not in text
+    assert _help(["bench", "compare", "--help"], capsys).startswith(
+        "usage: fastattn bench compare [-h] [--max-slowdown PERCENT] A B")
+    assert build_parser().parse_args(["bench", "--quick"]).action is None
+
+
+# --- import structure ----------------------------------------------------------------------
+
+MINE = ("fastattn.bench", "fastattn._cli", "fastattn.viz", "fastattn._viz_")
+
+
+def _imports(path, name):
+    """The fastattn modules ``path`` (module ``name``) imports anywhere, functions included."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            module = (f"{base}.{node.module}" if node.module else base) if node.level \
+                else node.module
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return {m for m in found if m.startswith("fastattn")}
+
+
+def test_no_import_cycle_through_bench_cli_or_viz():
+    modules = {}
+    for path in PACKAGE_DIR.rglob("*.py"):
+        parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph = {name: {m for m in _imports(path, name) if m in modules and m != name}
+             for name, path in modules.items()}
+
+    def reaches(start, goal):
+        seen, stack = set(), [start]
+        while stack:
+            for nxt in graph[stack.pop()]:
+                if nxt == goal:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        return False
+
+    # A package imports its submodules lazily by design (fastattn.bench.__getattr__);
+    # a submodule importing its own package's __init__ is not counted as a cycle.
+    cycles = [name for name in graph if name.startswith(MINE)
+              and any(reaches(other, name) for other in graph[name]
+                      if not name.startswith(other + "."))]
+    assert cycles == []

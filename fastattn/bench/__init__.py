@@ -4,13 +4,17 @@ Run ``fastattn bench`` (or ``python -m fastattn.bench``); see ``docs/benchmarks.
 The pieces, one responsibility each:
 
 - :mod:`._workload` — inputs, runners (fastattn backends and torch), FLOP and
-  memory counts, the check against the naive reference;
+  memory counts, the correctness check and its tolerances;
 - :mod:`._memory` — peak memory of one call (tracemalloc and RSS);
-- :mod:`._point` — one measurement, in a fresh child process;
+- :mod:`._point` — one measurement, in a fresh child process (its preparation is
+  shared with the pytest-benchmark suites in ``bench/``);
 - :mod:`._sweep` — plan the points, run the children, report progress;
-- :mod:`._machine` — CPU, versions and the NumPy matmul GFLOP/s ceiling;
+- :mod:`._machine` — CPU, vector instructions, cores, memory and versions;
+- :mod:`._reference` — the matmul reference (the faster of NumPy's and torch's
+  matmul) and why a backend can pass it;
 - :mod:`._results` — the versioned ``results.json``;
-- :mod:`._report` — ``report.md``; :mod:`._plots` — the PNGs (matplotlib);
+- :mod:`._summary` — groups, timing ranges and ratios that the report and plots show;
+- :mod:`._report` — ``report.md``; :mod:`._plots` — the PNGs (matplotlib, no pyplot);
 - :mod:`._compare` — ratios between two saved reports;
 - :mod:`._command` — the ``fastattn bench`` command line.
 

@@ -8,12 +8,22 @@ import argparse
 import sys
 
 HELP = "measure time, throughput and memory vs sequence length; write a report"
+USAGE = """\
+%(prog)s [options]                             run a sweep, write a report
+       %(prog)s compare A B [--max-slowdown PERCENT]  compare two saved reports"""
 DESCRIPTION = """\
 Sweep the sequence length N over powers of two for every backend (naive, numba,
 cython when built, torch when installed), with and without a causal mask. Each
-point runs in a fresh process: median time after a warm-up, GFLOP/s, tokens/s and
-peak memory. Writes report.md, results.json and PNG plots to --out.
-`fastattn bench compare A B` compares two saved reports."""
+point runs in a fresh process: median, fastest and slowest time after a warm-up,
+GFLOP/s, tokens/s and peak memory, next to a matmul reference (the faster of
+NumPy's and torch's, in the same dtype). Writes report.md, results.json and PNG
+plots to --out. The optional action `compare A B` compares two saved reports
+instead of running a sweep."""
+EXAMPLES = [
+    ("fastattn bench --quick", "every backend, N = 128 ... 2048 (a few minutes)"),
+    ("fastattn bench compare A B", "time and GFLOP/s ratios of two saved reports"),
+]
+"""``(command, what it does)`` lines for ``fastattn --help``."""
 
 
 def _positive_int(text):
@@ -43,8 +53,8 @@ def add_arguments(parser):
 
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--quick", action="store_true",
-                       help="N = 128 ... 2048, 3 repeats, smaller ceiling matmul "
-                            "(about two minutes on two cores)")
+                       help="N = 128 ... 2048, 3 repeats, smaller reference matmul "
+                            "(a few minutes on two cores)")
     sweep.add_argument("--sizes", type=_size_list, metavar="N,N,...",
                        help="exact sequence lengths (default 128 ... 16384 by powers of two)")
     sweep.add_argument("--max-n", type=_positive_int, metavar="N",
@@ -70,9 +80,9 @@ def add_arguments(parser):
                        default=default_memory_budget_gib(),
                        help="skip naive where its score matrices need more "
                             "(default 25%% of RAM: %(default)s)")
-    sweep.add_argument("--ceiling-size", type=int, metavar="M",
-                       help="size of the NumPy matmul measuring the GFLOP/s ceiling "
-                            "(default 4096, quick 2048; 0 to skip)")
+    sweep.add_argument("--reference-size", type=int, metavar="M",
+                       help="size M of the M x M matmul reference, timed with NumPy "
+                            "and torch (default 4096, quick 2048; 0 to skip)")
     sweep.add_argument("--point-timeout", type=float, default=1800.0, metavar="SECONDS",
                        help="stop a point's process after this long (default %(default)s)")
     sweep.add_argument("--no-check", action="store_true",
@@ -83,10 +93,11 @@ def add_arguments(parser):
     output.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
     output.add_argument("--quiet", action="store_true", help="print no progress")
 
-    actions = parser.add_subparsers(dest="action", metavar="compare", title="actions",
-                                    description="without one, run the sweep")
+    actions = parser.add_subparsers(dest="action", metavar="[compare]", required=False,
+                                    title="optional action",
+                                    description="without one, the command runs a sweep")
     compare = actions.add_parser(
-        "compare", help="per-point ratios of two saved reports",
+        "compare", prog=f"{parser.prog} compare", help="per-point ratios of two saved reports",
         description="Print time and GFLOP/s ratios (B over A) of two saved reports, "
                     "matched by backend, mask, N, dtype and shape.")
     compare.add_argument("a", metavar="A", help="baseline report directory or results.json")
@@ -119,7 +130,7 @@ def config_from_args(args):
         causal=causal, dtype=args.dtype, batch=args.batch, heads=args.heads,
         head_dim=args.head_dim, repeats=pick(args.repeats, 3, 5),
         time_budget_s=pick(args.time_budget, 3.0, 20.0), min_time_s=pick(args.min_time, 0.3, 1.0),
-        ceiling_size=pick(args.ceiling_size, 2048, 4096), check=not args.no_check,
+        reference_size=pick(args.reference_size, 2048, 4096), check=not args.no_check,
         point_timeout_s=args.point_timeout, extra={"quick": args.quick})
 
 

@@ -1,26 +1,48 @@
-"""The machine a benchmark ran on: CPU, cores, memory, library versions, matmul ceiling."""
+"""The machine a benchmark ran on: CPU, vector instructions, cores, memory, library versions.
+
+(The matmul reference the backends are compared with is measured by :mod:`._reference`.)
+"""
 
 import os
 import platform
-import statistics
-import time
 from importlib import metadata
 
 from .._config import available_cores
 
 _LIBRARIES = ("numpy", "scipy", "numba", "threadpoolctl", "torch", "Cython")
 
+SIMD_FLAGS = ("sse4_2", "avx", "fma", "avx2", "avx512f", "avx512bw", "avx512vl")
+"""The x86 vector-instruction flags a report names (where the CPU has them)."""
 
-def cpu_model():
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), or ``platform.processor()``."""
+
+def _cpuinfo(field):
+    """The first value of ``field`` in ``/proc/cpuinfo``, or None (not Linux, no field)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                name, _, value = line.partition(":")
+                if name.strip().lower() == field:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return None
+
+
+def cpu_model():
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), or ``platform.processor()``."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_simd():
+    """The flags of :data:`SIMD_FLAGS` this CPU has (empty when unknown).
+
+    Examples
+    --------
+    >>> set(cpu_simd()) <= set(SIMD_FLAGS)
+    True
+    """
+    flags = set((_cpuinfo("flags") or "").split())
+    return [flag for flag in SIMD_FLAGS if flag in flags]
 
 
 def total_memory_bytes():
@@ -59,9 +81,11 @@ def machine_info():
     Returns
     -------
     dict
-        ``cpu``, ``logical_cpus``, ``available_cores``, ``memory_gib``, ``platform``,
-        ``python``, ``versions`` (name -> version or None), ``blas`` (list of
-        ``"api version (n threads)"``) and ``backends`` (name -> availability).
+        ``cpu``, ``cpu_vendor`` (``/proc/cpuinfo``'s ``vendor_id``, or None),
+        ``cpu_simd`` (:func:`cpu_simd`), ``logical_cpus``, ``available_cores``,
+        ``memory_gib``, ``platform``, ``python``, ``versions`` (name -> version or
+        None), ``blas`` (one line per loaded BLAS: version, kernels, threads, and
+        any ``OPENBLAS_CORETYPE`` override) and ``backends`` (name -> availability).
 
     Examples
     --------
@@ -74,6 +98,8 @@ def machine_info():
     total = total_memory_bytes()
     return {
         "cpu": cpu_model(),
+        "cpu_vendor": _cpuinfo("vendor_id"),
+        "cpu_simd": cpu_simd(),
         "logical_cpus": os.cpu_count(),
         "available_cores": available_cores(),
         "memory_gib": None if total is None else round(total / 2**30, 1),
@@ -93,54 +119,3 @@ def _blas_description():
         return describe_blas()
     except ImportError:  # threadpoolctl missing
         return []
-
-
-def matmul_gflops(size=4096, dtype="float32", threads=None, repeats=3):
-    """Measure the GFLOP/s of one NumPy ``(size, size) @ (size, size)`` product.
-
-    This is the machine's practical ceiling for dense arithmetic: attention cannot
-    run faster than the BLAS matrix product it is made of.
-
-    Parameters
-    ----------
-    size : int, default 4096
-    dtype : str, default "float32"
-    threads : int, optional
-        BLAS threads (threadpoolctl); default: BLAS's own setting.
-    repeats : int, default 3
-        Timed calls after one warm-up; the median is used.
-
-    Returns
-    -------
-    dict
-        ``size``, ``dtype``, ``threads``, ``median_s`` and ``gflops`` (``2 size³ /
-        median``).
-
-    Examples
-    --------
-    >>> matmul_gflops(64, repeats=1)["gflops"] > 0
-    True
-    """
-    import contextlib
-
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((size, size), dtype=np.dtype(dtype))
-    b = rng.standard_normal((size, size), dtype=np.dtype(dtype))
-    result = np.empty_like(a)
-    limit = contextlib.nullcontext()
-    if threads is not None:
-        from threadpoolctl import threadpool_limits
-
-        limit = threadpool_limits(limits=threads, user_api="blas")
-    with limit:
-        np.matmul(a, b, out=result)
-        times = []
-        for _ in range(max(1, repeats)):
-            start = time.perf_counter()
-            np.matmul(a, b, out=result)
-            times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {"size": size, "dtype": str(np.dtype(dtype)), "threads": threads,
-            "median_s": median, "gflops": 2.0 * size**3 / median / 1e9}

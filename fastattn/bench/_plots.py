@@ -1,25 +1,31 @@
-"""PNG plots of a sweep (matplotlib, Agg): time, peak memory, GFLOP/s and speedup vs N.
+"""PNG plots of a sweep: time, peak memory, GFLOP/s and speedup vs N.
 
-Each figure has one panel per mask (no mask, causal) and one line per backend.
+Each figure has one panel per mask (no mask, causal), one line per backend through
+the medians, with bars from the fastest to the slowest timed call (so that noise can
+be told from behaviour), and one legend under the panels, where it covers no data.
+The figures are ``matplotlib.figure.Figure`` objects written with ``savefig``: no
+pyplot, so the caller's matplotlib backend is neither used nor changed.  Each
+``plot_*(results, path)`` writes its PNG and returns the Figure.
 """
 
 try:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("the benchmark plots need matplotlib: pip install 'fastattn[bench]' "
                       "(or pass --no-plots)") from error
 
-from ._report import configurations, naive_times
+from ._summary import configurations, naive_times, timing_range
 
 STYLES = {"naive": ("#555555", "s"), "numba": ("#1f77b4", "o"),
           "cython": ("#d62728", "^"), "torch": ("#2ca02c", "D")}
 _OTHER = [("#9467bd", "v"), ("#8c564b", "P"), ("#e377c2", "X")]
 PLOTS = (("time", "Time per call vs N"), ("memory", "Peak memory vs N"),
          ("gflops", "Throughput vs N"), ("speedup", "Speedup over naive vs N"))
+BARS = "markers: median; bars: fastest to slowest timed call"
+DPI = 110
+DODGE = 0.05
+"""Octaves between the bars of neighbouring backends at one N, so that none hides another."""
 
 
 def _style(backend, order):
@@ -28,11 +34,40 @@ def _style(backend, order):
     return _OTHER[order.index(backend) % len(_OTHER)]
 
 
-def _series(points, backend, value):
-    """``(N list, value list)`` of the points of ``backend`` that ran."""
+def _series(points, backend, value, spread=None):
+    """``(N list, value list, (low list, high list) or None)`` of ``backend``'s points.
+
+    ``spread(point, fastest_s, slowest_s) -> (low, high)`` turns the point's timing
+    range into the plotted quantity's range; points without one get a zero-length bar.
+    """
     chosen = sorted((p for p in points if p["backend"] == backend and p["status"] == "ok"
                      and value(p) is not None and value(p) > 0), key=lambda p: p["n"])
-    return [p["n"] for p in chosen], [value(p) for p in chosen]
+    xs, ys = [p["n"] for p in chosen], [value(p) for p in chosen]
+    if spread is None:
+        return xs, ys, None
+    lows, highs = [], []
+    for point, y in zip(chosen, ys):
+        times = timing_range(point)
+        low, high = (y, y) if times is None else sorted(spread(point, *times))
+        lows.append(max(0.0, y - low))
+        highs.append(max(0.0, high - y))
+    return xs, ys, (lows, highs)
+
+
+def _line(ax, xs, ys, bars, color, marker, label, slot=(0, 1)):
+    """One backend's medians, with its min–max bars when there are any.
+
+    ``slot = (index, count)`` shifts the backend's points sideways by a fraction of an
+    octave around each N (the N axis is log 2), so that bars at one N do not overlap.
+    """
+    if not xs:
+        return
+    if bars is None:
+        ax.plot(xs, ys, marker=marker, color=color, label=label)
+    else:
+        shift = 2 ** (DODGE * (slot[0] - (slot[1] - 1) / 2))
+        ax.errorbar([x * shift for x in xs], ys, yerr=bars, marker=marker, color=color,
+                    label=label, capsize=3, elinewidth=1.2, capthick=1.2)
 
 
 def _skipped(points, backend):
@@ -45,12 +80,14 @@ def _subtitle(config):
             f"D={config['head_dim']}, {config['threads']} threads")
 
 
-def _figure(results, title):
+def _figure(results, title, note=None):
+    """A figure with one panel per mask; returns ``(figure, [(axes, (config, points))])``."""
     groups = configurations(results)
-    fig, axes = plt.subplots(1, len(groups), figsize=(6.4 * len(groups), 5.0), squeeze=False,
-                             layout="constrained")
-    fig.suptitle(f"{title} — {_subtitle(groups[0][0])}", fontsize=13)
-    return fig, list(zip(axes[0], groups))
+    figure = Figure(figsize=(6.4 * len(groups), 5.6), layout="constrained")
+    axes = figure.subplots(1, len(groups), squeeze=False)
+    figure.suptitle(f"{title} — {_subtitle(groups[0][0])}"
+                    + (f"\n{note}" if note else ""), fontsize=12)
+    return figure, list(zip(axes[0], groups))
 
 
 def _n_axis(ax, sizes):
@@ -96,41 +133,54 @@ def _panel_title(ax, config):
     ax.set_title("causal mask" if config["causal"] else "no mask", fontsize=11)
 
 
+def _shared_legend(figure, axes, order):
+    """One legend for all panels, under them (each label once, backends first)."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    labels = sorted(entries, key=lambda label: (label not in order,
+                                                order.index(label) if label in order else 0))
+    if labels:
+        figure.legend([entries[label] for label in labels], labels,
+                      loc="outside lower center", ncol=min(len(labels), 4), fontsize=9)
+
+
 def plot_time(results, path):
-    """Median time per call vs N, log-log; points that did not run marked with x."""
+    """Median time per call vs N, log-log, min–max bars; points that did not run marked x."""
     order = _backends(results)
-    fig, panels = _figure(results, "Attention time per call")
+    figure, panels = _figure(results, "Attention time per call", BARS)
     for ax, (config, points) in panels:
         for backend in order:
             color, marker = _style(backend, order)
-            xs, ys = _series(points, backend, lambda p: p["median_s"] * 1e3)
-            if xs:
-                ax.plot(xs, ys, marker=marker, color=color, label=backend)
+            xs, ys, bars = _series(points, backend, lambda p: p["median_s"] * 1e3,
+                                   lambda p, fast, slow: (fast * 1e3, slow * 1e3))
+            _line(ax, xs, ys, bars, color, marker, backend, (order.index(backend), len(order)))
         ax.set_yscale("log")
         if any(p["status"] != "ok" for p in points):  # room at the top for the x marks
             bottom, top = ax.get_ylim()
             ax.set_ylim(bottom, top * (top / bottom) ** 0.25)
         for backend in order:
             _mark_skipped_top(ax, points, backend, _style(backend, order)[0])
-        ax.set_ylabel("median time per call (ms, log scale)")
+        ax.set_ylabel("time per call (ms, log scale)")
         _n_axis(ax, results["settings"]["sizes"])
         _panel_title(ax, config)
-        ax.legend(loc="best", fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _shared_legend(figure, [ax for ax, _ in panels], order)
+    figure.savefig(path, dpi=DPI)
+    return figure
 
 
 def plot_memory(results, path):
     """Peak memory of one call vs N, log-log, with N and N² guides and the naive budget."""
     order = _backends(results)
     budget_mib = results["settings"]["memory_budget_gib"] * 1024
-    fig, panels = _figure(results, "Peak memory of one call")
+    figure, panels = _figure(results, "Peak memory of one call",
+                             "one call per point, in a fresh process")
     for ax, (config, points) in panels:
         for backend in order:
             color, marker = _style(backend, order)
-            xs, ys = _series(points, backend, lambda p: (p.get("peak_bytes") or 0) / 2**20)
-            if xs:
-                ax.plot(xs, ys, marker=marker, color=color, label=backend)
+            xs, ys, _ = _series(points, backend, lambda p: (p.get("peak_bytes") or 0) / 2**20)
+            _line(ax, xs, ys, None, color, marker, backend)
             skipped = [p for p in _skipped(points, backend) if backend == "naive"
                        and "would need" in (p["reason"] or "")]
             if skipped:
@@ -149,9 +199,9 @@ def plot_memory(results, path):
         ax.set_ylabel("peak memory above baseline (MiB, log scale)")
         _n_axis(ax, results["settings"]["sizes"])
         _panel_title(ax, config)
-        ax.legend(loc="upper left", fontsize=8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _shared_legend(figure, [ax for ax, _ in panels], order)
+    figure.savefig(path, dpi=DPI)
+    return figure
 
 
 def _guides(ax, sizes, points):
@@ -169,54 +219,64 @@ def _guides(ax, sizes, points):
                     fontsize=8, color="#777777", ha="right", va="bottom")
 
 
+def reference_label(reference):
+    """The legend entry of the matmul reference line, naming the library that gave it.
+
+    Examples
+    --------
+    >>> reference_label({"best": "numpy", "dtype": "float32", "size": 4096, "gflops": 229.04,
+    ...                  "libraries": [{"library": "numpy", "openblas_coretype": "Haswell"}]})
+    'matmul reference: numpy float32 4096³, OPENBLAS_CORETYPE=Haswell (229 GFLOP/s)'
+    """
+    best = next((m for m in reference.get("libraries", ())
+                 if m["library"] == reference["best"]), {})
+    coretype = best.get("openblas_coretype")
+    return (f"matmul reference: {reference['best']} {reference['dtype']} "
+            f"{reference['size']}³" + (f", OPENBLAS_CORETYPE={coretype}" if coretype else "")
+            + f" ({reference['gflops']:.0f} GFLOP/s)")
+
+
 def plot_gflops(results, path):
-    """GFLOP/s vs N, with the measured NumPy matmul GFLOP/s as a ceiling line."""
+    """GFLOP/s vs N with min–max bars, and the matmul reference as a dashed line."""
     order = _backends(results)
-    ceiling = results.get("ceiling") or {}
-    fig, panels = _figure(results, "Attention throughput")
+    reference = results.get("reference") or {}
+    figure, panels = _figure(results, "Attention throughput", BARS)
     for ax, (config, points) in panels:
         for backend in order:
             color, marker = _style(backend, order)
-            xs, ys = _series(points, backend, lambda p: p["gflops"])
-            if xs:
-                ax.plot(xs, ys, marker=marker, color=color, label=backend)
-        if ceiling.get("gflops"):
-            ax.axhline(ceiling["gflops"], color="black", linestyle="--", linewidth=1.2,
-                       label=f"ceiling: NumPy {ceiling['dtype']} matmul {ceiling['size']}³ "
-                             f"({ceiling['gflops']:.0f} GFLOP/s)")
-        ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.25)
+            xs, ys, bars = _series(points, backend, lambda p: p["gflops"],
+                                   lambda p, fast, slow: (p["flops"] / slow / 1e9,
+                                                          p["flops"] / fast / 1e9))
+            _line(ax, xs, ys, bars, color, marker, backend, (order.index(backend), len(order)))
+        if reference.get("gflops"):
+            ax.axhline(reference["gflops"], color="black", linestyle="--", linewidth=1.2,
+                       label=reference_label(reference))
+        ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.15)
         for backend in order:
             _mark_skipped_top(ax, points, backend, _style(backend, order)[0])
         ax.set_ylabel("GFLOP/s (4·B·H·N²·D per call, halved if causal)")
         _n_axis(ax, results["settings"]["sizes"])
         _panel_title(ax, config)
-    _shared_legend(fig, [ax for ax, _ in panels])  # below the panels: lines fill them
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _shared_legend(fig, axes):
-    """One legend for all panels, under them (each label once)."""
-    entries = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            entries.setdefault(label, handle)
-    fig.legend(entries.values(), entries.keys(), loc="outside lower center",
-               ncol=min(len(entries), 6), fontsize=9)
+    _shared_legend(figure, [ax for ax, _ in panels], order)
+    figure.savefig(path, dpi=DPI)
+    return figure
 
 
 def plot_speedup(results, path):
-    """Speedup of each backend over naive (naive time / backend time) vs N."""
+    """Speedup of each backend over naive (naive median / backend time) vs N, min–max bars."""
     order = [b for b in _backends(results) if b != "naive"]
-    fig, panels = _figure(results, "Speedup over the naive reference")
+    figure, panels = _figure(results, "Speedup over the naive reference",
+                             "markers: naive median / backend median; bars: over the "
+                             "backend's fastest to slowest call")
     for ax, (config, points) in panels:
         naive = naive_times(points)
         for backend in order:
             color, marker = _style(backend, order)
-            xs, ys = _series(points, backend, lambda p: naive[p["n"]] / p["median_s"]
-                             if p["n"] in naive else None)
-            if xs:
-                ax.plot(xs, ys, marker=marker, color=color, label=backend)
+            xs, ys, bars = _series(points, backend, lambda p: naive[p["n"]] / p["median_s"]
+                                   if p["n"] in naive else None,
+                                   lambda p, fast, slow: (naive[p["n"]] / slow,
+                                                          naive[p["n"]] / fast))
+            _line(ax, xs, ys, bars, color, marker, backend, (order.index(backend), len(order)))
         ax.axhline(1.0, color="black", linewidth=1, linestyle=":", label="naive (= 1×)")
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
@@ -225,13 +285,14 @@ def plot_speedup(results, path):
         ax.set_ylabel("speedup: naive time / backend time (log scale)")
         _n_axis(ax, results["settings"]["sizes"])
         _panel_title(ax, config)
-        missing = sorted(p["n"] for p in points if p["backend"] == "naive" and p["status"] != "ok")
+        missing = sorted(p["n"] for p in points
+                         if p["backend"] == "naive" and p["status"] != "ok")
         if missing:
             ax.text(0.99, 0.02, f"naive not run for N ≥ {missing[0]}: no speedup there",
                     transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="#555555")
-        ax.legend(loc="upper left", fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _shared_legend(figure, [ax for ax, _ in panels], order)
+    figure.savefig(path, dpi=DPI)
+    return figure
 
 
 _DRAW = {"time": plot_time, "memory": plot_memory, "gflops": plot_gflops,

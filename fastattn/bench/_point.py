@@ -5,14 +5,17 @@ hidden by memory an earlier point left behind, and a point that runs out of memo
 cannot take the sweep down.  The child prints one line, ``RESULT_PREFIX`` followed
 by a JSON object, on stdout.
 
-An attention point runs, in order: a call on a tiny problem of the same kind (JIT
-compilation, thread pools), one full-size call under :func:`measure_peak` (the first
-full-size call, so every page it needs is new), the correctness check against the
-naive reference, warm-up calls at full size (the first few calls of a process run
-slower: page faults in fresh scratch, thread pools settling), then the timed calls:
-at least ``repeats`` and at least ``min_time_s`` seconds of them (default 1), so
-that short calls get a stable median, stopping early once ``time_budget_s`` seconds have been
-spent timing (at least one call is timed).
+An attention point is prepared by :func:`prepare_attention` (also used by the
+pytest-benchmark suites in ``bench/``, so that both measure the same way): a call on
+a tiny problem of the same kind (JIT compilation, thread pools), one full-size call
+under :func:`measure_peak` (the first full-size call, so every page it needs is new),
+the correctness check (:func:`~fastattn.bench._workload.check_result`), then warm-up
+calls at full size (the first few calls of a process run slower: page faults in fresh
+scratch, thread pools settling).  The sweep then times calls: at least ``repeats``
+and at least ``min_time_s`` seconds of them (default 1), so that short calls get a
+stable median, stopping early once ``time_budget_s`` seconds have been spent timing
+(at least one call is timed).  A matmul point times the reference matmul of one
+library (:func:`fastattn.bench._reference.matmul_gflops`).
 """
 
 import argparse
@@ -21,13 +24,79 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 RESULT_PREFIX = "FASTATTN_BENCH_RESULT "
-FULL_CHECK_BYTES = 256 * 2**20
-"""Check every row against the naive reference while its scores take at most this much."""
 
 WARM_UP = (3, 0.5)
 """Full-size warm-up calls before timing: this many, or fewer once this many seconds pass."""
+
+
+@dataclass
+class PreparedAttention:
+    """An attention call ready to be timed, and what was measured on the way.
+
+    Attributes
+    ----------
+    run : callable
+        Computes the attention (no arguments).
+    memory : dict
+        :func:`~fastattn.bench._memory.measure_peak`'s measurements of the first
+        full-size call.
+    baseline_rss_bytes : int or None
+        The process's RSS before that call (inputs allocated).
+    max_abs_err : float or None
+        The difference from the reference; None when not checked.
+    """
+
+    run: object
+    memory: dict
+    baseline_rss_bytes: object
+    max_abs_err: object
+
+
+def prepare_attention(backend, shape, threads=None, check=True, seed=0):
+    """Set up one attention call of ``backend`` on ``shape``: warm, measured and checked.
+
+    Parameters
+    ----------
+    backend : str
+        A fastattn backend or ``"torch"``.
+    shape : fastattn.bench._workload.Shape
+    threads : int, optional
+    check : bool, default True
+        Compare the result with the reference.
+    seed : int, default 0
+        Of the random inputs.
+
+    Returns
+    -------
+    PreparedAttention
+
+    Examples
+    --------
+    >>> from fastattn.bench._workload import Shape
+    >>> prepared = prepare_attention("naive", Shape(1, 2, 16, 16, 8), threads=1)
+    >>> prepared.max_abs_err < 1e-6, prepared.run().shape
+    (True, (1, 2, 16, 8))
+    """
+    from ._memory import current_rss, measure_peak
+    from ._workload import Shape, check_result, make_inputs, make_runner
+
+    tiny = make_inputs(Shape(1, 2, 8, 8, shape.head_dim, causal=shape.causal, dtype=shape.dtype))
+    make_runner(backend, *tiny, causal=shape.causal, threads=threads)()
+
+    q, k, v = make_inputs(shape, seed=seed)
+    run = make_runner(backend, q, k, v, causal=shape.causal, threads=threads)
+    baseline = current_rss()
+    result, memory = measure_peak(run)
+    error = check_result(result, q, k, v, shape.causal, backend) if check else None
+    del result
+    calls, started = 0, time.perf_counter()
+    while calls < WARM_UP[0] and time.perf_counter() - started < WARM_UP[1]:
+        run()
+        calls += 1
+    return PreparedAttention(run, memory, baseline, error)
 
 
 def measure_attention(spec):
@@ -37,51 +106,46 @@ def measure_attention(spec):
     ----------
     spec : dict
         ``backend``, ``causal``, ``n`` (query and key length), ``batch``, ``heads``,
-        ``head_dim``, ``dtype``, ``threads``, ``repeats``, ``time_budget_s`` and
-        ``check`` (compare with the naive reference).
+        ``head_dim``, ``dtype``, ``threads``, ``repeats``, ``time_budget_s``,
+        ``min_time_s`` and ``check`` (compare with the reference).
 
     Returns
     -------
     dict
-        ``times_s``, ``median_s``, ``min_s``, ``traced_bytes``, ``rss_bytes``,
-        ``rss_method``, ``baseline_rss_bytes``, ``max_abs_err`` (None when not
-        checked) and ``threads``.
+        ``times_s``, ``median_s``, ``min_s``, ``max_s``, ``traced_bytes``,
+        ``rss_bytes``, ``rss_method``, ``baseline_rss_bytes``, ``max_abs_err`` (None
+        when not checked) and ``threads``.
+
+    Examples
+    --------
+    >>> spec = dict(backend="naive", causal=False, n=16, batch=1, heads=2, head_dim=8,
+    ...             dtype="float32", threads=1, repeats=2, min_time_s=0)
+    >>> measured = measure_attention(spec)
+    >>> len(measured["times_s"]), measured["min_s"] <= measured["median_s"] <= measured["max_s"]
+    (2, True)
     """
-    from ._memory import current_rss, measure_peak
-    from ._workload import Shape, check_against_naive, make_inputs, make_runner, naive_bytes_needed
+    from ._workload import Shape
 
     shape = Shape(spec["batch"], spec["heads"], spec["n"], spec["n"], spec["head_dim"],
                   causal=spec["causal"], dtype=spec["dtype"])
-    threads = spec["threads"]
-    backend = spec["backend"]
-
-    tiny = make_inputs(Shape(1, 2, 8, 8, shape.head_dim, causal=shape.causal, dtype=shape.dtype))
-    make_runner(backend, *tiny, causal=shape.causal, threads=threads)()
-
-    q, k, v = make_inputs(shape, seed=spec.get("seed", 0))
-    run = make_runner(backend, q, k, v, causal=shape.causal, threads=threads)
-    baseline = current_rss()
-    result, memory = measure_peak(run)
-
-    error = None
-    if spec.get("check", True) and backend != "naive":
-        full = naive_bytes_needed(shape) <= FULL_CHECK_BYTES
-        error = check_against_naive(result, q, k, v, shape.causal, full=full)
-    del result
-
-    times = _timed_calls(run, spec["repeats"], spec.get("min_time_s", 1.0),
-                         spec.get("time_budget_s", float("inf")))
+    prepared = prepare_attention(spec["backend"], shape, spec["threads"],
+                                 check=spec.get("check", True), seed=spec.get("seed", 0))
+    times = timed_calls(prepared.run, spec["repeats"], spec.get("min_time_s", 1.0),
+                        spec.get("time_budget_s", float("inf")))
     return {"times_s": times, "median_s": statistics.median(times), "min_s": min(times),
-            **memory, "baseline_rss_bytes": baseline, "max_abs_err": error,
-            "threads": threads}
+            "max_s": max(times), **prepared.memory,
+            "baseline_rss_bytes": prepared.baseline_rss_bytes,
+            "max_abs_err": prepared.max_abs_err, "threads": spec["threads"]}
 
 
-def _timed_calls(run, repeats, min_time_s, budget_s):
-    """Warm up, then time calls of ``run``: see the module docstring for how many."""
-    calls, started = 0, time.perf_counter()
-    while calls < WARM_UP[0] and time.perf_counter() - started < WARM_UP[1]:
-        run()
-        calls += 1
+def timed_calls(run, repeats, min_time_s, budget_s):
+    """Time calls of ``run``: at least ``repeats`` and ``min_time_s`` s, at most ``budget_s`` s.
+
+    Examples
+    --------
+    >>> len(timed_calls(lambda: None, repeats=3, min_time_s=0, budget_s=10))
+    3
+    """
     times = []
     while True:
         start = time.perf_counter()
@@ -95,7 +159,9 @@ def _timed_calls(run, repeats, min_time_s, budget_s):
 def measure(spec):
     """Run the measurement ``spec["kind"]`` names (``"attention"`` or ``"matmul"``).
 
-    BLAS is limited to ``spec["threads"]`` threads for the whole measurement.
+    BLAS is limited to ``spec["threads"]`` threads for the whole measurement.  A
+    matmul spec has ``library`` (default ``"numpy"``), ``size``, ``dtype``,
+    ``threads`` and ``repeats``.
 
     Parameters
     ----------
@@ -112,10 +178,10 @@ def measure(spec):
         limit = threadpool_limits(limits=spec["threads"], user_api="blas")
     with limit:
         if spec["kind"] == "matmul":
-            from ._machine import matmul_gflops
+            from ._reference import matmul_gflops
 
             return matmul_gflops(spec["size"], spec["dtype"], spec.get("threads"),
-                                 spec.get("repeats", 3))
+                                 spec.get("repeats", 3), library=spec.get("library", "numpy"))
         if spec["kind"] == "attention":
             return measure_attention(spec)
     raise ValueError(f"unknown measurement kind {spec['kind']!r}")
@@ -123,8 +189,9 @@ def measure(spec):
 
 def main(argv=None):
     """Entry point of the child process; prints the result line and returns 0."""
-    parser = argparse.ArgumentParser(prog="python -m fastattn.bench._point",
-                                     description="Measure one benchmark point (JSON in, JSON out).")
+    parser = argparse.ArgumentParser(
+        prog="python -m fastattn.bench._point",
+        description="Measure one benchmark point (JSON in, JSON out).")
     parser.add_argument("--json", required=True, help="the point's specification, a JSON object")
     args = parser.parse_args(argv)
     result = measure(json.loads(args.json))

@@ -3,43 +3,12 @@
 import warnings
 from pathlib import Path
 
+from ._reference import describe, why_above
 from ._results import save_results
+from ._summary import (above_reference, configurations, describe_configuration, naive_times,
+                       timing_range)
 
 REPORT_FILE = "report.md"
-
-
-def configurations(results):
-    """Group the points by configuration (everything but backend and ``N``).
-
-    Parameters
-    ----------
-    results : dict
-
-    Returns
-    -------
-    list of (dict, list of dict)
-        ``(configuration, points)``, the configuration having ``dtype``,
-        ``batch``, ``heads``, ``head_dim``, ``causal`` and ``threads``.
-    """
-    groups = {}
-    for point in results["points"]:
-        config = {k: point[k] for k in ("dtype", "batch", "heads", "head_dim", "causal",
-                                        "threads")}
-        groups.setdefault(tuple(config.items()), (config, []))[1].append(point)
-    return list(groups.values())
-
-
-def describe_configuration(config):
-    """A one-line title such as ``float32, B=1, H=8, D=64, causal, 2 threads``."""
-    mask = "causal" if config["causal"] else "no mask"
-    return (f"{config['dtype']}, B={config['batch']}, H={config['heads']}, "
-            f"D={config['head_dim']}, {mask}, {config['threads']} threads")
-
-
-def naive_times(points):
-    """``{N: median seconds}`` of the naive points that ran."""
-    return {p["n"]: p["median_s"] for p in points
-            if p["backend"] == "naive" and p["status"] == "ok"}
 
 
 def _mib(value):
@@ -54,26 +23,69 @@ def _number(value):
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def _table(points, ceiling_gflops):
+TABLE_COLUMNS = ("N", "backend", "median ms", "min ms", "max ms", "calls", "GFLOP/s",
+                 "% of matmul ref", "tokens/s", "peak MiB", "RSS MiB", "traced MiB",
+                 "speedup vs naive", "max abs err")
+"""The columns of the report's tables, in order."""
+
+
+def _table(points, reference_gflops):
     naive = naive_times(points)
-    rows = ["| N | backend | median ms | GFLOP/s | % of ceiling | tokens/s | peak MiB "
-            "| RSS MiB | traced MiB | speedup vs naive | max abs err |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| " + " | ".join(TABLE_COLUMNS) + " |",
+            "|" + "|".join("---" if name == "backend" else "---:" for name in TABLE_COLUMNS)
+            + "|"]
+    blank = " |" * (len(TABLE_COLUMNS) - 3)
     for p in sorted(points, key=lambda p: (p["n"], p["backend"] != "naive", p["backend"])):
         if p["status"] != "ok":
-            rows.append(f"| {p['n']} | {p['backend']} | {p['status']}: {p['reason']} "
-                        "| | | | | | | | |")
+            rows.append(f"| {p['n']} | {p['backend']} | {p['status']}: {p['reason']} |{blank}")
             continue
-        share = (f"{100 * p['gflops'] / ceiling_gflops:.0f}%" if ceiling_gflops else "—")
+        share = (f"{100 * p['gflops'] / reference_gflops:.0f}%" if reference_gflops else "—")
         speedup = (f"{naive[p['n']] / p['median_s']:.3g}×"
                    if p["n"] in naive and p["backend"] != "naive" else "—")
-        error = "ref" if p["backend"] == "naive" else (
-            "—" if p.get("max_abs_err") is None else f"{p['max_abs_err']:.1e}")
+        error = "—" if p.get("max_abs_err") is None else f"{p['max_abs_err']:.1e}"
+        spread = timing_range(p)
+        fastest, slowest = (("—", "—") if spread is None else
+                            (_number(spread[0] * 1e3), _number(spread[1] * 1e3)))
+        calls = len(p["times_s"]) if p.get("times_s") else "—"
         rows.append(f"| {p['n']} | {p['backend']} | {_number(p['median_s'] * 1e3)} "
+                    f"| {fastest} | {slowest} | {calls} "
                     f"| {_number(p['gflops'])} | {share} | {p['tokens_per_s']:,.0f} "
                     f"| {_mib(p['peak_bytes'])} | {_mib(p.get('rss_bytes'))} "
                     f"| {_mib(p.get('traced_bytes'))} | {speedup} | {error} |")
     return rows
+
+
+def _reference_lines(results):
+    """The report's paragraphs on the matmul reference, and on who passes it and why."""
+    reference = results.get("reference") or {}
+    if not reference.get("gflops"):
+        if reference:
+            return ["**Matmul reference**: not measured ("
+                    + "; ".join(f"{m['library']}: {m.get('reason')}"
+                                for m in reference.get("libraries", ())) + ").", ""]
+        return []
+    lines = ["**Matmul reference**: " + describe(reference) + ". \"% of matmul ref\" below is "
+             "relative to it: the best that the installed BLAS libraries reach on one "
+             "large matrix product here, a yardstick for attention's two products, not a "
+             "bound on the CPU.", ""]
+    above = above_reference(results)
+    if above:
+        ran = {}
+        for p in results["points"]:
+            if p["status"] == "ok":
+                ran[p["backend"]] = ran.get(p["backend"], 0) + 1
+        who = "; ".join(
+            f"{backend} at {len(found)} of {ran[backend]} points (up to "
+            f"{100 * max(p['gflops'] for p in found) / reference['gflops']:.0f}%)"
+            for backend, found in above.items())
+        reasons = why_above(reference, results["machine"], set(above))
+        lines += [f"**Above the reference**: {who}. Why, on this machine: "
+                  + "; ".join(reasons) + ". (On a busy machine the reference is noisy too: "
+                  "check the min and max columns before trusting a few percent.)", ""]
+        if any("OPENBLAS_CORETYPE" in reason for reason in reasons):
+            lines += ["Unset `OPENBLAS_CORETYPE` (`env -u OPENBLAS_CORETYPE fastattn bench "
+                      "...`) to let OpenBLAS choose its kernels for this CPU.", ""]
+    return lines
 
 
 def render_markdown(results, plots=()):
@@ -91,13 +103,14 @@ def render_markdown(results, plots=()):
     str
     """
     machine, settings = results["machine"], results["settings"]
-    ceiling = results.get("ceiling") or {}
-    gflops = ceiling.get("gflops")
+    reference_gflops = (results.get("reference") or {}).get("gflops")
+    simd = ", ".join(machine.get("cpu_simd") or ()) or "unknown"
     lines = ["# fastattn benchmark report", "",
              f"Created {results['created']}"
              + (f" by `{' '.join(results['command'])}`" if results.get("command") else "")
              + ".", "", "## Machine", "", "| | |", "|---|---|",
              f"| CPU | {machine['cpu']} |",
+             f"| vector instructions | {simd} |",
              f"| cores | {machine['available_cores']} available "
              f"({machine['logical_cpus']} logical) |",
              f"| threads used | {settings['threads']} |",
@@ -109,19 +122,20 @@ def render_markdown(results, plots=()):
              "| BLAS | " + ("; ".join(machine["blas"]) or "unknown") + " |",
              "| backends | " + "; ".join(f"{k}: {v}" for k, v in machine["backends"].items())
              + " |", ""]
-    if gflops:
-        lines += [f"**Ceiling**: NumPy {ceiling['dtype']} matmul {ceiling['size']}³ runs at "
-                  f"**{gflops:.1f} GFLOP/s** with {ceiling.get('threads')} threads; "
-                  "\"% of ceiling\" below is relative to it.", ""]
+    lines += _reference_lines(results)
     lines += [f"Times are medians of at least {settings['repeats']} timed calls and at least "
               f"{settings.get('min_time_s', 0):g} s of them, after full-size warm-up calls "
-              f"(timing stops after {settings['time_budget_s']:g} s per point). GFLOP/s counts "
-              "4·B·H·N²·D (halved when causal). Peak MiB is the larger of the RSS rise "
-              "and the tracemalloc peak of one call, measured in a fresh process; the "
-              "inputs are not counted, the output is.", ""]
+              f"(timing stops after {settings['time_budget_s']:g} s per point); min and max "
+              "are the fastest and slowest of those calls, and calls how many there were. "
+              "Where the min–max ranges of two points overlap, their difference may be "
+              "noise. GFLOP/s counts 4·B·H·N²·D (halved when causal). Peak MiB is the "
+              "larger of the RSS rise and the tracemalloc peak of one call, measured in a "
+              "fresh process; the inputs are not counted, the output is. The max abs error "
+              "is against the naive float64 reference, and naive's own against an "
+              "independent float64 formula.", ""]
     for config, points in configurations(results):
         lines += [f"## {describe_configuration(config)}", ""]
-        lines += _table(points, gflops)
+        lines += _table(points, reference_gflops)
         lines.append("")
     if plots:
         lines += ["## Plots", ""]

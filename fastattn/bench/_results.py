@@ -2,25 +2,31 @@
 
 The file is one JSON object::
 
-    {"schema": "fastattn-bench", "schema_version": 1, "created": ISO-8601 time,
-     "command": [...], "machine": {...}, "settings": {...}, "ceiling": {...} | null,
+    {"schema": "fastattn-bench", "schema_version": 2, "created": ISO-8601 time,
+     "command": [...], "machine": {...}, "settings": {...},
+     "reference": {"size", "dtype", "threads", "best", "gflops",
+                   "libraries": [{"library", "blas", "gflops", "median_s", "min_s",
+                                  "max_s", "times_s", ...}, ...]} | null,
      "points": [{"backend", "causal", "n", "dtype", "batch", "heads", "head_dim",
                  "threads", "status": "ok" | "skipped" | "failed", "reason",
-                 "median_s", "min_s", "times_s", "gflops", "tokens_per_s", "flops",
-                 "traced_bytes", "rss_bytes", "rss_method", "peak_bytes",
+                 "median_s", "min_s", "max_s", "times_s", "gflops", "tokens_per_s",
+                 "flops", "traced_bytes", "rss_bytes", "rss_method", "peak_bytes",
                  "naive_bytes_needed", "max_abs_err"}, ...]}
 
-``peak_bytes`` is the larger of the RSS rise and the tracemalloc peak of one call.
-Measurements are None for points that were skipped or failed.  A reader accepts
-any ``schema_version`` up to :data:`SCHEMA_VERSION`; fields may be added without
-raising the version, never renamed or given another meaning.
+``peak_bytes`` is the larger of the RSS rise and the tracemalloc peak of one call;
+``min_s`` and ``max_s`` are the fastest and slowest timed calls.  ``reference`` is
+the matmul reference (:mod:`fastattn.bench._reference`).  Measurements are None for
+points that were skipped or failed.  A reader accepts any ``schema_version`` up to
+:data:`SCHEMA_VERSION`; fields may be added without raising the version, never
+renamed or given another meaning.  Version 1 called the reference ``"ceiling"`` (a
+NumPy matmul only); :func:`load_results` converts it.
 """
 
 import json
 from pathlib import Path
 
 SCHEMA = "fastattn-bench"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RESULTS_FILE = "results.json"
 
 KEY_FIELDS = ("backend", "causal", "n", "dtype", "batch", "heads", "head_dim")
@@ -88,4 +94,24 @@ def load_results(path):
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise ValueError(f"{path} has schema_version {version!r}; this fastattn reads "
                          f"versions up to {SCHEMA_VERSION}: upgrade fastattn")
+    return upgrade(results)
+
+
+def upgrade(results):
+    """``results`` in the layout of :data:`SCHEMA_VERSION` (older versions converted).
+
+    Examples
+    --------
+    >>> old = {"schema_version": 1, "points": [],
+    ...        "ceiling": {"size": 64, "dtype": "float32", "threads": 1, "gflops": 9.5}}
+    >>> new = upgrade(old)
+    >>> new["schema_version"], new["reference"]["best"], new["reference"]["gflops"]
+    (2, 'numpy', 9.5)
+    """
+    if results.get("schema_version", SCHEMA_VERSION) < 2:
+        from ._reference import from_ceiling
+
+        results = dict(results)
+        results["reference"] = from_ceiling(results.pop("ceiling", None))
+        results["schema_version"] = 2
     return results

@@ -11,7 +11,7 @@ from pathlib import Path
 from ._point import RESULT_PREFIX
 from ._progress import Progress
 from ._results import SCHEMA, SCHEMA_VERSION
-from ._workload import Shape, attention_flops, naive_bytes_needed
+from ._workload import Shape, attention_flops, naive_bytes_needed, naive_over_budget
 
 FULL_SIZES = tuple(2**p for p in range(7, 15))   # 128 ... 16384
 QUICK_SIZES = tuple(2**p for p in range(7, 12))  # 128 ... 2048
@@ -56,9 +56,9 @@ class SweepConfig:
         that short calls get a stable median.
     memory_budget_gib : float
         The naive backend is skipped where its score matrices would need more.
-    ceiling_size : int, default 4096
-        Size of the NumPy matmul that measures the machine's GFLOP/s ceiling
-        (0: do not measure).
+    reference_size : int, default 4096
+        Size of the square matmul timed with NumPy and torch as the GFLOP/s
+        reference (0: do not measure); see :mod:`fastattn.bench._reference`.
     check : bool, default True
         Compare every result with the naive reference.
     point_timeout_s : float, default 1800
@@ -78,7 +78,7 @@ class SweepConfig:
     repeats: int = 5
     time_budget_s: float = 20.0
     min_time_s: float = 1.0
-    ceiling_size: int = 4096
+    reference_size: int = 4096
     check: bool = True
     point_timeout_s: float = 1800.0
     extra: dict = field(default_factory=dict)
@@ -97,7 +97,7 @@ def plan_points(config):
         Each has the key fields, ``threads``, ``flops``, ``naive_bytes_needed``,
         and ``status`` ``"planned"`` or ``"skipped"`` (with ``reason``).
     """
-    budget = config.memory_budget_gib * 2**30
+    budget_bytes = config.memory_budget_gib * 2**30
     points = []
     for causal in config.causal:
         for n in sorted(config.sizes):
@@ -110,10 +110,9 @@ def plan_points(config):
                          "head_dim": config.head_dim, "threads": config.threads,
                          "flops": attention_flops(shape), "naive_bytes_needed": needed,
                          "status": "planned", "reason": None}
-                if backend == "naive" and needed > budget:
-                    point.update(status="skipped", reason=(
-                        f"would need {needed / 2**30:.3g} GiB "
-                        f"(memory budget {config.memory_budget_gib:.3g} GiB)"))
+                reason = naive_over_budget(shape, budget_bytes)
+                if backend == "naive" and reason:
+                    point.update(status="skipped", reason=reason)
                 points.append(point)
     return points
 
@@ -187,16 +186,25 @@ def _describe(point):
             f"peak {memory}")
 
 
-def measure_ceiling(config):
-    """Measure the NumPy matmul GFLOP/s ceiling in a subprocess (None when disabled/failed)."""
-    if not config.ceiling_size:
-        return None
-    spec = {"kind": "matmul", "size": config.ceiling_size, "dtype": config.dtype,
-            "threads": config.threads, "repeats": 3}
+def measure_reference(config, library):
+    """Time ``library``'s reference matmul in a subprocess; return the measurement.
+
+    Parameters
+    ----------
+    config : SweepConfig
+    library : {"numpy", "torch"}
+
+    Returns
+    -------
+    dict
+        :func:`fastattn.bench._reference.matmul_gflops`'s result, or ``{"library",
+        "gflops": None, "reason"}`` when the child failed.
+    """
+    spec = {"kind": "matmul", "library": library, "size": config.reference_size,
+            "dtype": config.dtype, "threads": config.threads, "repeats": 3}
     measured = run_child(spec, config.point_timeout_s)
     if measured.pop("status") != "ok":
-        return {"size": config.ceiling_size, "dtype": config.dtype, "gflops": None,
-                "reason": measured.get("reason")}
+        return {"library": library, "gflops": None, "reason": measured.get("reason")}
     return measured
 
 
@@ -222,21 +230,28 @@ def run_sweep(config, progress=True, stream=None, command=None):
     dict
     """
     from ._machine import machine_info
+    from ._reference import combine, reference_libraries
 
     points = plan_points(config)
     results = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
                    timespec="seconds"),
                "command": command, "machine": machine_info(), "settings": _settings(config),
-               "ceiling": None, "points": points}
+               "reference": None, "points": points}
     broken = {}
-    with Progress(len(points) + bool(config.ceiling_size), stream, progress) as bar:
-        if config.ceiling_size:
-            bar.start("matmul ceiling")
-            results["ceiling"] = measure_ceiling(config)
-            gflops = results["ceiling"].get("gflops")
-            bar.finish(f"numpy {config.dtype} matmul {config.ceiling_size}³: "
-                       + (f"{gflops:.1f} GFLOP/s" if gflops else "failed"))
+    libraries = reference_libraries() if config.reference_size else []
+    with Progress(len(points) + len(libraries), stream, progress) as bar:
+        measured = []
+        for library in libraries:
+            bar.start(f"{library} matmul reference")
+            measured.append(measure_reference(config, library))
+            gflops = measured[-1].get("gflops")
+            bar.finish(f"{library} {config.dtype} matmul {config.reference_size}³: "
+                       + (f"{gflops:.1f} GFLOP/s" if gflops
+                          else f"failed: {measured[-1].get('reason')}"))
+        if libraries:
+            results["reference"] = combine(measured, config.reference_size, config.dtype,
+                                           config.threads)
         for point in points:
             series = (point["backend"], point["causal"])
             if point["status"] == "planned" and series in broken:

@@ -17,7 +17,13 @@ exponentials; at its peak three or four of them are alive together.
 """
 
 CHECK_ROWS = 64
-"""Query rows compared with the naive reference when the full problem is too big for it."""
+"""Query rows compared with the reference when the full problem is too big for it."""
+
+FULL_CHECK_BYTES = 256 * 2**20
+"""Check every row against the naive reference while its temporaries take at most this much."""
+
+TOLERANCE = {"float32": 2e-4, "float64": 1e-9}
+"""Largest absolute difference from the float64 reference accepted, by input dtype."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,31 @@ def naive_bytes_needed(shape):
     0.25
     """
     return NAIVE_TEMPORARIES * shape.batch * shape.heads * shape.q_len * shape.k_len * 8
+
+
+def naive_over_budget(shape, budget_bytes):
+    """Why the naive reference is not run on ``shape`` under ``budget_bytes``, or None.
+
+    Parameters
+    ----------
+    shape : Shape
+    budget_bytes : float
+
+    Returns
+    -------
+    str or None
+
+    Examples
+    --------
+    >>> naive_over_budget(Shape(1, 8, 8192, 8192, 64), 2**30)
+    'would need 16 GiB (memory budget 1 GiB)'
+    >>> naive_over_budget(Shape(1, 8, 1024, 1024, 64), 2**30) is None
+    True
+    """
+    needed = naive_bytes_needed(shape)
+    if needed <= budget_bytes:
+        return None
+    return f"would need {needed / 2**30:.3g} GiB (memory budget {budget_bytes / 2**30:.3g} GiB)"
 
 
 def make_inputs(shape, seed=0):
@@ -207,17 +238,57 @@ def _torch_runner(q, k, v, causal, threads):
     return run
 
 
-def check_against_naive(result, q, k, v, causal, full=True):
-    """Assert ``result`` matches the naive float64 reference; return the max abs error.
+def independent_reference(q, k, v, causal, rows):
+    """float64 softmax attention of the first ``rows`` queries, written out directly.
+
+    The check of the naive backend itself: no fastattn code is involved.  Grouped
+    heads are repeated, the causal mask is aligned top-left.
+
+    Parameters
+    ----------
+    q, k, v : ndarray, shapes (B, H, Lq, D), (B, Hkv, Lk, D), (B, Hkv, Lk, Dv)
+    causal : bool
+    rows : int
+
+    Returns
+    -------
+    ndarray, shape (B, H, rows, Dv), float64
+
+    Examples
+    --------
+    >>> q, k, v = make_inputs(Shape(1, 1, 2, 2, 4))
+    >>> out = independent_reference(q, k, v, causal=True, rows=1)
+    >>> bool(np.allclose(out[0, 0, 0], v[0, 0, 0]))   # the first query sees one key
+    True
+    """
+    group = q.shape[1] // k.shape[1]
+    q64 = q[:, :, :rows].astype(np.float64)
+    k64 = np.repeat(k.astype(np.float64), group, axis=1)
+    v64 = np.repeat(v.astype(np.float64), group, axis=1)
+    scores = q64 @ k64.swapaxes(-1, -2) / np.sqrt(q.shape[-1])
+    if causal:
+        keys = np.arange(k.shape[2])[None, :]
+        scores = np.where(keys <= np.arange(scores.shape[2])[:, None], scores, -np.inf)
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return (weights / weights.sum(axis=-1, keepdims=True)) @ v64
+
+
+def check_result(result, q, k, v, causal, backend):
+    """Assert that ``result`` is right; return the max abs error.
+
+    Every backend is compared with the naive float64 reference, and the naive
+    backend with :func:`independent_reference`.  Every query row is compared while
+    the naive reference needs at most :data:`FULL_CHECK_BYTES`, else (and always for
+    naive) the first :data:`CHECK_ROWS` rows, which is exact for causal attention
+    too, whose mask is aligned top-left.  The tolerance is :data:`TOLERANCE`.
 
     Parameters
     ----------
     result : ndarray, shape (B, H, Lq, Dv)
     q, k, v : ndarray
     causal : bool
-    full : bool, default True
-        Compare every row; otherwise only the first :data:`CHECK_ROWS` query
-        rows (exact for causal attention too, whose mask is aligned top-left).
+    backend : str
+        The backend that computed ``result``.
 
     Returns
     -------
@@ -227,15 +298,28 @@ def check_against_naive(result, q, k, v, causal, full=True):
     ------
     AssertionError
         When an element differs by more than the dtype's tolerance.
+
+    Examples
+    --------
+    >>> q, k, v = make_inputs(Shape(1, 2, 16, 16, 8))
+    >>> check_result(make_runner("naive", q, k, v)(), q, k, v, False, "naive") < 1e-6
+    True
     """
     import fastattn
 
-    rows = slice(None) if full else slice(0, CHECK_ROWS)
-    expected = fastattn.attention(q[..., rows, :], k, v, causal=causal, backend="naive")
-    got = np.asarray(result)[..., rows, :]
-    tolerance = 2e-4 if np.dtype(q.dtype) == np.float32 else 1e-9
+    rows = min(q.shape[-2], CHECK_ROWS)
+    if backend == "naive":
+        expected = independent_reference(q, k, v, causal, rows)
+    else:
+        shape = Shape(q.shape[0], q.shape[1], q.shape[2], k.shape[2], q.shape[3],
+                      kv_heads=k.shape[1])
+        if naive_bytes_needed(shape) <= FULL_CHECK_BYTES:
+            rows = q.shape[-2]
+        expected = fastattn.attention(q[..., :rows, :], k, v, causal=causal, backend="naive")
+    got = np.asarray(result)[..., :rows, :]
+    tolerance = TOLERANCE[np.dtype(q.dtype).name]
     error = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.size else 0.0
     if not error <= tolerance:
-        raise AssertionError(f"result differs from the naive reference by {error:.3g} "
+        raise AssertionError(f"{backend}: result differs from the reference by {error:.3g} "
                              f"(tolerance {tolerance:g})")
     return error
