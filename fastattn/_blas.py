@@ -16,6 +16,7 @@ import threading
 _lock = threading.Lock()
 _holders = 0  # calls inside single_threaded() right now, in any thread
 _limiter = None  # threadpoolctl's record of the limits to restore
+_local_counts = []  # what _local_setters() replaced, to restore
 
 
 @contextlib.contextmanager
@@ -26,31 +27,32 @@ def single_threaded():
     concurrent callers (threads, Dask's threaded scheduler) can neither restore each
     other's limits out of order nor leave BLAS on one thread after the last call.
     """
-    global _holders, _limiter
+    global _holders, _limiter, _local_counts
     with _lock:
         if _holders == 0:
             _limiter = _controller().limit(limits=1, user_api="blas")
+            _local_counts = [set_local(1) for set_local in _local_setters()]
         _holders += 1
-    previous = [set_local(1) for set_local in _thread_local_setters()]
     try:
         yield
     finally:
-        for set_local, count in zip(_thread_local_setters(), previous):
-            set_local(count)
         with _lock:
             _holders -= 1
             if _holders == 0:
+                for set_local, count in zip(_local_setters(), _local_counts):
+                    set_local(count)
                 _limiter.restore_original_limits()
                 _limiter = None
 
 
 @functools.cache
-def _thread_local_setters():
+def _local_setters():
     """``openblas_set_num_threads_local`` of each loaded OpenBLAS that has it.
 
-    Recent OpenBLAS keeps a thread count per calling thread as well: the process-wide
-    limit alone leaves a call from a non-main Python thread multi-threaded (slower,
-    and with other rounding than the same call from the main thread).
+    Recent OpenBLAS has this second thread count (despite its name, one value for the
+    process): with only ``openblas_set_num_threads(1)``, a call from a non-main Python
+    thread still runs multi-threaded (slower, and rounded otherwise than the same call
+    from the main thread).
     """
     import ctypes
 
