@@ -1,4 +1,4 @@
-"""Build of the optional Cython/OpenMP kernel, ``fastattn._cython._kernel``.
+"""Build of the optional Cython/OpenMP kernels, ``fastattn._cython._kernel`` and ``_backward``.
 
 Everything else is pure Python and lives in pyproject.toml.  The extension is
 optional: when it cannot be built (no C compiler, no Cython) the package still
@@ -26,6 +26,10 @@ EXTENSION = "fastattn._cython._kernel"
 SOURCE = "fastattn/_cython/_kernel.pyx"
 HEADERS = ["fastattn/_cython/_rowops.h", "fastattn/_cython/_tiles.h",
            "fastattn/_cython/_tiles.inc"]
+BACKWARD_EXTENSION = "fastattn._cython._backward"
+BACKWARD_SOURCE = "fastattn/_cython/_backward.pyx"
+BACKWARD_HEADERS = HEADERS + ["fastattn/_cython/_backward_tiles.h",
+                              "fastattn/_cython/_backward_tiles.inc"]
 
 OPENMP_TEST = r"""
 #include <omp.h>
@@ -111,11 +115,14 @@ def _extensions():
     except ImportError as error:
         _warn(f"{error}: the Cython kernel is not built")
         return []
-    extension = Extension(EXTENSION, [SOURCE], depends=HEADERS,
-                          include_dirs=[numpy.get_include()],
-                          define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
+    extensions = [Extension(name, [source], depends=headers,
+                            include_dirs=[numpy.get_include()],
+                            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
+                  for name, source, headers in [(EXTENSION, SOURCE, HEADERS),
+                                                (BACKWARD_EXTENSION, BACKWARD_SOURCE,
+                                                 BACKWARD_HEADERS)]]
     try:
-        return cythonize([extension], compiler_directives={"language_level": 3})
+        return cythonize(extensions, compiler_directives={"language_level": 3})
     except Exception as error:  # e.g. a Cython too old for the source
         _warn(f"Cython failed ({error}): the Cython kernel is not built")
         return []

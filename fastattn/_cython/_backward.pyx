@@ -1,0 +1,580 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""The tiled backward kernel in Cython (FlashAttention-2): ``prange`` over the plan's workers.
+
+A task owns the ``dk``/``dv`` rows of its keys.  For every block of those keys it packs
+the keys and values (transposed, and the keys once more times the scale), then walks
+the query blocks whose rows the band lets see the block -- all heads of the kv group
+together, as the forward packs them -- and for each one
+
+    S = Q Kᵀ;  P = exp(S * scale - lse)     (0 where the band or a mask hides the key)
+    dP = dO Vᵀ;  dS = P (dP - delta)
+    dV += Pᵀ dO;  dK += dSᵀ Q;  dQ += dS K * scale  (added into dq or the task's part)
+
+and finally writes the block's ``dk`` (times the scale) and ``dv``.  The block products
+are the C kernels of ``_backward_tiles.h``: keys along the contiguous axis, query rows
+read in place through one pointer per row.  Which worker runs a task never changes
+what the task computes, so results are bit-identical for any thread count.
+"""
+
+cimport numpy as cnp
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.math cimport INFINITY
+from libc.stdint cimport int64_t, uint8_t, uintptr_t
+
+from .. import _contract
+
+cnp.import_array()
+
+__all__ = ["run_backward_kernel"]
+
+ctypedef fused real:
+    float
+    double
+
+cdef extern from "_backward_tiles.h" nogil:
+    enum: FB_PAD
+    void fb_rows_product_f32(Py_ssize_t rows, const float **a, Py_ssize_t depth,
+                             const float *b, Py_ssize_t bp, Py_ssize_t cols, float **c,
+                             bint add)
+    void fb_rows_product_f64(Py_ssize_t rows, const double **a, Py_ssize_t depth,
+                             const double *b, Py_ssize_t bp, Py_ssize_t cols, double **c,
+                             bint add)
+    void fb_cols_accumulate_f32(Py_ssize_t rows, const float **a, Py_ssize_t width,
+                                const float *b, Py_ssize_t bp, Py_ssize_t cols, float *c,
+                                Py_ssize_t cp)
+    void fb_cols_accumulate_f64(Py_ssize_t rows, const double **a, Py_ssize_t width,
+                                const double *b, Py_ssize_t bp, Py_ssize_t cols, double *c,
+                                Py_ssize_t cp)
+    void fb_probs_row_f32(float *s, float *dp, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t kp,
+                          const float *add, float scale, float lse, float delta)
+    void fb_probs_row_f64(double *s, double *dp, Py_ssize_t lo, Py_ssize_t hi,
+                          Py_ssize_t kp, const double *add, double scale, double lse,
+                          double delta)
+    bint fb_rows_finite_f32(Py_ssize_t rows, const float **a, Py_ssize_t width)
+    bint fb_rows_finite_f64(Py_ssize_t rows, const double **a, Py_ssize_t width)
+    bint fb_strided_finite_f32(Py_ssize_t n, const char *base, Py_ssize_t stride,
+                               Py_ssize_t width)
+    bint fb_strided_finite_f64(Py_ssize_t n, const char *base, Py_ssize_t stride,
+                               Py_ssize_t width)
+    void fb_rows_product_nz_f32(Py_ssize_t rows, const float **a, Py_ssize_t depth,
+                                const float *b, Py_ssize_t bp, Py_ssize_t cols, float **c,
+                                bint add)
+    void fb_rows_product_nz_f64(Py_ssize_t rows, const double **a, Py_ssize_t depth,
+                                const double *b, Py_ssize_t bp, Py_ssize_t cols, double **c,
+                                bint add)
+    void fb_cols_accumulate_nz_f32(Py_ssize_t rows, const float **a, Py_ssize_t width,
+                                   const float *b, Py_ssize_t bp, Py_ssize_t cols, float *c,
+                                   Py_ssize_t cp)
+    void fb_cols_accumulate_nz_f64(Py_ssize_t rows, const double **a, Py_ssize_t width,
+                                   const double *b, Py_ssize_t bp, Py_ssize_t cols,
+                                   double *c, Py_ssize_t cp)
+
+cdef enum:
+    MASK_NONE = 0
+    MASK_KEEP = 1
+    MASK_ADD = 2
+    BWD_BATCH = 0
+    BWD_KV_HEAD = 1
+    BWD_K_START = 2
+    BWD_K_STOP = 3
+    BWD_Q_START = 4
+    BWD_Q_STOP = 5
+    BWD_PART = 6
+    BWD_COLUMNS = 7
+    ALIGN_BYTES = 64  # tiles start on cache-line boundaries
+    N_ROW_POINTERS = 5  # per row of a query block: q, dO, S, dS and dq rows
+
+# The compiled constants must be the contract's (a mismatch is a build from old sources).
+assert (MASK_NONE, MASK_KEEP, MASK_ADD) == (_contract.MASK_NONE, _contract.MASK_KEEP,
+                                            _contract.MASK_ADD)
+assert (BWD_BATCH, BWD_KV_HEAD, BWD_K_START, BWD_K_STOP, BWD_Q_START, BWD_Q_STOP, BWD_PART,
+        BWD_COLUMNS) == (_contract.BWD_BATCH, _contract.BWD_KV_HEAD, _contract.BWD_K_START,
+                         _contract.BWD_K_STOP, _contract.BWD_Q_START, _contract.BWD_Q_STOP,
+                         _contract.BWD_PART, _contract.BWD_COLUMNS)
+
+
+cdef struct View:
+    # An array as its data pointer and byte strides (up to 4 axes).
+    char *data
+    Py_ssize_t stride[4]
+
+
+cdef struct Problem:
+    # Everything a task reads besides its own row of the task table.
+    View q, k, v, dout, lse, delta, mask, dq, dk, dv, part_dq
+    int mask_kind
+    Py_ssize_t group, block_q, block_k, head_dim, value_dim
+    int64_t band_lo, band_hi
+    double scale
+    # A worker's scratch row, in elements of the compute dtype (kp: block_k padded, dp:
+    # head_dim padded, rows: group * block_q):  kt (D x kp) | vt (Dv x kp) | ks (kp x dp)
+    # | dkt (D x kp) | dvt (Dv x kp) | s (rows x kp) | ds (rows x kp) | dqt (rows x dp)
+    # | add (kp) | lse (rows) | delta (rows);  and its pointer row: q | dO | s | ds | dq
+    # rows (dq: rows of dq itself, or of dqt when D is not a whole number of vectors).
+    Py_ssize_t kp, dp, rows
+    bint dq_in_place  # dQ products add straight into dq's rows (D is whole vectors)
+    bint rows_finite  # q and dout hold no inf or NaN (else each block pair is checked)
+    Py_ssize_t at_vt, at_ks, at_dkt, at_dvt, at_s, at_ds, at_dqt, at_add, at_lse, at_delta
+    Py_ssize_t tile_size
+
+
+# ---------------------------------------------------------------------------
+# Python entry point
+
+def run_backward_kernel(call):
+    """Run a backward plan over the 4-D views of ``call``; writes its gradients in place.
+
+    Parameters
+    ----------
+    call : fastattn._contract.BackwardCall
+        Inputs, the plan, and the outputs: ``dk``/``dv`` are written (every key row),
+        ``dq`` or ``part_dq`` (zeroed by the caller) are added into, as the plan's
+        ``BWD_PART`` column says.  The outputs must be C-contiguous; the inputs may have
+        any strides whose last axis is contiguous (or of length 1).
+
+    Examples
+    --------
+    One query that sees one key: its probability is 1, so ``dv = dout`` and the
+    other gradients vanish.
+
+    >>> import numpy as np
+    >>> from fastattn._contract import BackwardCall, Band
+    >>> from types import SimpleNamespace
+    >>> x = np.ones((1, 1, 1, 2))
+    >>> plan = SimpleNamespace(tasks=np.array([[0, 0, 0, 1, 0, 1, -1]]),
+    ...                        worker_starts=np.array([0, 1]), block_q=1, block_k=1,
+    ...                        group=1, band=Band())
+    >>> lse, delta = np.full((1, 1, 1), 2.0), np.full((1, 1, 1), 2.0)
+    >>> dq, dk, dv = np.zeros_like(x), np.empty_like(x), np.empty_like(x)
+    >>> run_backward_kernel(BackwardCall(x, x, x, x, lse, delta, None, 0, 1.0, plan,
+    ...                                  dq, dk, dv, np.zeros((0, 1, 1, 2))))
+    >>> dv.ravel().tolist(), dq.ravel().tolist(), dk.ravel().tolist()
+    ([1.0, 1.0], [0.0, 0.0], [0.0, 0.0])
+    """
+    dtype = call.q.dtype
+    if dtype != np.float32 and dtype != np.float64:
+        raise TypeError(f"the Cython backward kernel computes in float32 or float64, "
+                        f"not {dtype}")
+    _check_layout(call)
+    plan = call.plan
+    cdef Problem problem = _describe(call)
+    cdef cnp.ndarray tasks = np.ascontiguousarray(plan.tasks, dtype=np.int64)
+    cdef cnp.ndarray starts = np.ascontiguousarray(plan.worker_starts, dtype=np.int64)
+    cdef Py_ssize_t n_workers = starts.shape[0] - 1
+    if tasks.shape[0] == 0:
+        return
+    # Per-worker scratch, allocated once per call (as NumPy arrays, so that memory
+    # tracing sees it) and indexed by worker, never by thread id.
+    cdef cnp.ndarray tiles = np.empty(n_workers * problem.tile_size * dtype.itemsize
+                                      + ALIGN_BYTES, dtype=np.uint8)
+    cdef cnp.ndarray pointers = np.empty((n_workers, N_ROW_POINTERS * problem.rows),
+                                         dtype=np.uintp)
+    cdef char *tile_ptr = _aligned(<char *> cnp.PyArray_DATA(tiles))
+    cdef const int64_t *task_ptr = <const int64_t *> cnp.PyArray_DATA(tasks)
+    cdef const int64_t *start_ptr = <const int64_t *> cnp.PyArray_DATA(starts)
+    cdef void **pointer_ptr = <void **> cnp.PyArray_DATA(pointers)
+    cdef bint single = dtype == np.float32
+    problem.rows_finite = (_all_finite(&problem.q, call.q.shape, single)
+                           and _all_finite(&problem.dout, call.dout.shape, single))
+    if single:
+        _run_workers(&problem, task_ptr, start_ptr, n_workers, <float *> tile_ptr,
+                     <float **> pointer_ptr)
+    else:
+        _run_workers(&problem, task_ptr, start_ptr, n_workers, <double *> tile_ptr,
+                     <double **> pointer_ptr)
+
+
+def _check_layout(call):
+    """The kernel writes its outputs as dense arrays and reads input rows as vectors."""
+    for name in ("dq", "dk", "dv", "part_dq"):
+        array = getattr(call, name)
+        if not array.flags.c_contiguous or array.dtype != call.q.dtype:
+            raise ValueError(f"BackwardCall.{name} must be a C-contiguous {call.q.dtype} "
+                             f"array (the driver allocates it), got strides "
+                             f"{array.strides} and dtype {array.dtype}")
+    for name in ("q", "k", "v", "dout"):
+        array = getattr(call, name)
+        if array.ndim != 4 or array.dtype != call.q.dtype or (
+                array.shape[3] > 1 and array.strides[3] != array.itemsize):
+            raise ValueError(f"BackwardCall.{name} must be a 4-D {call.q.dtype} view whose "
+                             f"last axis is contiguous, got shape {array.shape}, strides "
+                             f"{array.strides} and dtype {array.dtype}")
+
+
+cdef bint _all_finite(const View *x, shape, bint single):
+    """Whether a 4-D float32 (``single``) or float64 array, last axis contiguous, holds no
+    inf or NaN: one pass, no copy."""
+    cdef Py_ssize_t b, h, n_b = shape[0], n_h = shape[1], n = shape[2], width = shape[3]
+    cdef const char *rows
+    cdef bint finite = True
+    with nogil:
+        for b in range(n_b):
+            for h in range(n_h):
+                rows = x.data + b * x.stride[0] + h * x.stride[1]
+                if single:
+                    finite = fb_strided_finite_f32(n, rows, x.stride[2], width)
+                else:
+                    finite = fb_strided_finite_f64(n, rows, x.stride[2], width)
+                if not finite:
+                    return False
+    return True
+
+
+cdef char *_aligned(char *pointer):
+    return pointer + (-<uintptr_t> pointer) % ALIGN_BYTES
+
+
+cdef View _view(array):
+    """Data pointer and byte strides of an ndarray (of up to 4 axes)."""
+    cdef View view
+    cdef cnp.ndarray a = <cnp.ndarray> array
+    cdef int axis
+    view.data = <char *> cnp.PyArray_DATA(a)
+    for axis in range(4):
+        view.stride[axis] = a.strides[axis] if axis < a.ndim else 0
+    return view
+
+
+cdef inline Py_ssize_t _padded(Py_ssize_t n, Py_ssize_t multiple) noexcept nogil:
+    return (n + multiple - 1) // multiple * multiple
+
+
+cdef Problem _describe(call):
+    """Gather pointers, strides, sizes and the scratch layout of one call."""
+    cdef Problem p
+    plan = call.plan
+    p.q, p.k, p.v, p.dout = _view(call.q), _view(call.k), _view(call.v), _view(call.dout)
+    p.lse, p.delta = _view(call.lse), _view(call.delta)
+    p.dq, p.dk, p.dv, p.part_dq = (_view(call.dq), _view(call.dk), _view(call.dv),
+                                   _view(call.part_dq))
+    p.mask_kind = call.mask_kind if call.mask is not None else MASK_NONE
+    if p.mask_kind == MASK_NONE:
+        p.mask.data = NULL
+    else:
+        p.mask = _view(call.mask)
+    p.group, p.block_q, p.block_k = plan.group, plan.block_q, plan.block_k
+    p.head_dim, p.value_dim = call.q.shape[3], call.v.shape[3]
+    p.band_lo, p.band_hi = plan.band.lo, plan.band.hi
+    p.scale = call.scale
+    p.kp = _padded(p.block_k, FB_PAD)
+    p.dp = _padded(p.head_dim, FB_PAD)
+    p.rows = p.group * p.block_q
+    p.dq_in_place = p.dp == p.head_dim
+    cdef Py_ssize_t rows_tile = _padded(p.rows * p.kp, FB_PAD)
+    p.at_vt = _padded(p.head_dim * p.kp, FB_PAD)
+    p.at_ks = p.at_vt + _padded(p.value_dim * p.kp, FB_PAD)
+    p.at_dkt = p.at_ks + p.kp * p.dp
+    p.at_dvt = p.at_dkt + p.head_dim * p.kp
+    p.at_s = p.at_dvt + _padded(p.value_dim * p.kp, FB_PAD)
+    p.at_ds = p.at_s + rows_tile
+    p.at_dqt = p.at_ds + rows_tile
+    p.at_add = p.at_dqt + _padded(p.rows * p.dp, FB_PAD)
+    p.at_lse = p.at_add + p.kp
+    p.at_delta = p.at_lse + _padded(p.rows, FB_PAD)
+    p.tile_size = p.at_delta + _padded(p.rows, FB_PAD)
+    return p
+
+
+# ---------------------------------------------------------------------------
+# Parallel driver, one task, one key block, one query block
+
+cdef void _run_workers(const Problem *p, const int64_t *tasks, const int64_t *starts,
+                       Py_ssize_t n_workers, real *tiles, real **pointers) noexcept nogil:
+    cdef Py_ssize_t w
+    cdef int64_t t, j0, k1
+    cdef const int64_t *task
+    for w in prange(n_workers, nogil=True, num_threads=n_workers, schedule="static",
+                    chunksize=1):
+        for t in range(starts[w], starts[w + 1]):
+            task = tasks + BWD_COLUMNS * t
+            j0, k1 = task[BWD_K_START], task[BWD_K_STOP]
+            while j0 < k1:
+                _key_block(p, task, j0, min(p.block_k, k1 - j0), tiles + w * p.tile_size,
+                           pointers + w * N_ROW_POINTERS * p.rows)
+                j0 = j0 + p.block_k
+
+
+cdef void _key_block(const Problem *p, const int64_t *task, int64_t j0, Py_ssize_t n_k,
+                     real *tile, real **pointers) noexcept nogil:
+    """dk, dv of keys ``j0:j0+n_k`` over the task's query rows that see them."""
+    cdef int64_t b = task[BWD_BATCH], kv_head = task[BWD_KV_HEAD]
+    cdef Py_ssize_t kp = _padded(n_k, FB_PAD), r
+    cdef bint keys_finite
+    # Rows that the band lets see some key of the block: j0 - hi <= i <= j0 + n_k - 1 - lo.
+    cdef int64_t i0 = max(task[BWD_Q_START], j0 - p.band_hi)
+    cdef int64_t i1 = min(task[BWD_Q_STOP], j0 + n_k - p.band_lo)
+    keys_finite = _pack_keys(p, b, kv_head, j0, n_k, kp, tile)
+    for r in range(p.head_dim * kp):
+        tile[p.at_dkt + r] = 0
+    for r in range(p.value_dim * kp):
+        tile[p.at_dvt + r] = 0
+    while i0 < i1:
+        _query_block(p, task, j0, n_k, kp, i0, min(p.block_q, i1 - i0), keys_finite, tile,
+                     pointers)
+        i0 += p.block_q
+    _write_keys(p, b, kv_head, j0, n_k, kp, tile)
+
+
+cdef void _query_block(const Problem *p, const int64_t *task, int64_t j0, Py_ssize_t n_k,
+                       Py_ssize_t kp, int64_t i0, Py_ssize_t n_q, bint keys_finite, real *tile,
+                       real **pointers) noexcept nogil:
+    """One (query block, key block) pair: P, dS, and their contributions to dv, dk, dq.
+
+    With a non-finite key, query or upstream gradient in the pair, the three gradient
+    products skip zero factors (see naive_backward: a zero weight passes nothing on).
+    """
+    cdef int64_t b = task[BWD_BATCH], head0 = task[BWD_KV_HEAD] * p.group
+    cdef Py_ssize_t rows = p.group * n_q
+    cdef const real **q_rows = <const real **> pointers
+    cdef const real **o_rows = <const real **> (pointers + p.rows)
+    cdef real **s_rows = pointers + 2 * p.rows
+    cdef real **ds_rows = pointers + 3 * p.rows
+    cdef real **dq_rows = pointers + 4 * p.rows
+    cdef real *s = tile + p.at_s
+    cdef real *ds = tile + p.at_ds
+    if p.mask_kind == MASK_KEEP and not _block_has_keep(p, b, head0, i0, n_q, j0, n_k):
+        return
+    _gather_rows(p, task, i0, n_q, kp, tile, pointers)
+    _rows_product(rows, q_rows, p.head_dim, tile, kp, kp, s_rows, False)
+    _rows_product(rows, o_rows, p.value_dim, tile + p.at_vt, kp, kp, ds_rows, False)
+    _probabilities(p, b, head0, i0, n_q, j0, n_k, kp, tile)
+    if keys_finite and (p.rows_finite or (_rows_finite(rows, q_rows, p.head_dim)
+                                          and _rows_finite(rows, o_rows, p.value_dim))):
+        _cols_accumulate(rows, o_rows, p.value_dim, s, kp, kp, tile + p.at_dvt, kp)
+        _cols_accumulate(rows, q_rows, p.head_dim, ds, kp, kp, tile + p.at_dkt, kp)
+        _rows_product(rows, <const real **> ds_rows, n_k, tile + p.at_ks, p.dp, p.dp,
+                      dq_rows, p.dq_in_place)
+    else:
+        _cols_accumulate_nz(rows, o_rows, p.value_dim, s, kp, kp, tile + p.at_dvt, kp)
+        _cols_accumulate_nz(rows, q_rows, p.head_dim, ds, kp, kp, tile + p.at_dkt, kp)
+        _rows_product_nz(rows, <const real **> ds_rows, n_k, tile + p.at_ks, p.dp, p.dp,
+                         dq_rows, p.dq_in_place)
+    if not p.dq_in_place:
+        _add_dq(p, task, i0, n_q, tile + p.at_dqt)
+
+
+# ---------------------------------------------------------------------------
+# Typed entry points to the C tile kernels
+
+cdef inline void _rows_product(Py_ssize_t rows, const real **a, Py_ssize_t depth,
+                               const real *b, Py_ssize_t bp, Py_ssize_t cols, real **c,
+                               bint add) noexcept nogil:
+    if real is float:
+        fb_rows_product_f32(rows, a, depth, b, bp, cols, c, add)
+    else:
+        fb_rows_product_f64(rows, a, depth, b, bp, cols, c, add)
+
+
+cdef inline void _cols_accumulate(Py_ssize_t rows, const real **a, Py_ssize_t width,
+                                  const real *b, Py_ssize_t bp, Py_ssize_t cols, real *c,
+                                  Py_ssize_t cp) noexcept nogil:
+    if real is float:
+        fb_cols_accumulate_f32(rows, a, width, b, bp, cols, c, cp)
+    else:
+        fb_cols_accumulate_f64(rows, a, width, b, bp, cols, c, cp)
+
+
+cdef inline bint _rows_finite(Py_ssize_t rows, const real **a,
+                              Py_ssize_t width) noexcept nogil:
+    if real is float:
+        return fb_rows_finite_f32(rows, a, width)
+    else:
+        return fb_rows_finite_f64(rows, a, width)
+
+
+cdef inline void _rows_product_nz(Py_ssize_t rows, const real **a, Py_ssize_t depth,
+                                  const real *b, Py_ssize_t bp, Py_ssize_t cols, real **c,
+                                  bint add) noexcept nogil:
+    if real is float:
+        fb_rows_product_nz_f32(rows, a, depth, b, bp, cols, c, add)
+    else:
+        fb_rows_product_nz_f64(rows, a, depth, b, bp, cols, c, add)
+
+
+cdef inline void _cols_accumulate_nz(Py_ssize_t rows, const real **a, Py_ssize_t width,
+                                     const real *b, Py_ssize_t bp, Py_ssize_t cols, real *c,
+                                     Py_ssize_t cp) noexcept nogil:
+    if real is float:
+        fb_cols_accumulate_nz_f32(rows, a, width, b, bp, cols, c, cp)
+    else:
+        fb_cols_accumulate_nz_f64(rows, a, width, b, bp, cols, c, cp)
+
+
+cdef inline void _probs_row(real *s, real *dp, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t kp,
+                            const real *add, real scale, real lse,
+                            real delta) noexcept nogil:
+    if real is float:
+        fb_probs_row_f32(s, dp, lo, hi, kp, add, scale, lse, delta)
+    else:
+        fb_probs_row_f64(s, dp, lo, hi, kp, add, scale, lse, delta)
+
+
+# ---------------------------------------------------------------------------
+# Steps that touch the caller's arrays
+
+cdef inline char *_row_ptr(const View *x, int64_t i0, int64_t i1, int64_t i2) noexcept nogil:
+    return x.data + i0 * x.stride[0] + i1 * x.stride[1] + i2 * x.stride[2]
+
+
+cdef bint _pack_keys(const Problem *p, int64_t b, int64_t kv_head, int64_t j0, Py_ssize_t n_k,
+                     Py_ssize_t kp, real *tile) noexcept nogil:
+    """kt = keysᵀ, vt = valuesᵀ (pitch kp) and ks = keys * scale (pitch dp); zero padding.
+
+    Returns whether the keys are all finite (a scaled key is non-finite when the key is,
+    or when it overflows; either way the slow path is the safe one).
+    """
+    cdef Py_ssize_t j, d
+    cdef real *kt = tile
+    cdef real *vt = tile + p.at_vt
+    cdef real *ks = tile + p.at_ks
+    cdef real factor = <real> p.scale
+    cdef const real *key
+    cdef const real *value
+    for j in range(kp):
+        if j < n_k:
+            key = <const real *> _row_ptr(&p.k, b, kv_head, j0 + j)
+            value = <const real *> _row_ptr(&p.v, b, kv_head, j0 + j)
+            for d in range(p.head_dim):
+                kt[d * kp + j] = key[d]
+                ks[j * p.dp + d] = key[d] * factor
+            for d in range(p.head_dim, p.dp):
+                ks[j * p.dp + d] = 0
+            for d in range(p.value_dim):
+                vt[d * kp + j] = value[d]
+        else:
+            for d in range(p.head_dim):
+                kt[d * kp + j] = 0
+            for d in range(p.value_dim):
+                vt[d * kp + j] = 0
+    return _rows_finite(1, <const real **> &ks, n_k * p.dp)
+
+
+cdef void _gather_rows(const Problem *p, const int64_t *task, int64_t i0, Py_ssize_t n_q,
+                       Py_ssize_t kp, real *tile, real **pointers) noexcept nogil:
+    """Row pointers (q, dO, the S and dS tiles, dq's destination) and lse, delta of the rows.
+
+    Row ``h * n_q + i`` is query ``i0 + i`` of head ``head0 + h``, as in the forward.
+    """
+    cdef int64_t b = task[BWD_BATCH], head0 = task[BWD_KV_HEAD] * p.group
+    cdef int64_t part = task[BWD_PART]
+    cdef Py_ssize_t h, i, r
+    cdef real *lse = tile + p.at_lse
+    cdef real *delta = tile + p.at_delta
+    for h in range(p.group):
+        for i in range(n_q):
+            r = h * n_q + i
+            pointers[r] = <real *> _row_ptr(&p.q, b, head0 + h, i0 + i)
+            pointers[p.rows + r] = <real *> _row_ptr(&p.dout, b, head0 + h, i0 + i)
+            pointers[2 * p.rows + r] = tile + p.at_s + r * kp
+            pointers[3 * p.rows + r] = tile + p.at_ds + r * kp
+            if not p.dq_in_place:
+                pointers[4 * p.rows + r] = tile + p.at_dqt + r * p.dp
+            elif part < 0:
+                pointers[4 * p.rows + r] = <real *> _row_ptr(&p.dq, b, head0 + h, i0 + i)
+            else:
+                pointers[4 * p.rows + r] = <real *> _row_ptr(&p.part_dq, part, h, i0 + i)
+            lse[r] = (<const real *> _row_ptr(&p.lse, b, head0 + h, i0 + i))[0]
+            delta[r] = (<const real *> _row_ptr(&p.delta, b, head0 + h, i0 + i))[0]
+
+
+cdef void _probabilities(const Problem *p, int64_t b, int64_t head0, int64_t i0,
+                         Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k, Py_ssize_t kp,
+                         real *tile) noexcept nogil:
+    """Turn the scores into P and dP into dS, row by row, with the band and the mask.
+
+    Query ``i`` sees the keys ``i + lo <= j <= i + hi`` of the band: one run per row.
+    A row with lse -inf saw no key in the forward and contributes nothing.
+    """
+    cdef Py_ssize_t h, i, r, lo, hi
+    cdef int64_t row
+    cdef real *lse = tile + p.at_lse
+    cdef real *delta = tile + p.at_delta
+    cdef const real *add
+    for h in range(p.group):
+        for i in range(n_q):
+            r, row = h * n_q + i, i0 + i
+            lo = min(max(row + p.band_lo - j0, 0), n_k)
+            hi = min(max(row + p.band_hi - j0 + 1, lo), n_k)
+            if lse[r] == -INFINITY:
+                hi = lo
+            add = NULL
+            if p.mask_kind != MASK_NONE and lo < hi:
+                add = _mask_row(p, b, head0 + h, row, j0, lo, hi, tile + p.at_add)
+            _probs_row(tile + p.at_s + r * kp, tile + p.at_ds + r * kp, lo, hi, kp, add,
+                       <real> p.scale, lse[r], delta[r])
+
+
+cdef const real *_mask_row(const Problem *p, int64_t b, int64_t head, int64_t row, int64_t j0,
+                           Py_ssize_t lo, Py_ssize_t hi, real *buffer) noexcept nogil:
+    """The row's mask over keys ``j0 + lo : j0 + hi`` as additive values (-inf = masked).
+
+    A contiguous additive mask is read in place; a bool mask or a strided one is copied.
+    """
+    cdef Py_ssize_t j, step = p.mask.stride[3]
+    cdef const char *src = _row_ptr(&p.mask, b, head, row) + j0 * step
+    if p.mask_kind == MASK_ADD:
+        if step == sizeof(real):
+            return <const real *> src
+        for j in range(lo, hi):
+            buffer[j] = (<const real *> (src + j * step))[0]
+    else:
+        for j in range(lo, hi):
+            buffer[j] = 0 if (<const uint8_t *> (src + j * step))[0] else -INFINITY
+    return buffer
+
+
+cdef bint _block_has_keep(const Problem *p, int64_t b, int64_t head0, int64_t i0,
+                          Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k) noexcept nogil:
+    """Whether the bool mask and the band keep any (row, key) of this block pair."""
+    cdef Py_ssize_t h, i, step = p.mask.stride[3]
+    cdef int64_t j, lo, hi
+    cdef const char *row
+    for h in range(p.group):
+        for i in range(n_q):
+            row = _row_ptr(&p.mask, b, head0 + h, i0 + i)
+            lo = max(j0, i0 + i + p.band_lo)
+            hi = min(j0 + n_k - 1, i0 + i + p.band_hi)
+            for j in range(lo, hi + 1):
+                if (<const uint8_t *> (row + j * step))[0]:
+                    return True
+    return False
+
+
+cdef void _add_dq(const Problem *p, const int64_t *task, int64_t i0, Py_ssize_t n_q,
+                  const real *dqt) noexcept nogil:
+    """Add the block's dQ rows into ``dq``, or into the task's part of ``part_dq``."""
+    cdef int64_t b = task[BWD_BATCH], head0 = task[BWD_KV_HEAD] * p.group
+    cdef int64_t part = task[BWD_PART]
+    cdef Py_ssize_t h, i, d
+    cdef real *dst
+    cdef const real *src
+    for h in range(p.group):
+        for i in range(n_q):
+            if part < 0:
+                dst = <real *> _row_ptr(&p.dq, b, head0 + h, i0 + i)
+            else:
+                dst = <real *> _row_ptr(&p.part_dq, part, h, i0 + i)
+            src = dqt + (h * n_q + i) * p.dp
+            for d in range(p.head_dim):
+                dst[d] += src[d]
+
+
+cdef void _write_keys(const Problem *p, int64_t b, int64_t kv_head, int64_t j0,
+                      Py_ssize_t n_k, Py_ssize_t kp, const real *tile) noexcept nogil:
+    """dk = dktᵀ * scale and dv = dvtᵀ for the block's keys."""
+    cdef Py_ssize_t j, d
+    cdef const real *dkt = tile + p.at_dkt
+    cdef const real *dvt = tile + p.at_dvt
+    cdef real factor = <real> p.scale
+    cdef real *dk
+    cdef real *dv
+    for j in range(n_k):
+        dk = <real *> _row_ptr(&p.dk, b, kv_head, j0 + j)
+        dv = <real *> _row_ptr(&p.dv, b, kv_head, j0 + j)
+        for d in range(p.head_dim):
+            dk[d] = dkt[d * kp + j] * factor
+        for d in range(p.value_dim):
+            dv[d] = dvt[d * kp + j]
