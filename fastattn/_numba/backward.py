@@ -31,7 +31,10 @@ __all__ = ["run_backward_kernel"]
 
 
 def run_backward_kernel(call):
-    """Run a :class:`~fastattn._contract.BackwardCall`: write ``dk``, ``dv``; add into ``dq``/parts."""
+    """Run a :class:`~fastattn._contract.BackwardCall`: write its ``dk``, ``dv``, add into ``dq``.
+
+    (Or into its ``part_dq`` slots, as the plan's ``BWD_PART`` column says.)
+    """
     plan, dtype = call.plan, call.q.dtype
     workers, rows, block_k = plan.n_workers, plan.max_rows, plan.block_k
     head_dim, value_dim = call.q.shape[3], call.v.shape[3]
