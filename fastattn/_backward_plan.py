@@ -15,7 +15,7 @@ import numpy as np
 
 from ._contract import (BWD_BATCH, BWD_COLUMNS, BWD_K_START, BWD_K_STOP, BWD_KV_HEAD, BWD_PART,
                         BWD_Q_START, BWD_Q_STOP, Band)
-from ._plan import MIN_PARALLEL_TASKS, MIN_SPLIT_KEYS
+from ._plan import MIN_PARALLEL_TASKS, MIN_SPLIT_KEYS, balanced_starts
 
 TARGET_ROWS = 256
 """Query rows per block (all heads of a group together) when the caller sets no block_q."""
@@ -105,22 +105,6 @@ def chunk_count(n_heads, lk):
         return 1
     wanted = -(-MIN_PARALLEL_TASKS // n_heads)
     return int(max(1, min(wanted, lk // MIN_SPLIT_KEYS, MAX_CHUNKS)))
-
-
-def balanced_starts(costs, n_threads):
-    """Cut the task list into contiguous runs of about equal cost, one per worker.
-
-    A task goes to the worker whose share of the total cost holds the task's midpoint.
-    (:func:`fastattn._plan._balanced_starts` cuts at each task's start, which with the
-    few large tasks of a split backward can give one worker 3 of 4 equal chunks.)
-    """
-    n_workers = max(1, min(n_threads, len(costs)))
-    if len(costs) == 0:
-        return np.zeros(2, dtype=np.int64)
-    midpoints = 2 * np.cumsum(costs) - costs
-    worker = midpoints * n_workers // max(2 * int(costs.sum()), 1)
-    starts = np.searchsorted(worker, np.arange(n_workers), side="left")
-    return np.append(starts, len(costs)).astype(np.int64)
 
 
 def _rows_per_key(band, lq, lk):

@@ -60,16 +60,17 @@ class TilingPlan:
 
 def make_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=None, block_k=None):
     """Plan the tiled pass of a problem with ``batch * kv_heads`` head groups."""
-    block_q = block_q or max(1, TARGET_ROWS // group)
+    block_q = block_q or max(1, TARGET_ROWS // max(group, 1))
     block_q = max(1, min(block_q, lq))
     if block_k is None:
-        block_k = min(max(TILE_SCORES // (group * block_q), BLOCK_K_RANGE[0]), BLOCK_K_RANGE[1])
+        block_k = min(max(TILE_SCORES // max(group * block_q, 1), BLOCK_K_RANGE[0]),
+                      BLOCK_K_RANGE[1])
     block_k = max(1, min(block_k, max(lk, 1)))
     rows = _row_tasks(batch, kv_heads, lq, lk, block_q, band)
     tasks, merges, n_parts = _split_long_rows(rows)
     costs = group * (tasks[:, TASK_Q_STOP] - tasks[:, TASK_Q_START]) * (
         tasks[:, TASK_K_STOP] - tasks[:, TASK_K_START]) + block_k
-    worker_starts = _balanced_starts(costs, n_threads)
+    worker_starts = balanced_starts(costs, n_threads)
     return TilingPlan(block_q, block_k, group, band, tasks, costs, worker_starts, merges,
                       n_parts)
 
@@ -128,19 +129,21 @@ def _split_long_rows(tasks):
     return np.concatenate(pieces), np.array(merges, dtype=np.int64), next_part
 
 
-def _balanced_starts(costs, n_threads):
+def balanced_starts(costs, n_threads):
     """Cut the task list into contiguous runs of about equal cost, one per worker.
 
     Contiguous runs keep the tasks of one head on one thread (its keys stay in
-    cache); cutting at equal shares of the cumulative cost balances causal work,
-    where later query blocks see more keys.
+    cache).  A task goes to the worker whose equal share of the total cost holds the
+    task's midpoint, which balances causal work (later query blocks see more keys)
+    and a few large tasks alike (cutting at task starts can give one worker 3 of 4
+    equal tasks).
     """
     n_workers = max(1, min(n_threads, len(costs)))
     if len(costs) == 0:
         return np.zeros(2, dtype=np.int64)
-    done_before = np.cumsum(costs) - costs
-    share = done_before * n_workers // max(int(costs.sum()), 1)
-    starts = np.searchsorted(share, np.arange(n_workers), side="left")
+    midpoints = 2 * np.cumsum(costs) - costs
+    worker = midpoints * n_workers // max(2 * int(costs.sum()), 1)
+    starts = np.searchsorted(worker, np.arange(n_workers), side="left")
     return np.append(starts, len(costs)).astype(np.int64)
 
 
