@@ -55,6 +55,15 @@ cdef extern from "_backward_tiles.h" nogil:
                           double delta)
     bint fb_rows_finite_f32(Py_ssize_t rows, const float **a, Py_ssize_t width)
     bint fb_rows_finite_f64(Py_ssize_t rows, const double **a, Py_ssize_t width)
+    void fb_pack_transposed_f32(Py_ssize_t n, Py_ssize_t width, const char *rows,
+                                Py_ssize_t stride, Py_ssize_t kp, float *out)
+    void fb_pack_transposed_f64(Py_ssize_t n, Py_ssize_t width, const char *rows,
+                                Py_ssize_t stride, Py_ssize_t kp, double *out)
+    void fb_unpack_transposed_f32(Py_ssize_t n, Py_ssize_t width, const float *t,
+                                  Py_ssize_t kp, float factor, char *rows, Py_ssize_t stride)
+    void fb_unpack_transposed_f64(Py_ssize_t n, Py_ssize_t width, const double *t,
+                                  Py_ssize_t kp, double factor, char *rows,
+                                  Py_ssize_t stride)
     bint fb_strided_finite_f32(Py_ssize_t n, const char *base, Py_ssize_t stride,
                                Py_ssize_t width)
     bint fb_strided_finite_f64(Py_ssize_t n, const char *base, Py_ssize_t stride,
@@ -403,6 +412,23 @@ cdef inline void _cols_accumulate_nz(Py_ssize_t rows, const real **a, Py_ssize_t
         fb_cols_accumulate_nz_f64(rows, a, width, b, bp, cols, c, cp)
 
 
+cdef inline void _pack_transposed(Py_ssize_t n, Py_ssize_t width, const char *rows,
+                                  Py_ssize_t stride, Py_ssize_t kp, real *out) noexcept nogil:
+    if real is float:
+        fb_pack_transposed_f32(n, width, rows, stride, kp, out)
+    else:
+        fb_pack_transposed_f64(n, width, rows, stride, kp, out)
+
+
+cdef inline void _unpack_transposed(Py_ssize_t n, Py_ssize_t width, const real *t,
+                                    Py_ssize_t kp, real factor, char *rows,
+                                    Py_ssize_t stride) noexcept nogil:
+    if real is float:
+        fb_unpack_transposed_f32(n, width, t, kp, factor, rows, stride)
+    else:
+        fb_unpack_transposed_f64(n, width, t, kp, factor, rows, stride)
+
+
 cdef inline void _probs_row(real *s, real *dp, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t kp,
                             const real *add, real scale, real lse,
                             real delta) noexcept nogil:
@@ -427,28 +453,19 @@ cdef bint _pack_keys(const Problem *p, int64_t b, int64_t kv_head, int64_t j0, P
     or when it overflows; either way the slow path is the safe one).
     """
     cdef Py_ssize_t j, d
-    cdef real *kt = tile
-    cdef real *vt = tile + p.at_vt
     cdef real *ks = tile + p.at_ks
     cdef real factor = <real> p.scale
+    cdef const char *keys = _row_ptr(&p.k, b, kv_head, j0)
     cdef const real *key
-    cdef const real *value
-    for j in range(kp):
-        if j < n_k:
-            key = <const real *> _row_ptr(&p.k, b, kv_head, j0 + j)
-            value = <const real *> _row_ptr(&p.v, b, kv_head, j0 + j)
-            for d in range(p.head_dim):
-                kt[d * kp + j] = key[d]
-                ks[j * p.dp + d] = key[d] * factor
-            for d in range(p.head_dim, p.dp):
-                ks[j * p.dp + d] = 0
-            for d in range(p.value_dim):
-                vt[d * kp + j] = value[d]
-        else:
-            for d in range(p.head_dim):
-                kt[d * kp + j] = 0
-            for d in range(p.value_dim):
-                vt[d * kp + j] = 0
+    _pack_transposed(n_k, p.head_dim, keys, p.k.stride[2], kp, tile)
+    _pack_transposed(n_k, p.value_dim, _row_ptr(&p.v, b, kv_head, j0), p.v.stride[2], kp,
+                     tile + p.at_vt)
+    for j in range(n_k):
+        key = <const real *> (keys + j * p.k.stride[2])
+        for d in range(p.head_dim):
+            ks[j * p.dp + d] = key[d] * factor
+        for d in range(p.head_dim, p.dp):
+            ks[j * p.dp + d] = 0
     return _rows_finite(1, <const real **> &ks, n_k * p.dp)
 
 
@@ -565,16 +582,7 @@ cdef void _add_dq(const Problem *p, const int64_t *task, int64_t i0, Py_ssize_t 
 cdef void _write_keys(const Problem *p, int64_t b, int64_t kv_head, int64_t j0,
                       Py_ssize_t n_k, Py_ssize_t kp, const real *tile) noexcept nogil:
     """dk = dktᵀ * scale and dv = dvtᵀ for the block's keys."""
-    cdef Py_ssize_t j, d
-    cdef const real *dkt = tile + p.at_dkt
-    cdef const real *dvt = tile + p.at_dvt
-    cdef real factor = <real> p.scale
-    cdef real *dk
-    cdef real *dv
-    for j in range(n_k):
-        dk = <real *> _row_ptr(&p.dk, b, kv_head, j0 + j)
-        dv = <real *> _row_ptr(&p.dv, b, kv_head, j0 + j)
-        for d in range(p.head_dim):
-            dk[d] = dkt[d * kp + j] * factor
-        for d in range(p.value_dim):
-            dv[d] = dvt[d * kp + j]
+    _unpack_transposed(n_k, p.head_dim, tile + p.at_dkt, kp, <real> p.scale,
+                       _row_ptr(&p.dk, b, kv_head, j0), p.dk.stride[2])
+    _unpack_transposed(n_k, p.value_dim, tile + p.at_dvt, kp, 1,
+                       _row_ptr(&p.dv, b, kv_head, j0), p.dv.stride[2])

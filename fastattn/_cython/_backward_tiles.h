@@ -44,30 +44,46 @@
 
 #define FB_PAD 16 /* kp and dp are multiples of this: whole vectors of float and double */
 
+/* Tile transposes by two-source shuffles where gcc has them for 64-byte vectors; elsewhere
+ * element by element (see FN(transpose_tile)). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#define FB_SHUFFLE 1
+typedef int32_t fb_ivec_f32 __attribute__((vector_size(FA_VBYTES)));
+typedef int64_t fb_ivec_f64 __attribute__((vector_size(FA_VBYTES)));
+#else
+#define FB_SHUFFLE 0
+typedef int fb_ivec_f32; /* unused */
+typedef int fb_ivec_f64;
+#endif
+
 /* Largest argument of exp before it would overflow the exponent field. */
 #define FB_EXP_MAX_F32 88.0f
 #define FB_EXP_MAX_F64 709.0
 
 #define REAL float
 #define VEC fa_vec_f32
+#define IVEC fb_ivec_f32
 #define EXP fa_exp_f32
 #define EXP_MAX FB_EXP_MAX_F32
 #define FN(name) fb_##name##_f32
 #include "_backward_tiles.inc"
 #undef REAL
 #undef VEC
+#undef IVEC
 #undef EXP
 #undef EXP_MAX
 #undef FN
 
 #define REAL double
 #define VEC fa_vec_f64
+#define IVEC fb_ivec_f64
 #define EXP fa_exp_f64
 #define EXP_MAX FB_EXP_MAX_F64
 #define FN(name) fb_##name##_f64
 #include "_backward_tiles.inc"
 #undef REAL
 #undef VEC
+#undef IVEC
 #undef EXP
 #undef EXP_MAX
 #undef FN
