@@ -9,11 +9,10 @@ that were broadcast over batch axes.  See "The backward pass" in docs/design.md.
 """
 
 import functools
-import math
 
 import numpy as np
 
-from ._backends import SMALL_PROBLEM_SCORES, resolve
+from ._backends import auto_choice, resolve
 from ._backward_plan import make_backward_plan
 from ._config import get_config, thread_budget
 from ._contract import BWD_BATCH, BWD_KV_HEAD, BWD_PART, BWD_Q_START, BWD_Q_STOP, BackwardCall
@@ -21,17 +20,6 @@ from ._naive import naive_backward
 from ._plan import rounds
 from ._tiled import _batch_views
 from ._validation import describe, validate
-
-AUTO_ORDER = ("cython", "numba", "naive")
-"""The order in which "auto" looks for a backward backend above ``SMALL_PROBLEM_SCORES``."""
-
-SMALL_AUTO_ORDER = ("cython", "naive")
-"""... and at or below it (batch x Hq x Lq x Lk scores).  Measured here (float32, D=64,
-median of 20 calls): at 1024 scores naive 118 us, Numba 197 us, Cython 112 us; at 8192
-naive 282 us, Numba 264 us, Cython 145 us; at 32768 naive 2.0 ms, Numba 0.44 ms, Cython
-0.22 ms.  The Cython kernel is about twice as fast as Numba's at every size (Numba's
-block products are OpenBLAS calls: 1 thread, N=2048, H=8, float32, 230 ms against 120 ms)."""
-
 
 def attention_backward(dout, q, k, v, out, lse, mask=None, *, causal=False, window=None,
                        scale=None, backend=None):
@@ -160,12 +148,10 @@ def backward_runner(name, problem):
 
 
 def auto_backward_choice(problem):
-    """The backend "auto" picks for the backward of ``problem``."""
-    batch = math.prod(problem.batch_shape)
-    scores = batch * problem.heads * problem.q.shape[-2] * problem.k.shape[-2]
+    """The backend "auto" picks for the backward of ``problem``: the forward's rule
+    (:func:`fastattn._backends.auto_choice`) among the backends with a backward."""
     runners = backward_runners()
-    preference = SMALL_AUTO_ORDER if scores <= SMALL_PROBLEM_SCORES else AUTO_ORDER
-    return next(name for name in preference if runners[name][0] is not None)
+    return auto_choice(problem, [name for name, (runner, _) in runners.items() if runner])
 
 
 @functools.cache

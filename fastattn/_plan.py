@@ -8,6 +8,7 @@ The task and merge tables' columns, the band and what a kernel does with a plan 
 the kernel contract (:mod:`fastattn._contract`).
 """
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -29,6 +30,10 @@ MIN_PARALLEL_TASKS = 16
 
 MIN_SPLIT_KEYS = 1024
 """A split-KV part never covers fewer keys than this."""
+
+MIN_WORKER_COST = 1 << 14
+"""Scores (rows x keys) a worker should have at least: below it, starting and joining
+one more thread costs more than it saves (decoding steps, small heads)."""
 
 ROUND_COST = 1 << 25
 """Scores per worker in one round of a long call (about 0.1-0.3 s here): between rounds
@@ -58,8 +63,13 @@ class TilingPlan:
         return self.group * self.block_q
 
 
+@functools.lru_cache(maxsize=256)
 def make_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=None, block_k=None):
-    """Plan the tiled pass of a problem with ``batch * kv_heads`` head groups."""
+    """Plan the tiled pass of a problem with ``batch * kv_heads`` head groups.
+
+    Plans are cached (a decoding loop or a model's layers ask for the same shapes over
+    and over); their arrays are read-only, so a cached plan cannot change.
+    """
     block_q = block_q or max(1, TARGET_ROWS // max(group, 1))
     block_q = max(1, min(block_q, lq))
     if block_k is None:
@@ -71,6 +81,8 @@ def make_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=None, blo
     costs = group * (tasks[:, TASK_Q_STOP] - tasks[:, TASK_Q_START]) * (
         tasks[:, TASK_K_STOP] - tasks[:, TASK_K_START]) + block_k
     worker_starts = balanced_starts(costs, n_threads)
+    for array in (tasks, costs, worker_starts, merges):
+        array.flags.writeable = False
     return TilingPlan(block_q, block_k, group, band, tasks, costs, worker_starts, merges,
                       n_parts)
 
@@ -138,9 +150,9 @@ def balanced_starts(costs, n_threads):
     and a few large tasks alike (cutting at task starts can give one worker 3 of 4
     equal tasks).
     """
-    n_workers = max(1, min(n_threads, len(costs)))
     if len(costs) == 0:
         return np.zeros(2, dtype=np.int64)
+    n_workers = max(1, min(n_threads, len(costs), int(costs.sum()) // MIN_WORKER_COST))
     midpoints = 2 * np.cumsum(costs) - costs
     worker = midpoints * n_workers // max(2 * int(costs.sum()), 1)
     starts = np.searchsorted(worker, np.arange(n_workers), side="left")
