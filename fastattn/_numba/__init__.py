@@ -36,15 +36,20 @@ def run_kernel(call):
                np.empty((workers, rows * block_k), dtype=np.int64))  # exp scratch
     arguments = (*flat_view(q), *flat_view(call.k), *flat_view(v), *flat_view(mask),
                  call.mask_kind, *flat_view(out, writeable=True), call.lse, part_out,
-                 call.part_lse, plan.tasks, plan.worker_starts, plan.group, block_k,
-                 plan.band.lo, plan.band.hi, dtype.type(call.scale), call.out is None,
-                 *scratch)
+                 call.part_lse, _writeable(plan.tasks), _writeable(plan.worker_starts),
+                 plan.group, block_k, plan.band.lo, plan.band.hi, dtype.type(call.scale),
+                 call.out is None, *scratch)
     # Workers call BLAS (np.dot) from inside the loop: one BLAS thread each.
     with single_threaded():
         if workers == 1:  # no thread team: also what a forked child runs
             run_worker(0, *arguments)
         else:
             _run_parallel(workers, arguments)
+
+
+def _writeable(array):
+    """``array``, copied if read-only (a cached plan's): Numba compiles read-only arrays apart."""
+    return array if array.flags.writeable else array.copy()
 
 
 def _run_parallel(workers, arguments):
