@@ -4,8 +4,8 @@ from ._api import attention, merge_attention
 from ._backward import attention_backward
 from ._config import config_context, get_config
 from ._info import show_config
+from ._version import __version__
 from ._weights import attention_weights
 
-__version__ = "0.1.0"
 __all__ = ["attention", "attention_backward", "attention_weights", "merge_attention",
            "config_context", "get_config", "show_config", "__version__"]
