@@ -36,18 +36,25 @@ ctypedef fused real:
 
 cdef extern from "_backward_tiles.h" nogil:
     enum: FB_PAD
+    # Row limits lo, hi: NULL, or the keys lo[r] <= j < hi[r] that row r needs.
+    void fb_scores_product_f32(Py_ssize_t rows, const float **a, Py_ssize_t depth,
+                               const float *b, Py_ssize_t bp, Py_ssize_t cols, float **c,
+                               const Py_ssize_t *lo, const Py_ssize_t *hi)
+    void fb_scores_product_f64(Py_ssize_t rows, const double **a, Py_ssize_t depth,
+                               const double *b, Py_ssize_t bp, Py_ssize_t cols, double **c,
+                               const Py_ssize_t *lo, const Py_ssize_t *hi)
     void fb_rows_product_f32(Py_ssize_t rows, const float **a, Py_ssize_t depth,
                              const float *b, Py_ssize_t bp, Py_ssize_t cols, float **c,
-                             bint add)
+                             bint add, const Py_ssize_t *lo, const Py_ssize_t *hi)
     void fb_rows_product_f64(Py_ssize_t rows, const double **a, Py_ssize_t depth,
                              const double *b, Py_ssize_t bp, Py_ssize_t cols, double **c,
-                             bint add)
+                             bint add, const Py_ssize_t *lo, const Py_ssize_t *hi)
     void fb_cols_accumulate_f32(Py_ssize_t rows, const float **a, Py_ssize_t width,
                                 const float *b, Py_ssize_t bp, Py_ssize_t cols, float *c,
-                                Py_ssize_t cp)
+                                Py_ssize_t cp, const Py_ssize_t *lo, const Py_ssize_t *hi)
     void fb_cols_accumulate_f64(Py_ssize_t rows, const double **a, Py_ssize_t width,
                                 const double *b, Py_ssize_t bp, Py_ssize_t cols, double *c,
-                                Py_ssize_t cp)
+                                Py_ssize_t cp, const Py_ssize_t *lo, const Py_ssize_t *hi)
     void fb_probs_row_f32(float *s, float *dp, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t kp,
                           const float *add, float scale, float lse, float delta)
     void fb_probs_row_f64(double *s, double *dp, Py_ssize_t lo, Py_ssize_t hi,
@@ -181,6 +188,8 @@ def run_backward_kernel(call):
                                       + ALIGN_BYTES, dtype=np.uint8)
     cdef cnp.ndarray pointers = np.empty((n_workers, N_ROW_POINTERS * problem.rows),
                                          dtype=np.uintp)
+    cdef cnp.ndarray limits = np.empty((n_workers, 2 * problem.rows), dtype=np.intp)
+    cdef Py_ssize_t *limit_ptr = <Py_ssize_t *> cnp.PyArray_DATA(limits)
     cdef char *tile_ptr = _aligned(<char *> cnp.PyArray_DATA(tiles))
     cdef const int64_t *task_ptr = <const int64_t *> cnp.PyArray_DATA(tasks)
     cdef const int64_t *start_ptr = <const int64_t *> cnp.PyArray_DATA(starts)
@@ -190,10 +199,10 @@ def run_backward_kernel(call):
                            and _all_finite(&problem.dout, call.dout.shape, single))
     if single:
         _run_workers(&problem, task_ptr, start_ptr, n_workers, <float *> tile_ptr,
-                     <float **> pointer_ptr)
+                     <float **> pointer_ptr, limit_ptr)
     else:
         _run_workers(&problem, task_ptr, start_ptr, n_workers, <double *> tile_ptr,
-                     <double **> pointer_ptr)
+                     <double **> pointer_ptr, limit_ptr)
 
 
 def _check_layout(call):
@@ -291,7 +300,8 @@ cdef Problem _describe(call):
 # Parallel driver, one task, one key block, one query block
 
 cdef void _run_workers(const Problem *p, const int64_t *tasks, const int64_t *starts,
-                       Py_ssize_t n_workers, real *tiles, real **pointers) noexcept nogil:
+                       Py_ssize_t n_workers, real *tiles, real **pointers,
+                       Py_ssize_t *limits) noexcept nogil:
     cdef Py_ssize_t w
     cdef int64_t t, j0, k1
     cdef const int64_t *task
@@ -302,12 +312,12 @@ cdef void _run_workers(const Problem *p, const int64_t *tasks, const int64_t *st
             j0, k1 = task[BWD_K_START], task[BWD_K_STOP]
             while j0 < k1:
                 _key_block(p, task, j0, min(p.block_k, k1 - j0), tiles + w * p.tile_size,
-                           pointers + w * N_ROW_POINTERS * p.rows)
+                           pointers + w * N_ROW_POINTERS * p.rows, limits + w * 2 * p.rows)
                 j0 = j0 + p.block_k
 
 
 cdef void _key_block(const Problem *p, const int64_t *task, int64_t j0, Py_ssize_t n_k,
-                     real *tile, real **pointers) noexcept nogil:
+                     real *tile, real **pointers, Py_ssize_t *limits) noexcept nogil:
     """dk, dv of keys ``j0:j0+n_k`` over the task's query rows that see them."""
     cdef int64_t b = task[BWD_BATCH], kv_head = task[BWD_KV_HEAD]
     cdef Py_ssize_t kp = _padded(n_k, FB_PAD), r
@@ -322,18 +332,20 @@ cdef void _key_block(const Problem *p, const int64_t *task, int64_t j0, Py_ssize
         tile[p.at_dvt + r] = 0
     while i0 < i1:
         _query_block(p, task, j0, n_k, kp, i0, min(p.block_q, i1 - i0), keys_finite, tile,
-                     pointers)
+                     pointers, limits)
         i0 += p.block_q
     _write_keys(p, b, kv_head, j0, n_k, kp, tile)
 
 
 cdef void _query_block(const Problem *p, const int64_t *task, int64_t j0, Py_ssize_t n_k,
                        Py_ssize_t kp, int64_t i0, Py_ssize_t n_q, bint keys_finite, real *tile,
-                       real **pointers) noexcept nogil:
+                       real **pointers, Py_ssize_t *limits) noexcept nogil:
     """One (query block, key block) pair: P, dS, and their contributions to dv, dk, dq.
 
-    With a non-finite key, query or upstream gradient in the pair, the three gradient
-    products skip zero factors (see naive_backward: a zero weight passes nothing on).
+    Where the band cuts the pair (a causal diagonal), the products skip the keys no row
+    of a register block sees.  With a non-finite key, query or upstream gradient in the
+    pair, the three gradient products skip zero factors (see naive_backward: a zero
+    weight passes nothing on).
     """
     cdef int64_t b = task[BWD_BATCH], head0 = task[BWD_KV_HEAD] * p.group
     cdef Py_ssize_t rows = p.group * n_q
@@ -344,18 +356,22 @@ cdef void _query_block(const Problem *p, const int64_t *task, int64_t j0, Py_ssi
     cdef real **dq_rows = pointers + 4 * p.rows
     cdef real *s = tile + p.at_s
     cdef real *ds = tile + p.at_ds
+    cdef Py_ssize_t *lo = limits
+    cdef Py_ssize_t *hi = limits + p.rows
     if p.mask_kind == MASK_KEEP and not _block_has_keep(p, b, head0, i0, n_q, j0, n_k):
         return
     _gather_rows(p, task, i0, n_q, kp, tile, pointers)
-    _rows_product(rows, q_rows, p.head_dim, tile, kp, kp, s_rows, False)
-    _rows_product(rows, o_rows, p.value_dim, tile + p.at_vt, kp, kp, ds_rows, False)
-    _probabilities(p, b, head0, i0, n_q, j0, n_k, kp, tile)
+    if not _row_limits(p, i0, n_q, j0, n_k, tile + p.at_lse, lo, hi):
+        lo = hi = NULL  # every row needs every key: no limits to test
+    _scores_product(rows, q_rows, p.head_dim, tile, kp, kp, s_rows, lo, hi)
+    _scores_product(rows, o_rows, p.value_dim, tile + p.at_vt, kp, kp, ds_rows, lo, hi)
+    _probabilities(p, b, head0, i0, n_q, j0, n_k, kp, tile, limits)
     if keys_finite and (p.rows_finite or (_rows_finite(rows, q_rows, p.head_dim)
                                           and _rows_finite(rows, o_rows, p.value_dim))):
-        _cols_accumulate(rows, o_rows, p.value_dim, s, kp, kp, tile + p.at_dvt, kp)
-        _cols_accumulate(rows, q_rows, p.head_dim, ds, kp, kp, tile + p.at_dkt, kp)
+        _cols_accumulate(rows, o_rows, p.value_dim, s, kp, kp, tile + p.at_dvt, kp, lo, hi)
+        _cols_accumulate(rows, q_rows, p.head_dim, ds, kp, kp, tile + p.at_dkt, kp, lo, hi)
         _rows_product(rows, <const real **> ds_rows, n_k, tile + p.at_ks, p.dp, p.dp,
-                      dq_rows, p.dq_in_place)
+                      dq_rows, p.dq_in_place, lo, hi)
     else:
         _cols_accumulate_nz(rows, o_rows, p.value_dim, s, kp, kp, tile + p.at_dvt, kp)
         _cols_accumulate_nz(rows, q_rows, p.head_dim, ds, kp, kp, tile + p.at_dkt, kp)
@@ -368,22 +384,33 @@ cdef void _query_block(const Problem *p, const int64_t *task, int64_t j0, Py_ssi
 # ---------------------------------------------------------------------------
 # Typed entry points to the C tile kernels
 
+cdef inline void _scores_product(Py_ssize_t rows, const real **a, Py_ssize_t depth,
+                                 const real *b, Py_ssize_t bp, Py_ssize_t cols, real **c,
+                                 const Py_ssize_t *lo, const Py_ssize_t *hi) noexcept nogil:
+    if real is float:
+        fb_scores_product_f32(rows, a, depth, b, bp, cols, c, lo, hi)
+    else:
+        fb_scores_product_f64(rows, a, depth, b, bp, cols, c, lo, hi)
+
+
 cdef inline void _rows_product(Py_ssize_t rows, const real **a, Py_ssize_t depth,
                                const real *b, Py_ssize_t bp, Py_ssize_t cols, real **c,
-                               bint add) noexcept nogil:
+                               bint add, const Py_ssize_t *lo,
+                               const Py_ssize_t *hi) noexcept nogil:
     if real is float:
-        fb_rows_product_f32(rows, a, depth, b, bp, cols, c, add)
+        fb_rows_product_f32(rows, a, depth, b, bp, cols, c, add, lo, hi)
     else:
-        fb_rows_product_f64(rows, a, depth, b, bp, cols, c, add)
+        fb_rows_product_f64(rows, a, depth, b, bp, cols, c, add, lo, hi)
 
 
 cdef inline void _cols_accumulate(Py_ssize_t rows, const real **a, Py_ssize_t width,
                                   const real *b, Py_ssize_t bp, Py_ssize_t cols, real *c,
-                                  Py_ssize_t cp) noexcept nogil:
+                                  Py_ssize_t cp, const Py_ssize_t *lo,
+                                  const Py_ssize_t *hi) noexcept nogil:
     if real is float:
-        fb_cols_accumulate_f32(rows, a, width, b, bp, cols, c, cp)
+        fb_cols_accumulate_f32(rows, a, width, b, bp, cols, c, cp, lo, hi)
     else:
-        fb_cols_accumulate_f64(rows, a, width, b, bp, cols, c, cp)
+        fb_cols_accumulate_f64(rows, a, width, b, bp, cols, c, cp, lo, hi)
 
 
 cdef inline bint _rows_finite(Py_ssize_t rows, const real **a,
@@ -497,29 +524,49 @@ cdef void _gather_rows(const Problem *p, const int64_t *task, int64_t i0, Py_ssi
             delta[r] = (<const real *> _row_ptr(&p.delta, b, head0 + h, i0 + i))[0]
 
 
+cdef bint _row_limits(const Problem *p, int64_t i0, Py_ssize_t n_q, int64_t j0,
+                      Py_ssize_t n_k, const real *lse, Py_ssize_t *lo,
+                      Py_ssize_t *hi) noexcept nogil:
+    """The keys ``lo[r] <= j < hi[r]`` of the block that row ``r`` sees by the band.
+
+    Query ``i`` sees the keys ``i + band_lo <= j <= i + band_hi``: one run per row, the
+    same for every head.  A row with lse -inf saw no key in the forward and gets none.
+    Returns whether some row misses some key of the block.
+    """
+    cdef Py_ssize_t h, i, r, first, stop
+    cdef int64_t row
+    cdef bint limited = False
+    for i in range(n_q):
+        row = i0 + i
+        first = min(max(row + p.band_lo - j0, 0), n_k)
+        stop = min(max(row + p.band_hi - j0 + 1, first), n_k)
+        for h in range(p.group):
+            r = h * n_q + i
+            lo[r], hi[r] = first, stop
+            if lse[r] == -INFINITY:
+                hi[r] = first
+            limited = limited or lo[r] > 0 or hi[r] < n_k
+    return limited
+
+
 cdef void _probabilities(const Problem *p, int64_t b, int64_t head0, int64_t i0,
                          Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k, Py_ssize_t kp,
-                         real *tile) noexcept nogil:
+                         real *tile, const Py_ssize_t *limits) noexcept nogil:
     """Turn the scores into P and dP into dS, row by row, with the band and the mask.
 
-    Query ``i`` sees the keys ``i + lo <= j <= i + hi`` of the band: one run per row.
-    A row with lse -inf saw no key in the forward and contributes nothing.
+    ``limits`` holds each row's visible keys (see :func:`_row_limits`).
     """
     cdef Py_ssize_t h, i, r, lo, hi
-    cdef int64_t row
     cdef real *lse = tile + p.at_lse
     cdef real *delta = tile + p.at_delta
     cdef const real *add
     for h in range(p.group):
         for i in range(n_q):
-            r, row = h * n_q + i, i0 + i
-            lo = min(max(row + p.band_lo - j0, 0), n_k)
-            hi = min(max(row + p.band_hi - j0 + 1, lo), n_k)
-            if lse[r] == -INFINITY:
-                hi = lo
+            r = h * n_q + i
+            lo, hi = limits[r], limits[p.rows + r]
             add = NULL
             if p.mask_kind != MASK_NONE and lo < hi:
-                add = _mask_row(p, b, head0 + h, row, j0, lo, hi, tile + p.at_add)
+                add = _mask_row(p, b, head0 + h, i0 + i, j0, lo, hi, tile + p.at_add)
             _probs_row(tile + p.at_s + r * kp, tile + p.at_ds + r * kp, lo, hi, kp, add,
                        <real> p.scale, lse[r], delta[r])
 

@@ -60,6 +60,20 @@ typedef int fb_ivec_f64;
 #define FB_EXP_MAX_F32 88.0f
 #define FB_EXP_MAX_F64 709.0
 
+/* The union [*first, *stop) of the ranges [lo[i], hi[i]) of n rows (empty: 0, 0). */
+static inline void fb_span(const ptrdiff_t *lo, const ptrdiff_t *hi, ptrdiff_t n,
+                           ptrdiff_t *first, ptrdiff_t *stop)
+{
+    ptrdiff_t a = PTRDIFF_MAX, b = 0;
+    for (ptrdiff_t i = 0; i < n; i++)
+        if (lo[i] < hi[i]) {
+            a = lo[i] < a ? lo[i] : a;
+            b = hi[i] > b ? hi[i] : b;
+        }
+    *first = a < b ? a : 0;
+    *stop = a < b ? b : 0;
+}
+
 #define REAL float
 #define VEC fa_vec_f32
 #define IVEC fb_ivec_f32
