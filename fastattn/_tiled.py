@@ -47,8 +47,9 @@ def _run_batch(run_kernel, problem, views, n_threads, block_q, block_k):
     call = KernelCall(q=q, k=k, v=views.get("v"), mask=views.get("mask"),
                       mask_kind=problem.mask_kind, scale=problem.scale, plan=plan, out=out,
                       lse=lse,
-                      part_out=np.empty((plan.n_parts, plan.max_rows, value_dim), q.dtype),
-                      part_lse=np.empty((plan.n_parts, plan.max_rows), q.dtype))
+                      # zeros: the merge reads every row of a slot, used or not
+                      part_out=np.zeros((plan.n_parts, plan.max_rows, value_dim), q.dtype),
+                      part_lse=np.zeros((plan.n_parts, plan.max_rows), q.dtype))
     for part in rounds(plan):  # Python runs between rounds: a pending Ctrl-C is raised
         call.plan = part
         run_kernel(call)

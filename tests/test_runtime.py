@@ -74,8 +74,10 @@ def test_forked_children_compute_after_a_parallel_call(compiled_backend, plans):
 # --- Ctrl-C ---------------------------------------------------------------------------------
 
 LONG_CALL = """
-import sys, time
+import signal, sys, time
 import numpy as np, fastattn
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
 
 backend = sys.argv[1]
 warm = np.ones((1, 1, 64, 64))
@@ -101,9 +103,10 @@ def wait_for_line(process, text, timeout):
     return False
 
 
-def test_ctrl_c_interrupts_a_long_call(compiled_backend):
+def test_ctrl_c_interrupts_a_long_call(compiled_backend, tmp_path):
     process = subprocess.Popen([sys.executable, "-c", LONG_CALL, compiled_backend],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=tmp_path)  # the installed fastattn, not a source checkout
     try:
         assert wait_for_line(process, "started", timeout=60), process.stderr.read()
         time.sleep(1.5)
