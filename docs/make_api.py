@@ -17,6 +17,8 @@ SECTIONS = {
     "fastattn.nn": ["MultiHeadAttention", "additive_attention", "local_attention",
                     "sinusoidal_positional_encoding"],
     "fastattn.dask": ["attention", "local_cluster"],
+    "fastattn.torch": ["scaled_dot_product_attention", "attention", "sdpa_override"],
+    "fastattn.hf": ["register", "attention_forward", "attention_mask"],
 }
 
 

@@ -65,7 +65,7 @@ def register(name=NAME):
 
 
 def attention_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0,
-                   mask_function=causal_mask_function, attention_mask=None, **kwargs):
+                   mask_function=None, attention_mask=None, **kwargs):
     """The mask transformers hands to :func:`attention_forward`, O(Lk) where it can be.
 
     For the plain causal and bidirectional patterns with the keys aligned to the
@@ -77,13 +77,14 @@ def attention_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0,
     Parameters
     ----------
     batch_size, q_length, kv_length, q_offset, kv_offset, mask_function, attention_mask
-        As transformers' mask interface passes them.
+        As transformers' mask interface passes them (``mask_function`` None: causal).
 
     Returns
     -------
     torch.Tensor or None
         A bool mask, True where a query may attend a key.
     """
+    mask_function = causal_mask_function if mask_function is None else mask_function
     causal = mask_function is causal_mask_function
     aligned = (isinstance(q_offset, int) and isinstance(kv_offset, int)
                and (not causal or q_offset - kv_offset == kv_length - q_length))
