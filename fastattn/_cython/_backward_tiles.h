@@ -56,7 +56,7 @@ typedef int fb_ivec_f32; /* unused */
 typedef int fb_ivec_f64;
 #endif
 
-/* Largest argument of exp before it would overflow the exponent field. */
+/* exp's argument from which P is taken as inf (the polynomial's 2**n overflows just above). */
 #define FB_EXP_MAX_F32 88.0f
 #define FB_EXP_MAX_F64 709.0
 
