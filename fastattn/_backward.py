@@ -111,6 +111,8 @@ def _gradient_inputs(problem, dout, out, lse):
                             f"which would round {name}; pass {name}.astype(np.{dtype}) or "
                             f"q, k, v in {array.dtype}")
         array = array.astype(dtype, copy=False)
+        if array.ndim and array.shape[-1] > 1 and array.strides[-1] != array.itemsize:
+            array = np.ascontiguousarray(array)  # e.g. the broadcast ones of out.sum()
         checked.append(array[None] if problem.squeeze_heads else array)
     return checked
 

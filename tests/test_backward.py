@@ -434,3 +434,15 @@ def test_api_reference_lists_attention_backward():
 
     api = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
     assert "fastattn.attention_backward(dout, q, k, v, out, lse" in api
+
+
+def test_broadcast_dout_with_zero_strides(backend, rng):
+    """The upstream gradient of ``out.sum()`` is a broadcast array of ones (all strides 0)."""
+    q, k, v = (rng.standard_normal((1, 2, 33, 8)) for _ in range(3))
+    out, lse = fastattn.attention(q, k, v, causal=True, return_lse=True)
+    dout = np.broadcast_to(np.ones(1), out.shape)
+    grads = fastattn.attention_backward(dout, q, k, v, out, lse, causal=True, backend=backend)
+    expected = fastattn.attention_backward(np.ones(out.shape), q, k, v, out, lse, causal=True,
+                                           backend="naive")
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
