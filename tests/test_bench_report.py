@@ -23,27 +23,32 @@ from fastattn.bench import SCHEMA_VERSION, compare_results, load_results, save_r
 from fastattn.bench._compare import format_comparison, regressions
 from fastattn.bench._memory import measure_peak
 from fastattn.bench._reference import reference_libraries
-from fastattn.bench._report import TABLE_COLUMNS, render_markdown
-from fastattn.bench._results import point_key
+from fastattn.bench._report import BACKWARD_COLUMNS, TABLE_COLUMNS, render_markdown
+from fastattn.bench._results import FORWARD, FORWARD_BACKWARD, point_key
 from fastattn.bench._sweep import SweepConfig, plan_points, run_child, run_sweep
-from fastattn.bench._workload import (Shape, attention_flops, check_result, make_inputs,
-                                      make_runner, naive_bytes_needed)
+from fastattn.bench._workload import (GRADIENT_TOLERANCE, Shape, attention_flops,
+                                      check_gradients, check_result, gradient_check_heads,
+                                      make_inputs, make_runner, make_training_step,
+                                      make_upstream_gradient, naive_bytes_needed,
+                                      training_flops)
 
 PACKAGE_DIR = Path(fastattn.__file__).resolve().parent
 
 HEADS, HEAD_DIM = 2, 8
 # Naive at N=16 needs 16 KiB of scores, at N=32 64 KiB: a 32 KiB budget runs one, skips one.
 TINY_BUDGET_GIB = 32 * 1024 / 2**30
-PNGS = ("time.png", "memory.png", "gflops.png", "speedup.png")
+PNGS = ("time.png", "memory.png", "gflops.png", "speedup.png", "backward_time.png")
 
 
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory):
-    """One tiny sweep through the command line: N=16,32, naive+numba, both masks."""
+    """One tiny sweep through the command line: N=16,32, naive+numba, both masks; and
+    forward + backward of numba at N=16, H=2 and H=1 (naive is the check, not timed)."""
     if "numba" not in available_backends():
         pytest.skip("the numba backend is not available")
     out = tmp_path_factory.mktemp("bench") / "report"
     status = main(["bench", "--sizes", "16,32", "--backends", "naive,numba",
+                   "--backward-sizes", "16",
                    "--heads", str(HEADS), "--head-dim", str(HEAD_DIM), "--repeats", "2",
                    "--min-time", "0",
                    "--reference-size", "64", "--memory-budget", repr(TINY_BUDGET_GIB),
@@ -66,8 +71,10 @@ def test_sweep_writes_report_and_results(report_dir):
     assert sorted(measured) == sorted(reference_libraries())  # numpy, and torch if installed
     assert reference["gflops"] == max(m["gflops"] for m in measured.values())
     assert measured[reference["best"]]["gflops"] == reference["gflops"]
-    assert len(results["points"]) == 2 * 2 * 2  # backends x sizes x masks
-    for point in _points(results, backend="numba"):
+    forward = _points(results, workload=FORWARD)
+    assert len(forward) == 2 * 2 * 2  # backends x sizes x masks
+    assert len(results["points"]) == len(forward) + 2 * 2  # numba fwd+bwd: shapes x masks
+    for point in _points(results, backend="numba", workload=FORWARD):
         assert point["status"] == "ok"
         assert point["median_s"] > 0 and len(point["times_s"]) in (1, 2)
         assert point["min_s"] <= point["median_s"] <= point["max_s"]
@@ -116,9 +123,10 @@ def _passing_results(coretype="Haswell"):
     for n, cython_s in ((512, 0.0018), (1024, 0.0067)):
         flops = attention_flops(Shape(1, 8, n, n, 64))
         for backend, median in (("numba", 4 * cython_s), ("cython", cython_s)):
-            points.append({"backend": backend, "causal": False, "n": n, "dtype": "float32",
-                           "batch": 1, "heads": 8, "head_dim": 64, "threads": 2,
-                           "status": "ok", "reason": None, "median_s": median,
+            points.append({"workload": FORWARD, "backend": backend, "causal": False,
+                           "n": n, "dtype": "float32", "batch": 1, "heads": 8,
+                           "head_dim": 64, "threads": 2, "status": "ok", "reason": None,
+                           "median_s": median,
                            "times_s": [median * 0.9, median, median * 1.3], "flops": flops,
                            "gflops": flops / median / 1e9, "tokens_per_s": n / median,
                            "peak_bytes": 2**20, "max_abs_err": 1e-7})
@@ -232,7 +240,7 @@ print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 
 def test_compare_with_itself_is_one(report_dir):
     comparison = compare_results(report_dir, report_dir / "results.json")
-    assert len(comparison["rows"]) == 6  # the naive N=32 points ran in neither
+    assert len(comparison["rows"]) == 6 + 4  # the naive N=32 points ran in neither
     assert all(row["time_ratio"] == 1.0 for row in comparison["rows"])
     assert not comparison["only_a"] and not comparison["only_b"]
 
@@ -363,6 +371,241 @@ def test_the_suites_use_the_package_measurement():
     assert "_independent_reference" not in defined and "prepare_attention" in conftest.read_text()
 
 
+# --- forward + backward ------------------------------------------------------------------
+
+def test_sweep_times_forward_backward_with_the_backward_peak_and_a_gradient_check(report_dir):
+    results = load_results(report_dir)
+    settings = results["settings"]
+    assert settings["backward_sizes"] == [16] and settings["backward_backends"] == ["numba"]
+    assert settings["backward_shapes"] == [[1, HEADS], [1, 1]]
+    points = _points(results, workload=FORWARD_BACKWARD)
+    assert {(p["heads"], p["causal"]) for p in points} == {
+        (HEADS, False), (HEADS, True), (1, False), (1, True)}
+    for point in points:
+        assert point["backend"] == "numba" and point["status"] == "ok", point
+        assert point["min_s"] <= point["median_s"] <= point["max_s"]
+        shape = Shape(1, point["heads"], 16, 16, HEAD_DIM, causal=point["causal"])
+        assert point["flops"] == training_flops(shape) == 3.5 * attention_flops(shape)
+        assert point["gflops"] == pytest.approx(point["flops"] / point["median_s"] / 1e9)
+        # The backward returns dq, dk and dv: 3 * heads * N * D float32 values.
+        assert point["traced_bytes"] >= 3 * point["heads"] * 16 * HEAD_DIM * 4
+        assert point["checked_heads"] == point["heads"]
+        assert 0 <= point["max_grad_err"] < GRADIENT_TOLERANCE["float32"]
+        assert "max_abs_err" not in point
+
+
+def test_report_has_a_forward_backward_table_per_shape_and_mask(report_dir):
+    report = (report_dir / "report.md").read_text()
+    section = report[report.index("## Forward + backward"):report.index("## Plots")]
+    header = "| " + " | ".join(BACKWARD_COLUMNS) + " |"
+    assert section.count(header) == 4 and report.count(header) == 4
+    assert f"### float32, B=1, H={HEADS}, D={HEAD_DIM}, causal" in section
+    assert f"### float32, B=1, H=1, D={HEAD_DIM}, no mask" in section
+    assert "**Peak memory of the backward** at the largest N" in section
+    rows = [line for line in section.splitlines() if line.startswith("| 16 | numba |")]
+    assert len(rows) == 4
+    cells = dict(zip(BACKWARD_COLUMNS, (c.strip() for c in rows[0].strip("|").split("|"))))
+    assert cells["speedup vs torch"] == "—"  # torch did not run
+    assert float(cells["max grad err"]) < GRADIENT_TOLERANCE["float32"]
+    # The forward tables hold no forward + backward row.
+    assert "| 16 | numba |" in report[:report.index("## Forward + backward")]
+    assert report[:report.index("## Forward + backward")].count("| 16 | numba |") == 2
+
+
+def _training_points(n, heads, causal, medians, times=(0.9, 1.0, 1.2)):
+    """Hand-made forward + backward points: ``medians`` is ``{backend: seconds}``."""
+    shape = Shape(1, heads, n, n, 64, causal=causal)
+    points = []
+    for backend, median in medians.items():
+        points.append({"workload": FORWARD_BACKWARD, "backend": backend, "causal": causal,
+                       "n": n, "dtype": "float32", "batch": 1, "heads": heads,
+                       "head_dim": 64, "threads": 2, "status": "ok", "reason": None,
+                       "median_s": median, "times_s": [median * t for t in times],
+                       "flops": training_flops(shape),
+                       "gflops": training_flops(shape) / median / 1e9,
+                       "tokens_per_s": n / median, "peak_bytes": 3 * heads * n * 64 * 4,
+                       "rss_bytes": None, "traced_bytes": 3 * heads * n * 64 * 4,
+                       "max_grad_err": 2e-6, "checked_heads": gradient_check_heads(shape)})
+    return points
+
+
+def _training_results():
+    """The forward results of :func:`_passing_results` and a forward + backward sweep:
+    torch, cython (2x torch) and numba (1.25x torch) at N = 512, 1024, H = 8 and 1."""
+    results = _passing_results()
+    for heads in (8, 1):
+        for causal in (False, True):
+            for n in (512, 1024):
+                torch = 0.01 * heads * (n / 512) ** 2
+                results["points"] += _training_points(
+                    n, heads, causal, {"torch": torch, "cython": torch / 2,
+                                       "numba": torch / 1.25})
+    results["settings"].update(backward_sizes=[512, 1024], backward_shapes=[[1, 8], [1, 1]])
+    return results
+
+
+def test_forward_backward_table_gives_the_speedup_over_torch_and_its_range():
+    report = render_markdown(_training_results())
+    section = report[report.index("## Forward + backward"):]
+    table = section[section.index("### float32, B=1, H=8, D=64, no mask"):]
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line
+            for line in table.splitlines()[4:10]}
+    cells = dict(zip(BACKWARD_COLUMNS, (c.strip() for c in rows["1024", "cython"]
+                                        .strip("|").split("|"))))
+    # torch median / cython median = 2; the range: torch's fastest (0.9) over cython's
+    # slowest (1.2 / 2), and torch's slowest (1.2) over cython's fastest (0.9 / 2).
+    assert cells["speedup vs torch"] == "2× (1.5–2.67)"
+    assert float(cells["median ms"]) == pytest.approx(0.01 * 8 * (1024 / 512) ** 2 / 2 * 1e3)
+    assert cells["bwd peak MiB"] == f"{3 * 8 * 1024 * 64 * 4 / 2**20:.1f}"
+    assert cells["max grad err"] == "2.0e-06 (4/8 heads)"  # N=1024: 4 heads fit the check
+    torch_cells = rows["1024", "torch"].strip("|").split("|")
+    assert torch_cells[BACKWARD_COLUMNS.index("speedup vs torch")].strip() == "1×"
+    assert "- B=1, H=8, no mask, N = 1024: cython 6.0 MiB, numba 6.0 MiB, torch 6.0 MiB" in section
+    assert "- B=1, H=1, causal, N = 1024: " in section
+    # The forward's matmul-reference paragraph counts forward points only.
+    assert "cython at 2 of 2 points" in report
+
+
+def test_forward_backward_results_round_trip_and_compare_by_workload(tmp_path):
+    results = _training_results()
+    path = save_results(results, tmp_path / "a")
+    again = load_results(path)
+    assert again == results
+    forward_twin = dict(_points(results, workload=FORWARD, backend="cython", n=512)[0])
+    backward = _points(results, workload=FORWARD_BACKWARD, backend="cython", n=512, heads=8,
+                       causal=False)[0]
+    assert point_key(forward_twin)[:-1] == point_key(backward)[:-1]  # same but the workload
+    slower = copy.deepcopy(results)
+    for point in _points(slower, workload=FORWARD_BACKWARD, backend="cython"):
+        point["median_s"] *= 1.5
+        point["gflops"] /= 1.5
+    comparison = compare_results(results, slower)
+    ratios = {(r["workload"], r["backend"]): r["time_ratio"] for r in comparison["rows"]}
+    assert ratios[FORWARD, "cython"] == 1.0
+    assert ratios[FORWARD_BACKWARD, "cython"] == pytest.approx(1.5)
+    assert {r["heads"] for r in regressions(comparison, 1.1)} == {8, 1}
+    assert "fwd+bwd cython" in format_comparison(comparison)
+
+
+def test_schema_2_results_load_as_forward_points(tmp_path):
+    old = _passing_results()
+    old["schema_version"] = 2
+    for point in old["points"]:
+        del point["workload"]
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    results = load_results(tmp_path)
+    assert results["schema_version"] == SCHEMA_VERSION == 3
+    assert {p["workload"] for p in results["points"]} == {FORWARD}
+    report = render_markdown(results)
+    assert "## Forward + backward" not in report and report.count("| 512 | cython |") == 1
+
+
+@pytest.mark.parametrize("name", ["backward_time", "backward_speedup"])
+def test_forward_backward_plots_have_a_panel_per_shape_and_mask(name, tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.container import ErrorbarContainer
+
+    from fastattn.bench import _plots
+
+    figure = getattr(_plots, f"plot_{name}")(_training_results(), tmp_path / f"{name}.png")
+    axes = [ax for ax in figure.axes if ax.get_xlabel()]
+    assert sorted(ax.get_title() for ax in axes) == [
+        "B=1, H=1, causal mask", "B=1, H=1, no mask", "B=1, H=8, causal mask",
+        "B=1, H=8, no mask"]
+    assert len(figure.legends) == 1 and all(ax.get_legend() is None for ax in axes)
+    legend_box = figure.legends[0].get_window_extent()
+    labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    for ax in axes:
+        assert not legend_box.overlaps(ax.get_window_extent())
+        bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert len(bars) == (3 if name == "backward_time" else 2)  # torch is the 1x line
+    if name == "backward_speedup":
+        assert labels == ["cython", "numba", "torch (= 1×)"]
+        medians = {c.get_label(): list(c.lines[0].get_ydata()) for c in axes[0].containers}
+        assert medians == {"cython": pytest.approx([2.0, 2.0]),
+                           "numba": pytest.approx([1.25, 1.25])}
+    else:
+        assert labels == ["torch", "cython", "numba"]
+    assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_draw_plots_picks_the_plots_of_what_ran(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fastattn.bench._plots import draw_plots
+
+    both = [name for _, name in draw_plots(_training_results(), tmp_path)]
+    assert both == list(PNGS) + ["backward_speedup.png"]
+    only = _training_results()
+    only["points"] = [p for p in only["points"] if p.get("workload") == FORWARD_BACKWARD
+                      and p["backend"] != "torch"]
+    assert [name for _, name in draw_plots(only, tmp_path)] == ["backward_time.png"]
+
+
+def test_plan_interleaves_torch_and_adds_a_single_head_series():
+    config = SweepConfig(sizes=(64,), backends=("naive", "numba", "torch"), threads=1,
+                         memory_budget_gib=1.0, causal=(False, True), backward_sizes=(32, 64))
+    points = plan_points(config)
+    forward = [p for p in points if p["workload"] == FORWARD]
+    backward = [p for p in points if p["workload"] == FORWARD_BACKWARD]
+    assert points == forward + backward and len(forward) == 2 * 3
+    assert len(backward) == 2 * 2 * 2 * 2  # shapes x masks x sizes x (numba, torch)
+    assert [(p["heads"], p["causal"], p["n"], p["backend"]) for p in backward[:4]] == [
+        (8, False, 32, "numba"), (8, False, 32, "torch"),
+        (8, False, 64, "numba"), (8, False, 64, "torch")]
+    assert {(p["batch"], p["heads"]) for p in backward} == {(1, 8), (1, 1)}
+    assert all(p["status"] == "planned" and "naive_bytes_needed" not in p for p in backward)
+    assert backward[0]["flops"] == training_flops(Shape(1, 8, 32, 32, 64))
+    none = SweepConfig(sizes=(64,), backends=("numba",), threads=1, memory_budget_gib=1.0)
+    assert {p["workload"] for p in plan_points(none)} == {FORWARD}
+
+
+def test_plan_skips_a_backend_without_a_backward(monkeypatch):
+    from fastattn import _backward
+
+    runners = dict(_backward.backward_runners())
+    runners["numba"] = (None, "its backward kernel cannot be imported: test")
+    monkeypatch.setattr(_backward, "backward_runners", lambda: runners)
+    config = SweepConfig(sizes=(), backends=("numba",), threads=1, memory_budget_gib=1.0,
+                         causal=(False,), backward_sizes=(64,), backward_shapes=((1, 1),))
+    (point,) = plan_points(config)
+    assert point["status"] == "skipped"
+    assert point["reason"] == "no backward: its backward kernel cannot be imported: test"
+
+
+def test_check_gradients_catches_a_wrong_gradient():
+    shape = Shape(1, 3, 16, 16, 8)
+    inputs = make_inputs(shape) + (make_upstream_gradient(shape),)
+    backend = "numba" if "numba" in available_backends() else "naive"
+    dq, dk, dv = make_training_step(backend, *inputs, causal=True)()
+    error, heads = check_gradients((dq, dk, dv), *inputs, True, backend)
+    assert heads == 3 and error < GRADIENT_TOLERANCE["float32"]
+    dk[0, 2, 5, 1] += 1e-2 * np.abs(dk[0, 2]).max()  # the last head: the check sees it
+    with pytest.raises(AssertionError, match=f"{backend}: gradients differ"):
+        check_gradients((dq, dk, dv), *inputs, True, backend)
+
+
+def test_gradient_check_covers_fewer_heads_as_n_grows():
+    assert gradient_check_heads(Shape(1, 8, 1024, 1024, 64)) == 4
+    assert gradient_check_heads(Shape(1, 8, 4096, 4096, 64)) == 0
+    shape = Shape(1, 2, 8, 8, 4)
+    inputs = make_inputs(shape) + (make_upstream_gradient(shape),)
+    grads = make_training_step("naive", *inputs)()
+    big = [np.zeros((1, 2, 4096, 4), np.float32)] * 4  # never looked at: no head fits
+    assert check_gradients(grads, *big, False, "naive") == (None, 0)
+
+
+def test_torch_training_step_matches_the_naive_gradient():
+    pytest.importorskip("torch")
+    shape = Shape(1, 2, 24, 24, 8)
+    inputs = make_inputs(shape) + (make_upstream_gradient(shape),)
+    step = make_training_step("torch", *inputs, causal=True, threads=1)
+    first = step()
+    again = step()  # gradients are replaced, not accumulated
+    error, heads = check_gradients(again, *inputs, True, "torch")
+    assert heads == 2 and error < GRADIENT_TOLERANCE["float32"]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
 # --- the command line ----------------------------------------------------------------------
 
 def _help(argv, capsys):
@@ -382,6 +625,24 @@ def test_bench_help_shows_compare_as_optional(capsys):
     assert _help(["bench", "compare", "--help"], capsys).startswith(
         "usage: fastattn bench compare [-h] [--max-slowdown PERCENT] A B")
     assert build_parser().parse_args(["bench", "--quick"]).action is None
+    assert "--backward {yes,no,only}" in text and "--backward-sizes" in text
+
+
+@pytest.mark.parametrize("argv, sizes, backward, reference", [
+    (["--quick"], (128, 256, 512, 1024, 2048), (512, 1024), 2048),
+    ([], tuple(2**p for p in range(7, 15)), tuple(2**p for p in range(9, 15)), 4096),
+    (["--quick", "--sizes", "256,512"], (256, 512), (256, 512), 2048),
+    (["--max-n", "512", "--backward-sizes", "64"], (128, 256, 512), (64,), 4096),
+    (["--quick", "--backward", "no"], (128, 256, 512, 1024, 2048), (), 2048),
+    (["--backward", "only"], (), tuple(2**p for p in range(9, 15)), 0),
+])
+def test_backward_options_choose_the_sizes(argv, sizes, backward, reference):
+    from fastattn.bench._command import config_from_args
+
+    config = config_from_args(build_parser().parse_args(["bench", "--backends", "naive"]
+                                                        + argv))
+    assert (config.sizes, config.backward_sizes, config.reference_size) == \
+        (sizes, backward, reference)
 
 
 # --- import structure ----------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Run ``fastattn bench`` (or ``python -m fastattn.bench``); see ``docs/benchmarks.md``.
 The pieces, one responsibility each:
 
-- :mod:`._workload` — inputs, runners (fastattn backends and torch), FLOP and
-  memory counts, the correctness check and its tolerances;
+- :mod:`._workload` — inputs, runners (fastattn backends and torch) of the forward
+  and of a forward + backward step, FLOP and memory counts, the correctness checks
+  and their tolerances;
 - :mod:`._memory` — peak memory of one call (tracemalloc and RSS);
 - :mod:`._point` — one measurement, in a fresh child process (its preparation is
   shared with the pytest-benchmark suites in ``bench/``);
@@ -13,7 +14,8 @@ The pieces, one responsibility each:
 - :mod:`._reference` — the matmul reference (the faster of NumPy's and torch's
   matmul) and why a backend can pass it;
 - :mod:`._results` — the versioned ``results.json``;
-- :mod:`._summary` — groups, timing ranges and ratios that the report and plots show;
+- :mod:`._summary` — groups, timing ranges and ratios (over naive, over torch) that
+  the report and plots show;
 - :mod:`._report` — ``report.md``; :mod:`._plots` — the PNGs (matplotlib, no pyplot);
 - :mod:`._compare` — ratios between two saved reports;
 - :mod:`._command` — the ``fastattn bench`` command line.

@@ -16,11 +16,15 @@ Sweep the sequence length N over powers of two for every backend (naive, numba,
 cython when built, torch when installed), with and without a causal mask. Each
 point runs in a fresh process: median, fastest and slowest time after a warm-up,
 GFLOP/s, tokens/s and peak memory, next to a matmul reference (the faster of
-NumPy's and torch's, in the same dtype). Writes report.md, results.json and PNG
-plots to --out. The optional action `compare A B` compares two saved reports
-instead of running a sweep."""
+NumPy's and torch's, in the same dtype). Then forward + backward (a training
+step: attention, then attention_backward; torch: SDPA, then .backward) of the
+compiled backends and torch, at B x H as given and at B x H = 1, with the peak
+memory of the backward. Writes report.md, results.json and PNG plots to --out.
+The optional action `compare A B` compares two saved reports instead of running
+a sweep."""
 EXAMPLES = [
-    ("fastattn bench --quick", "every backend, N = 128 ... 2048 (a few minutes)"),
+    ("fastattn bench --quick", "every backend, N = 128 ... 2048, and fwd + bwd (minutes)"),
+    ("fastattn bench --backward only", "forward + backward only, N = 512 ... 16384"),
     ("fastattn bench compare A B", "time and GFLOP/s ratios of two saved reports"),
 ]
 """``(command, what it does)`` lines for ``fastattn --help``."""
@@ -53,12 +57,18 @@ def add_arguments(parser):
 
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--quick", action="store_true",
-                       help="N = 128 ... 2048, 3 repeats, smaller reference matmul "
-                            "(a few minutes on two cores)")
+                       help="N = 128 ... 2048, forward + backward at N = 512, 1024, "
+                            "3 repeats, smaller reference matmul (a few minutes on two cores)")
     sweep.add_argument("--sizes", type=_size_list, metavar="N,N,...",
                        help="exact sequence lengths (default 128 ... 16384 by powers of two)")
     sweep.add_argument("--max-n", type=_positive_int, metavar="N",
                        help="largest N of the geometric sweep from 128")
+    sweep.add_argument("--backward", choices=("yes", "no", "only"), default="yes",
+                       help="also time forward + backward (default), not, or only that")
+    sweep.add_argument("--backward-sizes", type=_size_list, metavar="N,N,...",
+                       help="sequence lengths of forward + backward (default: those of "
+                            "--sizes or --max-n when given, else 512 ... 16384; quick "
+                            "512, 1024)")
     sweep.add_argument("--backends", type=_name_list, metavar="NAME,...",
                        help="backends to run (default: every available one and torch if "
                             "installed)")
@@ -110,8 +120,31 @@ def add_arguments(parser):
 def config_from_args(args):
     """Turn parsed options into a :class:`~fastattn.bench._sweep.SweepConfig`."""
     from .._config import available_cores
-    from ._sweep import FULL_SIZES, QUICK_SIZES, SweepConfig, geometric_sizes
+    from ._sweep import SweepConfig
     from ._workload import benchmark_backends
+
+    sizes, backward_sizes = _sizes(args)
+    causal = {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]
+
+    def pick(value, quick, full):
+        return value if value is not None else (quick if args.quick else full)
+
+    reference_size = pick(args.reference_size, 2048, 4096) if sizes else 0
+    return SweepConfig(
+        sizes=tuple(sizes), backends=tuple(benchmark_backends(args.backends)),
+        threads=args.threads or available_cores(), memory_budget_gib=args.memory_budget,
+        causal=causal, dtype=args.dtype, batch=args.batch, heads=args.heads,
+        head_dim=args.head_dim, repeats=pick(args.repeats, 3, 5),
+        time_budget_s=pick(args.time_budget, 3.0, 20.0), min_time_s=pick(args.min_time, 0.3, 1.0),
+        reference_size=reference_size, check=not args.no_check,
+        point_timeout_s=args.point_timeout, backward_sizes=tuple(backward_sizes),
+        extra={"quick": args.quick})
+
+
+def _sizes(args):
+    """``(forward sizes, forward + backward sizes)`` that the options ask for."""
+    from ._sweep import (FULL_BACKWARD_SIZES, FULL_SIZES, QUICK_BACKWARD_SIZES, QUICK_SIZES,
+                         geometric_sizes)
 
     if args.sizes:
         sizes = args.sizes
@@ -119,19 +152,15 @@ def config_from_args(args):
         sizes = geometric_sizes(min(128, args.max_n), args.max_n)
     else:
         sizes = QUICK_SIZES if args.quick else FULL_SIZES
-    causal = {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]
-
-    def pick(value, quick, full):
-        return value if value is not None else (quick if args.quick else full)
-
-    return SweepConfig(
-        sizes=tuple(sizes), backends=tuple(benchmark_backends(args.backends)),
-        threads=args.threads or available_cores(), memory_budget_gib=args.memory_budget,
-        causal=causal, dtype=args.dtype, batch=args.batch, heads=args.heads,
-        head_dim=args.head_dim, repeats=pick(args.repeats, 3, 5),
-        time_budget_s=pick(args.time_budget, 3.0, 20.0), min_time_s=pick(args.min_time, 0.3, 1.0),
-        reference_size=pick(args.reference_size, 2048, 4096), check=not args.no_check,
-        point_timeout_s=args.point_timeout, extra={"quick": args.quick})
+    if args.backward_sizes:
+        backward = args.backward_sizes
+    elif args.sizes or args.max_n:
+        backward = sizes
+    else:
+        backward = QUICK_BACKWARD_SIZES if args.quick else FULL_BACKWARD_SIZES
+    if args.backward == "no":
+        backward = ()
+    return (() if args.backward == "only" else sizes), backward
 
 
 def run(args):

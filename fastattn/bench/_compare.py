@@ -1,13 +1,14 @@
 """``fastattn bench compare A B``: per-point ratios of two saved reports."""
 
-from ._results import KEY_FIELDS, load_results, point_key
+from ._results import FORWARD_BACKWARD, KEY_FIELDS, load_results, point_key
 
 
 def compare_results(a, b):
     """Align the points of two sweeps and compute their ratios.
 
     Points are matched on :data:`~fastattn.bench._results.KEY_FIELDS` (backend,
-    causal, N, dtype, batch, heads, head_dim).
+    causal, N, dtype, batch, heads, head_dim, workload: a forward point is never
+    compared with a forward + backward one).
 
     Parameters
     ----------
@@ -53,8 +54,18 @@ def compare_results(a, b):
 
 def _sort_key(key):
     fields = dict(zip(KEY_FIELDS, key))
-    return (fields["dtype"], fields["batch"], fields["heads"], fields["head_dim"],
-            fields["causal"], fields["backend"], fields["n"])
+    return (fields["workload"], fields["dtype"], fields["batch"], fields["heads"],
+            fields["head_dim"], fields["causal"], fields["backend"], fields["n"])
+
+
+def _step(workload):
+    return "fwd+bwd" if workload == FORWARD_BACKWARD else "fwd"
+
+
+def _describe_key(key):
+    f = dict(zip(KEY_FIELDS, key))
+    return (f"{_step(f['workload'])} {f['backend']} {'causal' if f['causal'] else 'full'} "
+            f"N={f['n']} {f['dtype']} B={f['batch']} H={f['heads']}")
 
 
 def format_comparison(comparison, label_a="A", label_b="B"):
@@ -70,7 +81,7 @@ def format_comparison(comparison, label_a="A", label_b="B"):
     -------
     str
     """
-    header = (f"{'backend':<8} {'mask':<6} {'N':>6} {'dtype':<8} {'B,H,D':<10} "
+    header = (f"{'step':<7} {'backend':<8} {'mask':<6} {'N':>6} {'dtype':<8} {'B,H,D':<10} "
               f"{'A ms':>11} {'B ms':>11} {'time B/A':>9} "
               f"{'A GF/s':>9} {'B GF/s':>9} {'GF/s B/A':>9}")
     lines = [f"A = {label_a}", f"B = {label_b}", "", header, "-" * len(header)]
@@ -78,7 +89,8 @@ def format_comparison(comparison, label_a="A", label_b="B"):
         shape = f"{row['batch']},{row['heads']},{row['head_dim']}"
         threads = ("" if row["a_threads"] == row["b_threads"]
                    else f"  (threads {row['a_threads']} vs {row['b_threads']})")
-        lines.append(f"{row['backend']:<8} {'causal' if row['causal'] else 'full':<6} "
+        lines.append(f"{_step(row['workload']):<7} {row['backend']:<8} "
+                     f"{'causal' if row['causal'] else 'full':<6} "
                      f"{row['n']:>6} {row['dtype']:<8} {shape:<10} {row['a_ms']:>11.3f} "
                      f"{row['b_ms']:>11.3f} {row['time_ratio']:>8.3f}x "
                      f"{row['a_gflops']:>9.2f} {row['b_gflops']:>9.2f} "
@@ -88,8 +100,7 @@ def format_comparison(comparison, label_a="A", label_b="B"):
     for name, keys in (("A", comparison["only_a"]), ("B", comparison["only_b"])):
         if keys:
             lines.append(f"\nmeasured only in {name}: "
-                         + ", ".join(f"{k[0]} {'causal' if k[1] else 'full'} N={k[2]} {k[3]}"
-                                     for k in keys))
+                         + ", ".join(_describe_key(key) for key in keys))
     return "\n".join(lines)
 
 

@@ -1,8 +1,10 @@
-"""PNG plots of a sweep: time, peak memory, GFLOP/s and speedup vs N.
+"""PNG plots of a sweep: time, peak memory, GFLOP/s and speedup vs N; forward + backward.
 
 Each figure has one panel per mask (no mask, causal), one line per backend through
 the medians, with bars from the fastest to the slowest timed call (so that noise can
 be told from behaviour), and one legend under the panels, where it covers no data.
+The forward + backward figures have a row of panels per shape (B × H as swept, and
+B × H = 1).
 The figures are ``matplotlib.figure.Figure`` objects written with ``savefig``: no
 pyplot, so the caller's matplotlib backend is neither used nor changed.  Each
 ``plot_*(results, path)`` writes its PNG and returns the Figure.
@@ -10,18 +12,21 @@ pyplot, so the caller's matplotlib backend is neither used nor changed.  Each
 
 try:
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, NullFormatter
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("the benchmark plots need matplotlib: pip install 'fastattn[bench]' "
                       "(or pass --no-plots)") from error
 
-from ._summary import configurations, naive_times, timing_range
+from ._results import FORWARD, FORWARD_BACKWARD, workload
+from ._summary import configurations, naive_times, speedup_over, timing_range, torch_points
 
 STYLES = {"naive": ("#555555", "s"), "numba": ("#1f77b4", "o"),
           "cython": ("#d62728", "^"), "torch": ("#2ca02c", "D")}
 _OTHER = [("#9467bd", "v"), ("#8c564b", "P"), ("#e377c2", "X")]
 PLOTS = (("time", "Time per call vs N"), ("memory", "Peak memory vs N"),
          ("gflops", "Throughput vs N"), ("speedup", "Speedup over naive vs N"))
+BACKWARD_PLOTS = (("backward_time", "Forward + backward: time per step vs N"),
+                  ("backward_speedup", "Forward + backward: speedup over torch vs N"))
 BARS = "markers: median; bars: fastest to slowest timed call"
 DPI = 110
 DODGE = 0.05
@@ -75,19 +80,29 @@ def _skipped(points, backend):
                   key=lambda p: p["n"])
 
 
-def _subtitle(config):
-    return (f"{config['dtype']}, B={config['batch']}, H={config['heads']}, "
-            f"D={config['head_dim']}, {config['threads']} threads")
+def _subtitle(config, shape=True):
+    head = f"B={config['batch']}, H={config['heads']}, " if shape else ""
+    return f"{config['dtype']}, {head}D={config['head_dim']}, {config['threads']} threads"
 
 
-def _figure(results, title, note=None):
-    """A figure with one panel per mask; returns ``(figure, [(axes, (config, points))])``."""
-    groups = configurations(results)
-    figure = Figure(figsize=(6.4 * len(groups), 5.6), layout="constrained")
-    axes = figure.subplots(1, len(groups), squeeze=False)
-    figure.suptitle(f"{title} — {_subtitle(groups[0][0])}"
+def _figure(results, title, note=None, kind=FORWARD):
+    """A figure with a panel per mask and a row per shape (B, H) of the ``kind`` points.
+
+    Returns ``(figure, [(axes, (config, points))])``.
+    """
+    groups = configurations(results, kind)
+    shapes = list(dict.fromkeys((c["batch"], c["heads"]) for c, _ in groups))
+    masks = sorted({c["causal"] for c, _ in groups})
+    height = 5.6 if len(shapes) == 1 else 4.4 * len(shapes) + 1.2
+    figure = Figure(figsize=(6.4 * len(masks), height), layout="constrained")
+    axes = figure.subplots(len(shapes), len(masks), squeeze=False)
+    figure.suptitle(f"{title} — {_subtitle(groups[0][0], shape=len(shapes) == 1)}"
                     + (f"\n{note}" if note else ""), fontsize=12)
-    return figure, list(zip(axes[0], groups))
+    panels = [(axes[shapes.index((c["batch"], c["heads"]))][masks.index(c["causal"])],
+               (c, points)) for c, points in groups]
+    for ax in set(axes.flat) - {ax for ax, _ in panels}:
+        ax.set_visible(False)
+    return figure, panels
 
 
 def _n_axis(ax, sizes):
@@ -121,16 +136,24 @@ def _short_reason(point):
     return reason.split(" (")[0]
 
 
-def _backends(results):
+def _backends(results, kind=FORWARD):
     seen = []
     for point in results["points"]:
-        if point["backend"] not in seen:
+        if workload(point) == kind and point["backend"] not in seen:
             seen.append(point["backend"])
     return seen
 
 
-def _panel_title(ax, config):
-    ax.set_title("causal mask" if config["causal"] else "no mask", fontsize=11)
+def _panel_title(ax, config, shape=False):
+    mask = "causal mask" if config["causal"] else "no mask"
+    ax.set_title((f"B={config['batch']}, H={config['heads']}, " if shape else "") + mask,
+                 fontsize=11)
+
+
+def _sizes(results, kind):
+    key = "backward_sizes" if kind == FORWARD_BACKWARD else "sizes"
+    sizes = results["settings"].get(key)
+    return sizes or sorted({p["n"] for p in results["points"] if workload(p) == kind})
 
 
 def _shared_legend(figure, axes, order):
@@ -148,8 +171,20 @@ def _shared_legend(figure, axes, order):
 
 def plot_time(results, path):
     """Median time per call vs N, log-log, min–max bars; points that did not run marked x."""
-    order = _backends(results)
-    figure, panels = _figure(results, "Attention time per call", BARS)
+    return _plot_times(results, path, FORWARD, "Attention time per call",
+                       "time per call (ms, log scale)")
+
+
+def plot_backward_time(results, path):
+    """Median time of a forward + backward step vs N, log-log, min–max bars, x: not run."""
+    return _plot_times(results, path, FORWARD_BACKWARD, "Forward + backward time per step",
+                       "time per forward + backward (ms, log scale)")
+
+
+def _plot_times(results, path, kind, title, ylabel):
+    order = _backends(results, kind)
+    figure, panels = _figure(results, title, BARS, kind)
+    shape = kind == FORWARD_BACKWARD
     for ax, (config, points) in panels:
         for backend in order:
             color, marker = _style(backend, order)
@@ -157,14 +192,70 @@ def plot_time(results, path):
                                    lambda p, fast, slow: (fast * 1e3, slow * 1e3))
             _line(ax, xs, ys, bars, color, marker, backend, (order.index(backend), len(order)))
         ax.set_yscale("log")
+        # Plain numbers (30, 200), not 3×10¹; the minor ticks labelled on a narrow range.
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
         if any(p["status"] != "ok" for p in points):  # room at the top for the x marks
             bottom, top = ax.get_ylim()
             ax.set_ylim(bottom, top * (top / bottom) ** 0.25)
         for backend in order:
             _mark_skipped_top(ax, points, backend, _style(backend, order)[0])
-        ax.set_ylabel("time per call (ms, log scale)")
-        _n_axis(ax, results["settings"]["sizes"])
-        _panel_title(ax, config)
+        ax.set_ylabel(ylabel)
+        _n_axis(ax, _sizes(results, kind))
+        _panel_title(ax, config, shape)
+    _shared_legend(figure, [ax for ax, _ in panels], order)
+    figure.savefig(path, dpi=DPI)
+    return figure
+
+
+def _ratio_axis(ax):
+    """A log axis of ratios that shows 1× and labels enough ticks on a narrow range."""
+    ax.set_yscale("log")
+    bottom, top = ax.get_ylim()
+    bottom, top = min(bottom, 0.8), max(top, 1.25)
+    ax.set_ylim(bottom, top)
+    subs = (1, 2, 5) if top / bottom > 10 else (1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}×"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_backward_speedup(results, path):
+    """Speedup of each fastattn backend's forward + backward over torch's vs N, with bars.
+
+    Markers: torch median / backend median.  Bars: from torch's fastest call over the
+    backend's slowest to torch's slowest over the backend's fastest, so that noise in
+    either shows.
+    """
+    kind = FORWARD_BACKWARD
+    everyone = _backends(results, kind)
+    order = [b for b in everyone if b != "torch"]
+    figure, panels = _figure(results, "Forward + backward speedup over torch",
+                             "markers: torch median / backend median; bars: torch fastest / "
+                             "backend slowest to torch slowest / backend fastest", kind)
+    for ax, (config, points) in panels:
+        torch = torch_points(points)
+
+        def ratio(point, index):
+            found = speedup_over(torch.get(point["n"]), point)
+            return None if found is None else found[index]
+
+        for backend in order:
+            color, marker = _style(backend, everyone)
+            xs, ys, bars = _series(points, backend, lambda p: ratio(p, 0),
+                                   lambda p, fast, slow: (ratio(p, 1), ratio(p, 2)))
+            _line(ax, xs, ys, bars, color, marker, backend, (order.index(backend), len(order)))
+        ax.axhline(1.0, color=STYLES["torch"][0], linewidth=1.2, linestyle=":",
+                   label="torch (= 1×)")
+        _ratio_axis(ax)
+        ax.set_ylabel("speedup: torch time / backend time (log scale)")
+        _n_axis(ax, _sizes(results, kind))
+        _panel_title(ax, config, shape=True)
+        missing = sorted(p["n"] for p in points if p["backend"] == "torch" and p["status"] != "ok")
+        if missing:
+            ax.text(0.99, 0.02, f"torch not run at N = {', '.join(map(str, missing))}",
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
+                    color="#555555")
     _shared_legend(figure, [ax for ax, _ in panels], order)
     figure.savefig(path, dpi=DPI)
     return figure
@@ -296,11 +387,22 @@ def plot_speedup(results, path):
 
 
 _DRAW = {"time": plot_time, "memory": plot_memory, "gflops": plot_gflops,
-         "speedup": plot_speedup}
+         "speedup": plot_speedup, "backward_time": plot_backward_time,
+         "backward_speedup": plot_backward_speedup}
+
+
+def _ran(results, kind, torch=None):
+    """Whether a ``kind`` point ran; with ``torch`` True or False, one of torch's or not."""
+    return any(p["status"] == "ok" and workload(p) == kind
+               and (torch is None or (p["backend"] == "torch") == torch)
+               for p in results["points"])
 
 
 def draw_plots(results, directory):
     """Draw every plot of ``results`` into ``directory``.
+
+    The forward plots when a forward point ran, the forward + backward time plot
+    when one of those ran, and its speedup plot when torch and a fastattn backend did.
 
     Parameters
     ----------
@@ -312,10 +414,13 @@ def draw_plots(results, directory):
     list of (str, str)
         ``(title, file name)`` of each PNG written.
     """
+    chosen = list(PLOTS) if _ran(results, FORWARD) else []
+    if _ran(results, FORWARD_BACKWARD):
+        chosen.append(BACKWARD_PLOTS[0])
+    if all(_ran(results, FORWARD_BACKWARD, torch=torch) for torch in (True, False)):
+        chosen.append(BACKWARD_PLOTS[1])
     drawn = []
-    if not any(p["status"] == "ok" for p in results["points"]):
-        return drawn
-    for name, title in PLOTS:
+    for name, title in chosen:
         file_name = f"{name}.png"
         _DRAW[name](results, directory / file_name)
         drawn.append((title, file_name))

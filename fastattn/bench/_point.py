@@ -14,8 +14,14 @@ calls at full size (the first few calls of a process run slower: page faults in 
 scratch, thread pools settling).  The sweep then times calls: at least ``repeats``
 and at least ``min_time_s`` seconds of them (default 1), so that short calls get a
 stable median, stopping early once ``time_budget_s`` seconds have been spent timing
-(at least one call is timed).  A matmul point times the reference matmul of one
-library (:func:`fastattn.bench._reference.matmul_gflops`).
+(at least one call is timed).
+
+A forward + backward point is prepared by :func:`prepare_training` the same way,
+except that the peak memory is that of the first full-size *backward* (after its
+forward, whose ``out`` and ``lse`` the backward takes as inputs), the check compares
+the gradients (:func:`~fastattn.bench._workload.check_gradients`), and the timed call
+is a whole training step: forward, then backward.  A matmul point times the
+reference matmul of one library (:func:`fastattn.bench._reference.matmul_gflops`).
 """
 
 import argparse
@@ -92,11 +98,101 @@ def prepare_attention(backend, shape, threads=None, check=True, seed=0):
     result, memory = measure_peak(run)
     error = check_result(result, q, k, v, shape.causal, backend) if check else None
     del result
+    _warm_up(run)
+    return PreparedAttention(run, memory, baseline, error)
+
+
+@dataclass
+class PreparedTraining:
+    """A forward + backward step ready to be timed, and what was measured on the way.
+
+    Attributes
+    ----------
+    run : callable
+        Runs the forward, then the backward (no arguments); returns the gradients.
+    memory : dict
+        :func:`~fastattn.bench._memory.measure_peak`'s measurements of the first
+        full-size backward call.
+    baseline_rss_bytes : int or None
+        The process's RSS before that call (inputs and the forward's results allocated).
+    max_grad_err : float or None
+        The gradients' difference from the reference; None when not checked.
+    checked_heads : int
+        How many heads the check compared (0: none).
+    """
+
+    run: object
+    memory: dict
+    baseline_rss_bytes: object
+    max_grad_err: object
+    checked_heads: int
+
+
+def prepare_training(backend, shape, threads=None, check=True, seed=0):
+    """Set up one forward + backward step of ``backend`` on ``shape``: warm, measured, checked.
+
+    Parameters
+    ----------
+    backend : str
+        A fastattn backend with a backward, or ``"torch"``.
+    shape : fastattn.bench._workload.Shape
+    threads : int, optional
+    check : bool, default True
+        Compare the gradients with the naive reference.
+    seed : int, default 0
+        Of the random inputs and upstream gradient.
+
+    Returns
+    -------
+    PreparedTraining
+
+    Examples
+    --------
+    >>> from fastattn.bench._workload import Shape
+    >>> prepared = prepare_training("naive", Shape(1, 2, 16, 16, 8), threads=1)
+    >>> prepared.max_grad_err < 1e-6, prepared.checked_heads, len(prepared.run())
+    (True, 2, 3)
+    """
+    from ._memory import current_rss, measure_peak
+    from ._workload import (Shape, check_gradients, make_inputs, make_training_step,
+                            make_upstream_gradient)
+
+    tiny = Shape(1, 2, 8, 8, shape.head_dim, causal=shape.causal, dtype=shape.dtype)
+    make_training_step(backend, *make_inputs(tiny), make_upstream_gradient(tiny),
+                       causal=shape.causal, threads=threads)()
+
+    inputs = make_inputs(shape, seed=seed) + (make_upstream_gradient(shape, seed=seed),)
+    step = make_training_step(backend, *inputs, causal=shape.causal, threads=threads)
+    state = step.forward()
+    baseline = current_rss()
+    grads, memory = measure_peak(lambda: step.backward(state))
+    del state
+    error, heads = (check_gradients(grads, *inputs, shape.causal, backend) if check
+                    else (None, 0))
+    del grads
+    _warm_up(step)
+    return PreparedTraining(step, memory, baseline, error, heads)
+
+
+def _warm_up(run):
     calls, started = 0, time.perf_counter()
     while calls < WARM_UP[0] and time.perf_counter() - started < WARM_UP[1]:
         run()
         calls += 1
-    return PreparedAttention(run, memory, baseline, error)
+
+
+def _spec_shape(spec):
+    from ._workload import Shape
+
+    return Shape(spec["batch"], spec["heads"], spec["n"], spec["n"], spec["head_dim"],
+                 causal=spec["causal"], dtype=spec["dtype"])
+
+
+def _timings(run, spec):
+    times = timed_calls(run, spec["repeats"], spec.get("min_time_s", 1.0),
+                        spec.get("time_budget_s", float("inf")))
+    return {"times_s": times, "median_s": statistics.median(times), "min_s": min(times),
+            "max_s": max(times)}
 
 
 def measure_attention(spec):
@@ -124,18 +220,42 @@ def measure_attention(spec):
     >>> len(measured["times_s"]), measured["min_s"] <= measured["median_s"] <= measured["max_s"]
     (2, True)
     """
-    from ._workload import Shape
-
-    shape = Shape(spec["batch"], spec["heads"], spec["n"], spec["n"], spec["head_dim"],
-                  causal=spec["causal"], dtype=spec["dtype"])
-    prepared = prepare_attention(spec["backend"], shape, spec["threads"],
+    prepared = prepare_attention(spec["backend"], _spec_shape(spec), spec["threads"],
                                  check=spec.get("check", True), seed=spec.get("seed", 0))
-    times = timed_calls(prepared.run, spec["repeats"], spec.get("min_time_s", 1.0),
-                        spec.get("time_budget_s", float("inf")))
-    return {"times_s": times, "median_s": statistics.median(times), "min_s": min(times),
-            "max_s": max(times), **prepared.memory,
+    return {**_timings(prepared.run, spec), **prepared.memory,
             "baseline_rss_bytes": prepared.baseline_rss_bytes,
             "max_abs_err": prepared.max_abs_err, "threads": spec["threads"]}
+
+
+def measure_training(spec):
+    """Measure one forward + backward point described by ``spec``; return the measurements.
+
+    Parameters
+    ----------
+    spec : dict
+        As for :func:`measure_attention`.
+
+    Returns
+    -------
+    dict
+        ``times_s``, ``median_s``, ``min_s``, ``max_s`` (of whole steps), the backward's
+        ``traced_bytes``, ``rss_bytes``, ``rss_method`` and ``baseline_rss_bytes``,
+        ``max_grad_err`` (None when not checked), ``checked_heads`` and ``threads``.
+
+    Examples
+    --------
+    >>> spec = dict(backend="naive", causal=True, n=16, batch=1, heads=2, head_dim=8,
+    ...             dtype="float32", threads=1, repeats=2, min_time_s=0)
+    >>> measured = measure_training(spec)
+    >>> len(measured["times_s"]), measured["checked_heads"], measured["max_grad_err"] < 1e-6
+    (2, 2, True)
+    """
+    prepared = prepare_training(spec["backend"], _spec_shape(spec), spec["threads"],
+                                check=spec.get("check", True), seed=spec.get("seed", 0))
+    return {**_timings(prepared.run, spec), **prepared.memory,
+            "baseline_rss_bytes": prepared.baseline_rss_bytes,
+            "max_grad_err": prepared.max_grad_err, "checked_heads": prepared.checked_heads,
+            "threads": spec["threads"]}
 
 
 def timed_calls(run, repeats, min_time_s, budget_s):
@@ -157,7 +277,7 @@ def timed_calls(run, repeats, min_time_s, budget_s):
 
 
 def measure(spec):
-    """Run the measurement ``spec["kind"]`` names (``"attention"`` or ``"matmul"``).
+    """Run the measurement ``spec["kind"]`` names (``"attention"``, ``"training"``, ``"matmul"``).
 
     BLAS is limited to ``spec["threads"]`` threads for the whole measurement.  A
     matmul spec has ``library`` (default ``"numpy"``), ``size``, ``dtype``,
@@ -184,6 +304,8 @@ def measure(spec):
                                  spec.get("repeats", 3), library=spec.get("library", "numpy"))
         if spec["kind"] == "attention":
             return measure_attention(spec)
+        if spec["kind"] == "training":
+            return measure_training(spec)
     raise ValueError(f"unknown measurement kind {spec['kind']!r}")
 
 

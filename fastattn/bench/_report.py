@@ -4,9 +4,11 @@ import warnings
 from pathlib import Path
 
 from ._reference import describe, why_above
-from ._results import save_results
-from ._summary import (above_reference, configurations, describe_configuration, naive_times,
-                       timing_range)
+from ._results import FORWARD, FORWARD_BACKWARD, save_results, workload
+from ._summary import (above_reference, backward_peaks, configurations,
+                       describe_configuration, naive_times, speedup_over, timing_range,
+                       torch_points)
+from ._workload import FULL_CHECK_BYTES, GRADIENT_TOLERANCE, NAIVE_BACKWARD_TEMPORARIES
 
 REPORT_FILE = "report.md"
 
@@ -23,10 +25,18 @@ def _number(value):
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
+def _timing_cells(point):
+    spread = timing_range(point)
+    fastest, slowest = (("—", "—") if spread is None else
+                        (_number(spread[0] * 1e3), _number(spread[1] * 1e3)))
+    calls = len(point["times_s"]) if point.get("times_s") else "—"
+    return [_number(point["median_s"] * 1e3), fastest, slowest, str(calls)]
+
+
 TABLE_COLUMNS = ("N", "backend", "median ms", "min ms", "max ms", "calls", "GFLOP/s",
                  "% of matmul ref", "tokens/s", "peak MiB", "RSS MiB", "traced MiB",
                  "speedup vs naive", "max abs err")
-"""The columns of the report's tables, in order."""
+"""The columns of the forward tables, in order."""
 
 
 def _table(points, reference_gflops):
@@ -43,16 +53,98 @@ def _table(points, reference_gflops):
         speedup = (f"{naive[p['n']] / p['median_s']:.3g}×"
                    if p["n"] in naive and p["backend"] != "naive" else "—")
         error = "—" if p.get("max_abs_err") is None else f"{p['max_abs_err']:.1e}"
-        spread = timing_range(p)
-        fastest, slowest = (("—", "—") if spread is None else
-                            (_number(spread[0] * 1e3), _number(spread[1] * 1e3)))
-        calls = len(p["times_s"]) if p.get("times_s") else "—"
-        rows.append(f"| {p['n']} | {p['backend']} | {_number(p['median_s'] * 1e3)} "
-                    f"| {fastest} | {slowest} | {calls} "
-                    f"| {_number(p['gflops'])} | {share} | {p['tokens_per_s']:,.0f} "
+        rows.append(f"| {p['n']} | {p['backend']} | " + " | ".join(_timing_cells(p))
+                    + f" | {_number(p['gflops'])} | {share} | {p['tokens_per_s']:,.0f} "
                     f"| {_mib(p['peak_bytes'])} | {_mib(p.get('rss_bytes'))} "
                     f"| {_mib(p.get('traced_bytes'))} | {speedup} | {error} |")
     return rows
+
+
+BACKWARD_COLUMNS = ("N", "backend", "median ms", "min ms", "max ms", "calls", "GFLOP/s",
+                    "speedup vs torch", "bwd peak MiB", "bwd RSS MiB", "bwd traced MiB",
+                    "max grad err")
+"""The columns of the forward + backward tables, in order."""
+
+
+def _speedup_cell(torch, point):
+    if point["backend"] == "torch":
+        return "1×" if torch else "—"
+    ratio = speedup_over(torch, point)
+    if ratio is None:
+        return "—"
+    median, low, high = ratio
+    return f"{median:.3g}× ({low:.3g}–{high:.3g})"
+
+
+def _gradient_error_cell(point):
+    if point.get("max_grad_err") is None:
+        return "—"
+    heads = point.get("checked_heads")
+    partial = f" ({heads}/{point['heads']} heads)" if heads and heads < point["heads"] else ""
+    return f"{point['max_grad_err']:.1e}{partial}"
+
+
+def _backward_table(points):
+    torch = torch_points(points)
+    rows = ["| " + " | ".join(BACKWARD_COLUMNS) + " |",
+            "|" + "|".join("---" if name == "backend" else "---:" for name in BACKWARD_COLUMNS)
+            + "|"]
+    blank = " |" * (len(BACKWARD_COLUMNS) - 3)
+    for p in sorted(points, key=lambda p: (p["n"], p["backend"] != "torch", p["backend"])):
+        if p["status"] != "ok":
+            rows.append(f"| {p['n']} | {p['backend']} | {p['status']}: {p['reason']} |{blank}")
+            continue
+        cells = [str(p["n"]), p["backend"], *_timing_cells(p), _number(p["gflops"]),
+                 _speedup_cell(torch.get(p["n"]), p), _mib(p["peak_bytes"]),
+                 _mib(p.get("rss_bytes")), _mib(p.get("traced_bytes")),
+                 _gradient_error_cell(p)]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def _backward_lines(results):
+    """The "Forward + backward" section: what it times, the peak memory, one table per shape."""
+    groups = configurations(results, FORWARD_BACKWARD)
+    if not groups:
+        return []
+    check_n = int((FULL_CHECK_BYTES / (NAIVE_BACKWARD_TEMPORARIES * 8)) ** 0.5)
+    lines = ["## Forward + backward", "",
+             "One training step per call: fastattn's `attention(q, k, v, causal=..., "
+             "return_lse=True)` then `attention_backward(dout, q, k, v, out, lse, "
+             "causal=...)`, against torch's `scaled_dot_product_attention(q, k, v, "
+             "is_causal=...)` on tensors with `requires_grad`, then `.backward(dout)`, "
+             "measured in the same run, point after point. B × H = 1 shows how a backward "
+             "keeps the cores busy on a single head (torch parallelises its backward over "
+             "batch × heads). Speedup vs torch is torch's median over the backend's (above "
+             "1×: faster than torch); in brackets, the least and most that a pair of timed "
+             "calls gives (torch's fastest over the backend's slowest, and the other way "
+             "round): where the range includes 1×, the difference may be noise. GFLOP/s "
+             "counts 14·B·H·N²·D per step (the forward's two products and the backward's "
+             "five; halved when causal). The bwd peak is that of one backward call, in a "
+             "fresh process after its forward (the forward's out and lse, like the inputs, "
+             "are not counted; the three gradients are); torch's allocations are seen by "
+             "the RSS only. The max grad err is the largest difference of dq, dk or dv from "
+             "the naive float64 gradient, relative to that gradient's largest entry "
+             f"(tolerance {GRADIENT_TOLERANCE.get(groups[0][0]['dtype'], 0):g}), on the "
+             f"heads whose naive gradient fits in {FULL_CHECK_BYTES / 2**20:.0f} MiB: all "
+             f"of them at small N, fewer as N grows, none above N ≈ {check_n} (—).", ""]
+    peaks = backward_peaks(results)
+    if peaks:
+        lines += ["**Peak memory of the backward** at the largest N:", ""]
+        lines += [f"- {_shape_title(config)}, N = {n}: " + ", ".join(
+            f"{backend} {_mib(size)} MiB" for backend, size in sorted(found.items()))
+            for config, n, found in peaks]
+        lines.append("")
+    for config, points in groups:
+        lines += [f"### {describe_configuration(config)}", ""]
+        lines += _backward_table(points)
+        lines.append("")
+    return lines
+
+
+def _shape_title(config):
+    return (f"B={config['batch']}, H={config['heads']}, "
+            f"{'causal' if config['causal'] else 'no mask'}")
 
 
 def _reference_lines(results):
@@ -72,7 +164,7 @@ def _reference_lines(results):
     if above:
         ran = {}
         for p in results["points"]:
-            if p["status"] == "ok":
+            if p["status"] == "ok" and workload(p) == FORWARD:
                 ran[p["backend"]] = ran.get(p["backend"], 0) + 1
         who = "; ".join(
             f"{backend} at {len(found)} of {ran[backend]} points (up to "
@@ -137,6 +229,7 @@ def render_markdown(results, plots=()):
         lines += [f"## {describe_configuration(config)}", ""]
         lines += _table(points, reference_gflops)
         lines.append("")
+    lines += _backward_lines(results)
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{title}]({name})\n" for title, name in plots]

@@ -2,40 +2,67 @@
 
 The file is one JSON object::
 
-    {"schema": "fastattn-bench", "schema_version": 2, "created": ISO-8601 time,
+    {"schema": "fastattn-bench", "schema_version": 3, "created": ISO-8601 time,
      "command": [...], "machine": {...}, "settings": {...},
      "reference": {"size", "dtype", "threads", "best", "gflops",
                    "libraries": [{"library", "blas", "gflops", "median_s", "min_s",
                                   "max_s", "times_s", ...}, ...]} | null,
-     "points": [{"backend", "causal", "n", "dtype", "batch", "heads", "head_dim",
-                 "threads", "status": "ok" | "skipped" | "failed", "reason",
+     "points": [{"workload": "forward" | "forward+backward", "backend", "causal", "n",
+                 "dtype", "batch", "heads", "head_dim", "threads",
+                 "status": "ok" | "skipped" | "failed", "reason",
                  "median_s", "min_s", "max_s", "times_s", "gflops", "tokens_per_s",
                  "flops", "traced_bytes", "rss_bytes", "rss_method", "peak_bytes",
                  "naive_bytes_needed", "max_abs_err"}, ...]}
+
+A ``"forward"`` point times one ``attention`` call; a ``"forward+backward"`` point
+times ``attention(..., return_lse=True)`` then ``attention_backward`` (torch: its SDPA
+then ``.backward``), its memory fields are those of the backward call, and instead of
+``max_abs_err`` and ``naive_bytes_needed`` it has ``max_grad_err`` (the gradients'
+largest difference from the naive float64 gradient, relative to that gradient's
+largest entry) and ``checked_heads`` (how many heads were compared; 0 when none).
 
 ``peak_bytes`` is the larger of the RSS rise and the tracemalloc peak of one call;
 ``min_s`` and ``max_s`` are the fastest and slowest timed calls.  ``reference`` is
 the matmul reference (:mod:`fastattn.bench._reference`).  Measurements are None for
 points that were skipped or failed.  A reader accepts any ``schema_version`` up to
 :data:`SCHEMA_VERSION`; fields may be added without raising the version, never
-renamed or given another meaning.  Version 1 called the reference ``"ceiling"`` (a
-NumPy matmul only); :func:`load_results` converts it.
+renamed or given another meaning.  :func:`load_results` converts older versions:
+version 1 called the reference ``"ceiling"`` (a NumPy matmul only); version 2 had
+forward points only, without ``"workload"`` (version 3 raised the number so that a
+reader that does not know the field refuses backward points rather than mixing them
+into its forward tables).
 """
 
 import json
 from pathlib import Path
 
 SCHEMA = "fastattn-bench"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RESULTS_FILE = "results.json"
 
-KEY_FIELDS = ("backend", "causal", "n", "dtype", "batch", "heads", "head_dim")
+FORWARD = "forward"
+FORWARD_BACKWARD = "forward+backward"
+"""The two workloads a point can time (its ``"workload"`` field)."""
+
+KEY_FIELDS = ("backend", "causal", "n", "dtype", "batch", "heads", "head_dim", "workload")
 """What identifies a point across two reports (the thread count is compared, not matched)."""
+
+
+def workload(point):
+    """The workload of ``point``: :data:`FORWARD` when it does not say (hand-made records).
+
+    Examples
+    --------
+    >>> workload({"backend": "numba"}), workload({"workload": FORWARD_BACKWARD})
+    ('forward', 'forward+backward')
+    """
+    return point.get("workload", FORWARD)
 
 
 def point_key(point):
     """The tuple of :data:`KEY_FIELDS` of ``point``, used to align two reports."""
-    return tuple(point[field] for field in KEY_FIELDS)
+    return tuple(workload(point) if field == "workload" else point[field]
+                 for field in KEY_FIELDS)
 
 
 def save_results(results, directory):
@@ -106,12 +133,18 @@ def upgrade(results):
     ...        "ceiling": {"size": 64, "dtype": "float32", "threads": 1, "gflops": 9.5}}
     >>> new = upgrade(old)
     >>> new["schema_version"], new["reference"]["best"], new["reference"]["gflops"]
-    (2, 'numpy', 9.5)
+    (3, 'numpy', 9.5)
+    >>> upgrade({"schema_version": 2, "points": [{"n": 64}]})["points"]
+    [{'n': 64, 'workload': 'forward'}]
     """
-    if results.get("schema_version", SCHEMA_VERSION) < 2:
+    version = results.get("schema_version", SCHEMA_VERSION)
+    if version < 2:
         from ._reference import from_ceiling
 
         results = dict(results)
         results["reference"] = from_ceiling(results.pop("ceiling", None))
-        results["schema_version"] = 2
+    if version < 3:  # forward points only, before the workload field
+        results = dict(results)
+        results["points"] = [{**p, "workload": workload(p)} for p in results["points"]]
+        results["schema_version"] = SCHEMA_VERSION
     return results

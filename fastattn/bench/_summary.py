@@ -4,13 +4,16 @@
 the results through these functions, and neither imports the other's internals.
 """
 
+from ._results import FORWARD, FORWARD_BACKWARD, workload as point_workload
 
-def configurations(results):
-    """Group the points by configuration (everything but backend and ``N``).
+
+def configurations(results, workload=FORWARD):
+    """Group the points of one workload by configuration (everything but backend and ``N``).
 
     Parameters
     ----------
     results : dict
+    workload : {"forward", "forward+backward"}, default "forward"
 
     Returns
     -------
@@ -28,6 +31,8 @@ def configurations(results):
     """
     groups = {}
     for point in results["points"]:
+        if point_workload(point) != workload:
+            continue
         config = {k: point[k] for k in ("dtype", "batch", "heads", "head_dim", "causal",
                                         "threads")}
         groups.setdefault(tuple(config.items()), (config, []))[1].append(point)
@@ -54,6 +59,63 @@ def naive_times(points):
             if p["backend"] == "naive" and p["status"] == "ok"}
 
 
+def torch_points(points):
+    """``{N: point}`` of the torch points that ran (the forward + backward baseline)."""
+    return {p["n"]: p for p in points if p["backend"] == "torch" and p["status"] == "ok"}
+
+
+def speedup_over(baseline, point):
+    """``(median, low, high)`` of ``baseline``'s time over ``point``'s, or None.
+
+    ``median`` is the ratio of the medians; ``low`` and ``high`` the least and most
+    that a pair of timed calls gives (baseline's fastest over the point's slowest, and
+    the other way round): where that range includes 1, the difference may be noise.
+
+    Examples
+    --------
+    >>> speedup_over({"median_s": 2.0, "times_s": [1.5, 2.0, 3.0]},
+    ...              {"median_s": 1.0, "times_s": [0.75, 1.0, 1.5]})
+    (2.0, 1.0, 4.0)
+    >>> speedup_over(None, {"median_s": 1.0}) is None
+    True
+    """
+    if not baseline or point.get("status", "ok") != "ok":
+        return None
+    median = baseline["median_s"] / point["median_s"]
+    base, own = timing_range(baseline), timing_range(point)
+    if base is None or own is None:
+        return median, median, median
+    return median, base[0] / own[1], base[1] / own[0]
+
+
+def backward_peaks(results):
+    """The backward's peak memory at the largest ``N`` of each forward + backward configuration.
+
+    Returns
+    -------
+    list of (dict, int, dict)
+        ``(configuration, N, {backend: peak bytes})``, for the points that ran at the
+        largest ``N`` where any did.
+
+    Examples
+    --------
+    >>> point = dict(workload="forward+backward", dtype="float32", batch=1, heads=8,
+    ...              head_dim=64, causal=False, threads=2, status="ok")
+    >>> results = {"points": [dict(point, backend="cython", n=512, peak_bytes=2**20),
+    ...                       dict(point, backend="cython", n=1024, peak_bytes=2**21)]}
+    >>> [(n, peaks) for _, n, peaks in backward_peaks(results)]
+    [(1024, {'cython': 2097152})]
+    """
+    found = []
+    for config, points in configurations(results, FORWARD_BACKWARD):
+        ran = [p for p in points if p["status"] == "ok" and p.get("peak_bytes") is not None]
+        if ran:
+            largest = max(p["n"] for p in ran)
+            found.append((config, largest, {p["backend"]: p["peak_bytes"] for p in ran
+                                            if p["n"] == largest}))
+    return found
+
+
 def timing_range(point):
     """``(fastest, slowest)`` timed call of a point in seconds, or None when unknown.
 
@@ -75,7 +137,7 @@ def timing_range(point):
 
 
 def above_reference(results):
-    """``{backend: [point, ...]}`` of the points that ran faster than the matmul reference.
+    """``{backend: [point, ...]}`` of the forward points that ran faster than the matmul reference.
 
     Examples
     --------
@@ -90,6 +152,8 @@ def above_reference(results):
     if not reference:
         return found
     for point in results["points"]:
+        if point_workload(point) != FORWARD:
+            continue
         if point["status"] == "ok" and point.get("gflops") and point["gflops"] > reference:
             found.setdefault(point["backend"], []).append(point)
     return found

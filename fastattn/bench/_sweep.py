@@ -10,11 +10,14 @@ from pathlib import Path
 
 from ._point import RESULT_PREFIX
 from ._progress import Progress
-from ._results import SCHEMA, SCHEMA_VERSION
-from ._workload import Shape, attention_flops, naive_bytes_needed, naive_over_budget
+from ._results import FORWARD, FORWARD_BACKWARD, SCHEMA, SCHEMA_VERSION
+from ._workload import (Shape, attention_flops, backward_unavailable, naive_bytes_needed,
+                        naive_over_budget, training_flops)
 
 FULL_SIZES = tuple(2**p for p in range(7, 15))   # 128 ... 16384
 QUICK_SIZES = tuple(2**p for p in range(7, 12))  # 128 ... 2048
+FULL_BACKWARD_SIZES = tuple(2**p for p in range(9, 15))  # 512 ... 16384
+QUICK_BACKWARD_SIZES = (512, 1024)
 
 
 def geometric_sizes(smallest, largest):
@@ -39,7 +42,8 @@ class SweepConfig:
     Parameters
     ----------
     sizes : sequence of int
-        Sequence lengths ``N`` (queries = keys = ``N``).
+        Sequence lengths ``N`` (queries = keys = ``N``) of the forward points; empty:
+        none.
     backends : sequence of str
         fastattn backends and/or ``"torch"``.
     causal : sequence of bool, default (False, True)
@@ -64,6 +68,14 @@ class SweepConfig:
     point_timeout_s : float, default 1800
         A point's subprocess is stopped after this long; when a point times out or
         is killed, larger ``N`` of the same backend and mask are skipped.
+    backward_sizes : sequence of int, default ()
+        Sequence lengths of the forward + backward points; empty: none.
+    backward_backends : sequence of str, optional
+        Backends of those points; default: ``backends`` but naive (whose backward is
+        the check's reference).  One without a backward is planned as skipped.
+    backward_shapes : sequence of (int, int), optional
+        ``(batch, heads)`` of those points; default ``(batch, heads)`` and ``(1, 1)``
+        (B x H = 1: how a backward parallelises over the keys of a single head).
     """
 
     sizes: tuple
@@ -81,7 +93,22 @@ class SweepConfig:
     reference_size: int = 4096
     check: bool = True
     point_timeout_s: float = 1800.0
+    backward_sizes: tuple = ()
+    backward_backends: tuple = None
+    backward_shapes: tuple = None
     extra: dict = field(default_factory=dict)
+
+    def training_backends(self):
+        """The backends of the forward + backward points (see ``backward_backends``)."""
+        if self.backward_backends is not None:
+            return tuple(self.backward_backends)
+        return tuple(b for b in self.backends if b != "naive")
+
+    def training_shapes(self):
+        """The ``(batch, heads)`` of the forward + backward points (see ``backward_shapes``)."""
+        if self.backward_shapes is not None:
+            return tuple(tuple(s) for s in self.backward_shapes)
+        return tuple(dict.fromkeys([(self.batch, self.heads), (1, 1)]))
 
 
 def plan_points(config):
@@ -94,26 +121,55 @@ def plan_points(config):
     Returns
     -------
     list of dict
-        Each has the key fields, ``threads``, ``flops``, ``naive_bytes_needed``,
-        and ``status`` ``"planned"`` or ``"skipped"`` (with ``reason``).
+        Each has the key fields (``workload`` among them), ``threads``, ``flops``,
+        and ``status`` ``"planned"`` or ``"skipped"`` (with ``reason``); the forward
+        points (first) also ``naive_bytes_needed``.  The forward + backward points
+        of one shape, mask and ``N`` follow each other, torch's among them, so that
+        the fastattn backends and torch are measured in the same stretch of the run.
     """
+    return _forward_points(config) + _training_points(config)
+
+
+def _point(config, backend, workload, shape, flops):
+    return {"workload": workload, "backend": backend, "causal": bool(shape.causal),
+            "n": int(shape.q_len), "dtype": config.dtype, "batch": shape.batch,
+            "heads": shape.heads, "head_dim": config.head_dim, "threads": config.threads,
+            "flops": flops, "status": "planned", "reason": None}
+
+
+def _forward_points(config):
     budget_bytes = config.memory_budget_gib * 2**30
     points = []
     for causal in config.causal:
         for n in sorted(config.sizes):
             shape = Shape(config.batch, config.heads, n, n, config.head_dim, causal=causal,
                           dtype=config.dtype)
-            needed = naive_bytes_needed(shape)
             for backend in config.backends:
-                point = {"backend": backend, "causal": bool(causal), "n": int(n),
-                         "dtype": config.dtype, "batch": config.batch, "heads": config.heads,
-                         "head_dim": config.head_dim, "threads": config.threads,
-                         "flops": attention_flops(shape), "naive_bytes_needed": needed,
-                         "status": "planned", "reason": None}
+                point = _point(config, backend, FORWARD, shape, attention_flops(shape))
+                point["naive_bytes_needed"] = naive_bytes_needed(shape)
                 reason = naive_over_budget(shape, budget_bytes)
                 if backend == "naive" and reason:
                     point.update(status="skipped", reason=reason)
                 points.append(point)
+    return points
+
+
+def _training_points(config):
+    backends = config.training_backends()
+    unavailable = {b: backward_unavailable(b) for b in backends} if config.backward_sizes \
+        else {}
+    points = []
+    for batch, heads in config.training_shapes():
+        for causal in config.causal:
+            for n in sorted(config.backward_sizes):
+                shape = Shape(batch, heads, n, n, config.head_dim, causal=causal,
+                              dtype=config.dtype)
+                for backend in backends:
+                    point = _point(config, backend, FORWARD_BACKWARD, shape,
+                                   training_flops(shape))
+                    if unavailable[backend]:
+                        point.update(status="skipped", reason=unavailable[backend])
+                    points.append(point)
     return points
 
 
@@ -178,12 +234,15 @@ def _finish_point(point, measured):
 def _describe(point):
     mask = "causal" if point["causal"] else "full"
     head = f"{point['backend']:<6} {mask:<6} N={point['n']:<6}"
+    if point["workload"] == FORWARD_BACKWARD:
+        head = f"fwd+bwd B={point['batch']} H={point['heads']:<3} {head}"
     if point["status"] != "ok":
         return f"{head} {point['status']}: {point['reason']}"
     peak = point["peak_bytes"]
     memory = "?" if peak is None else f"{peak / 2**20:.1f} MiB"
+    what = "backward peak" if point["workload"] == FORWARD_BACKWARD else "peak"
     return (f"{head} {point['median_s'] * 1e3:10.2f} ms {point['gflops']:8.2f} GFLOP/s "
-            f"peak {memory}")
+            f"{what} {memory}")
 
 
 def measure_reference(config, library):
@@ -213,7 +272,8 @@ def run_sweep(config, progress=True, stream=None, command=None):
 
     Each point runs in its own subprocess (:mod:`fastattn.bench._point`); the
     naive backend is skipped where it would exceed the memory budget, and a
-    backend that times out or is killed is skipped for larger ``N`` of that mask.
+    backend that times out or is killed is skipped for larger ``N`` of that
+    workload, shape and mask.
 
     Parameters
     ----------
@@ -253,12 +313,15 @@ def run_sweep(config, progress=True, stream=None, command=None):
             results["reference"] = combine(measured, config.reference_size, config.dtype,
                                            config.threads)
         for point in points:
-            series = (point["backend"], point["causal"])
+            series = tuple(point[k] for k in ("workload", "backend", "causal", "batch",
+                                              "heads"))
             if point["status"] == "planned" and series in broken:
                 point.update(status="skipped", reason=f"failed at N={broken[series]}")
             if point["status"] == "planned":
-                bar.start(f"{point['backend']} N={point['n']}")
-                spec = {"kind": "attention", "repeats": config.repeats,
+                kind = "training" if point["workload"] == FORWARD_BACKWARD else "attention"
+                bar.start(f"{'fwd+bwd ' if kind == 'training' else ''}{point['backend']} "
+                          f"N={point['n']}")
+                spec = {"kind": kind, "repeats": config.repeats,
                         "time_budget_s": config.time_budget_s,
                         "min_time_s": config.min_time_s, "check": config.check,
                         **{k: point[k] for k in ("backend", "causal", "n", "dtype", "batch",
@@ -277,4 +340,7 @@ def _settings(config):
     settings["sizes"] = sorted(settings["sizes"])
     settings["causal"] = [bool(c) for c in settings["causal"]]
     settings["backends"] = list(settings["backends"])
+    settings["backward_sizes"] = sorted(settings["backward_sizes"])
+    settings["backward_backends"] = list(config.training_backends())
+    settings["backward_shapes"] = [list(shape) for shape in config.training_shapes()]
     return settings

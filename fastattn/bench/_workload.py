@@ -1,7 +1,10 @@
 """What a benchmark measures: the inputs, the runners, the work counted and the check.
 
-Shared by the ``fastattn bench`` sweep (in its child processes) and the
-pytest-benchmark suites in ``bench/``, so both count FLOPs and memory the same way.
+Two workloads: the forward (one ``attention`` call, :func:`make_runner`) and a
+training step, forward + backward (:func:`make_training_step`), each with its FLOP
+count and its check against the naive float64 reference.  Shared by the ``fastattn
+bench`` sweep (in its child processes) and the pytest-benchmark suites in
+``bench/``, so both count FLOPs and memory the same way.
 """
 
 import importlib.util
@@ -24,6 +27,16 @@ FULL_CHECK_BYTES = 256 * 2**20
 
 TOLERANCE = {"float32": 2e-4, "float64": 1e-9}
 """Largest absolute difference from the float64 reference accepted, by input dtype."""
+
+GRADIENT_TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
+"""Largest difference of a gradient (dq, dk or dv) from the naive float64 gradient,
+relative to that gradient's largest entry, by input dtype.  Measured on random normal
+inputs, N = 64 ... 2048, D = 64: at most 2.5e-6 in float32 (numba, cython and torch
+alike; the causal dv of the first keys, which many queries see, is the largest)."""
+
+NAIVE_BACKWARD_TEMPORARIES = 8
+"""Score-sized float64 arrays the naive backward can hold at once (a conservative count:
+the forward's temporaries, then the weights, ``dout vᵀ`` and ``dS``)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,21 @@ def attention_flops(shape):
     """
     flops = 4.0 * shape.batch * shape.heads * shape.q_len * shape.k_len * shape.head_dim
     return flops / 2 if shape.causal else flops
+
+
+def training_flops(shape):
+    """FLOPs of one forward + backward: ``14 * B * H * Lq * Lk * D``, halved when causal.
+
+    The forward's two products and the backward's five (``S = q kᵀ`` again, ``dV =
+    Pᵀ dO``, ``dP = dO vᵀ``, ``dQ = dS k``, ``dK = dSᵀ q``): 3.5 times
+    :func:`attention_flops`, the count FlashAttention's papers use.
+
+    Examples
+    --------
+    >>> training_flops(Shape(1, 8, 1024, 1024, 64)) / attention_flops(Shape(1, 8, 1024, 1024, 64))
+    3.5
+    """
+    return 3.5 * attention_flops(shape)
 
 
 def naive_bytes_needed(shape):
@@ -323,3 +351,215 @@ def check_result(result, q, k, v, causal, backend):
         raise AssertionError(f"{backend}: result differs from the reference by {error:.3g} "
                              f"(tolerance {tolerance:g})")
     return error
+
+
+# --- forward + backward ------------------------------------------------------------------
+
+def make_upstream_gradient(shape, seed=0):
+    """The standard-normal upstream gradient ``dout`` of a training step on ``shape``.
+
+    Drawn from its own stream (``seed + 1``), so it is independent of :func:`make_inputs`.
+
+    Examples
+    --------
+    >>> make_upstream_gradient(Shape(1, 2, 3, 5, 8)).shape
+    (1, 2, 3, 8)
+    """
+    rng = np.random.default_rng(seed + 1)
+    return rng.standard_normal((shape.batch, shape.heads, shape.q_len, shape.head_dim),
+                               dtype=np.dtype(shape.dtype))
+
+
+def backward_unavailable(backend):
+    """Why ``backend`` gets no forward + backward point, or None when it can run one.
+
+    The naive backward is the check's reference, never timed (it holds full score
+    matrices, like the naive forward); a compiled backend needs its backward kernel.
+
+    Examples
+    --------
+    >>> backward_unavailable("torch") is None
+    True
+    >>> backward_unavailable("naive")
+    'the naive backward is the reference of the check, not timed'
+    """
+    if backend == "naive":
+        return "the naive backward is the reference of the check, not timed"
+    if backend == "torch":
+        return None
+    from fastattn._backward import backward_runners
+
+    runner, reason = backward_runners().get(backend, (None, "unknown backend"))
+    return None if runner is not None else f"no backward: {reason}"
+
+
+class TrainingStep:
+    """The forward and backward of one backend on fixed ``q, k, v`` and upstream gradient.
+
+    ``forward()`` returns what the backward needs (fastattn: ``(out, lse)``; torch: its
+    output tensor, holding the autograd graph), ``backward(state)`` the gradients
+    ``(dq, dk, dv)`` as arrays, and calling the step runs both.  Made by
+    :func:`make_training_step`.
+    """
+
+    def __call__(self):
+        return self.backward(self.forward())
+
+
+class _FastattnStep(TrainingStep):
+    def __init__(self, backend, q, k, v, dout, causal, threads):
+        self.backend, self.arrays, self.dout = backend, (q, k, v), dout
+        self.causal, self.threads = causal, threads
+
+    def _settings(self):
+        import contextlib
+
+        import fastattn
+
+        if self.threads is None:
+            return contextlib.nullcontext()
+        return fastattn.config_context(num_threads=self.threads)
+
+    def forward(self):
+        import fastattn
+
+        with self._settings():
+            return fastattn.attention(*self.arrays, causal=self.causal, return_lse=True,
+                                      backend=self.backend)
+
+    def backward(self, state):
+        import fastattn
+
+        out, lse = state
+        with self._settings():
+            return fastattn.attention_backward(self.dout, *self.arrays, out, lse,
+                                               causal=self.causal, backend=self.backend)
+
+
+class _TorchStep(TrainingStep):
+    def __init__(self, q, k, v, dout, causal, threads):
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        # Leaves sharing memory with the arrays; their .grad is replaced on each backward.
+        self.leaves = [torch.from_numpy(x).requires_grad_() for x in (q, k, v)]
+        self.upstream = torch.from_numpy(dout)
+        self.causal, self.gqa = causal, q.shape[1] != k.shape[1]
+
+    def forward(self):
+        from torch.nn.functional import scaled_dot_product_attention
+
+        return scaled_dot_product_attention(*self.leaves, is_causal=self.causal,
+                                            enable_gqa=self.gqa)
+
+    def backward(self, state):
+        for leaf in self.leaves:
+            leaf.grad = None
+        state.backward(self.upstream)
+        return tuple(leaf.grad.numpy() for leaf in self.leaves)
+
+
+def make_training_step(backend, q, k, v, dout, causal=False, threads=None):
+    """A :class:`TrainingStep`: attention forward + backward of ``backend`` on these inputs.
+
+    fastattn backends run ``attention(q, k, v, causal=..., return_lse=True)`` then
+    ``attention_backward(dout, q, k, v, out, lse, causal=...)``; ``"torch"`` runs
+    ``scaled_dot_product_attention`` on tensors with ``requires_grad`` (sharing memory
+    with the arrays) then ``.backward(dout)``.
+
+    Parameters
+    ----------
+    backend : str
+    q, k, v, dout : ndarray
+    causal : bool, default False
+    threads : int, optional
+        Threads for the compiled kernels (and torch's intra-op pool).
+
+    Returns
+    -------
+    TrainingStep
+
+    Examples
+    --------
+    >>> shape = Shape(1, 2, 4, 4, 8)
+    >>> step = make_training_step("naive", *make_inputs(shape), make_upstream_gradient(shape))
+    >>> [grad.shape for grad in step()]
+    [(1, 2, 4, 8), (1, 2, 4, 8), (1, 2, 4, 8)]
+    """
+    if backend == "torch":
+        return _TorchStep(q, k, v, dout, causal, threads)
+    return _FastattnStep(backend, q, k, v, dout, causal, threads)
+
+
+def gradient_check_heads(shape):
+    """How many heads (of the first batch entry) the gradient check compares.
+
+    As many as the naive float64 backward can take within :data:`FULL_CHECK_BYTES`
+    (:data:`NAIVE_BACKWARD_TEMPORARIES` score-sized arrays per head), at most all:
+    heads are independent, so the first ``h`` heads' gradients are exactly those of
+    the problem cut to them.  0 beyond that (N > 2048 at the defaults): not checked.
+
+    Examples
+    --------
+    >>> [gradient_check_heads(Shape(1, 8, n, n, 64)) for n in (512, 1024, 2048, 4096)]
+    [8, 4, 1, 0]
+    """
+    per_head = NAIVE_BACKWARD_TEMPORARIES * shape.q_len * shape.k_len * 8
+    return min(shape.heads, FULL_CHECK_BYTES // per_head)
+
+
+def check_gradients(grads, q, k, v, dout, causal, backend):
+    """Assert that the gradients ``grads`` are right; return ``(error, heads compared)``.
+
+    The first :func:`gradient_check_heads` heads of the first batch entry are compared
+    with the naive backend's float64 gradient of the same inputs; the error is the
+    largest difference of ``dq``, ``dk`` or ``dv`` relative to that gradient's largest
+    entry, within :data:`GRADIENT_TOLERANCE`.  ``(None, 0)`` when no head fits.
+
+    Parameters
+    ----------
+    grads : tuple of ndarray
+        ``(dq, dk, dv)``, shaped like ``q, k, v`` (no grouped heads).
+    q, k, v, dout : ndarray, shape (B, H, L, D)
+    causal : bool
+    backend : str
+        The backend that computed ``grads``.
+
+    Returns
+    -------
+    error : float or None
+    heads : int
+
+    Raises
+    ------
+    AssertionError
+        When a gradient differs by more than the dtype's tolerance.
+
+    Examples
+    --------
+    >>> shape = Shape(1, 2, 16, 16, 8)
+    >>> inputs = make_inputs(shape) + (make_upstream_gradient(shape),)
+    >>> grads = make_training_step("naive", *inputs, causal=True)()
+    >>> error, heads = check_gradients(grads, *inputs, True, "naive")
+    >>> error < 1e-6, heads
+    (True, 2)
+    """
+    import fastattn
+
+    heads = gradient_check_heads(Shape(1, q.shape[1], q.shape[2], k.shape[2], q.shape[3]))
+    if heads == 0:
+        return None, 0
+    cut = [x[:1, :heads].astype(np.float64) for x in (q, k, v, dout)]
+    out, lse = fastattn.attention(*cut[:3], causal=causal, return_lse=True, backend="naive")
+    expected = fastattn.attention_backward(cut[3], *cut[:3], out, lse, causal=causal,
+                                           backend="naive")
+    error = 0.0
+    for got, reference in zip(grads, expected):
+        difference = np.max(np.abs(np.asarray(got)[:1, :heads] - reference))
+        error = max(error, float(difference / max(np.max(np.abs(reference)), 1e-30)))
+    tolerance = GRADIENT_TOLERANCE[np.dtype(q.dtype).name]
+    if not error <= tolerance:
+        raise AssertionError(f"{backend}: gradients differ from the naive gradient by "
+                             f"{error:.3g} of their largest entry (tolerance {tolerance:g})")
+    return error, heads
