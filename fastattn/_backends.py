@@ -38,6 +38,7 @@ class Backend:
     available: bool
     reason: str
     runner: object = None
+    run_kernel: object = None  # compiled backends: the kernel contract's entry point
 
     def run(self, problem, settings, out=None, lse_only=False):
         return self.runner(problem, settings, out, lse_only)
@@ -72,7 +73,7 @@ def _load(name):
             from ._cython import run_kernel
     except ImportError as error:
         return Backend(name, False, f"cannot be imported: {error}")
-    return Backend(name, True, f"tiled {name} kernel", _tiled_runner(run_kernel))
+    return Backend(name, True, f"tiled {name} kernel", _tiled_runner(run_kernel), run_kernel)
 
 
 def backend_names():

@@ -8,6 +8,7 @@ read configuration: the API reads it once per call and passes plain values on.
 
 import contextlib
 import contextvars
+import functools
 import os
 
 _SETTINGS = ("backend", "num_threads", "block_q", "block_k")
@@ -48,11 +49,19 @@ def thread_budget(requested):
 
 
 def _from_environment():
+    """The settings of the environment variables (a shared dict: copy it before changing it)."""
+    return _parse_environment(os.environ.get("FASTATTN_BACKEND", ""),
+                              os.environ.get("FASTATTN_NUM_THREADS", ""))
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_environment(backend, threads):
+    """Checked settings from the variables' text (cached: every call reads them)."""
     settings = {}
-    backend = os.environ.get("FASTATTN_BACKEND", "").strip()
+    backend = backend.strip()
     if backend:
         settings["backend"] = _backend_name("FASTATTN_BACKEND", backend)
-    threads = os.environ.get("FASTATTN_NUM_THREADS", "").strip()
+    threads = threads.strip()
     if threads:
         settings["num_threads"] = _positive_int("FASTATTN_NUM_THREADS", threads)
     return settings

@@ -42,7 +42,7 @@ def _as_numpy(tensor):
     """A NumPy view of a CPU tensor (bfloat16, which NumPy lacks, as a float32 copy)."""
     if tensor.dtype == torch.bfloat16:
         tensor = tensor.float()
-    return tensor.detach().numpy()
+    return tensor.detach().numpy() if tensor.requires_grad else tensor.numpy()
 
 
 def _options(causal, window_left, window_right):
@@ -143,10 +143,11 @@ def _use_operator(tensors):
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _run(query, key, value, mask, causal, window, scale, want_lse):
-    """Check the tensors, then compute directly or through the operator."""
+def _run(query, key, value, mask, causal, window, scale, want_lse, checked=False):
+    """Check the tensors (unless ``checked``), then compute directly or through the operator."""
     tensors = (query, key, value) if mask is None else (query, key, value, mask)
-    _check_tensors(tensors)
+    if not checked:
+        _check_tensors(tensors)
     left, right = (NO_LIMIT, NO_LIMIT) if window is None else (
         NO_LIMIT if side is None else int(side) for side in window)
     code = _CAUSAL_CODES.get(causal) if isinstance(causal, (bool, str)) else None
@@ -167,7 +168,7 @@ def _check_tensors(tensors):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}; "
                             f"for NumPy arrays use fastattn.attention")
-        if tensor.device.type != "cpu":
+        if not tensor.is_cpu:
             raise ValueError(f"{name} is on {tensor.device}: fastattn runs on the CPU; use "
                              f"torch.nn.functional.scaled_dot_product_attention for "
                              f"{tensor.device.type} tensors, or move them with .cpu()")
@@ -257,7 +258,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     """
     _check_tensors((query, key, value) if attn_mask is None else (query, key, value, attn_mask))
     _check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
-    return _run(query, key, value, attn_mask, bool(is_causal), None, scale, False)
+    return _run(query, key, value, attn_mask, bool(is_causal), None, scale, False, checked=True)
 
 
 def attention(query, key, value, mask=None, *, causal=False, window=None, scale=None,

@@ -135,26 +135,38 @@ def run_kernel(call):
     (1.0, 3.0986123085021973)
     """
     dtype = call.q.dtype
-    if dtype != np.float32 and dtype != np.float64:
+    cdef int type_num = (<cnp.dtype> dtype).type_num
+    if type_num != cnp.NPY_FLOAT32 and type_num != cnp.NPY_FLOAT64:
         raise TypeError(f"the Cython kernel computes in float32 or float64, not {dtype}")
     cdef Problem problem = _describe(call)
-    cdef cnp.ndarray tasks = np.ascontiguousarray(call.plan.tasks, dtype=np.int64)
-    cdef cnp.ndarray starts = np.ascontiguousarray(call.plan.worker_starts, dtype=np.int64)
+    plan = call.plan
+    cdef cnp.ndarray tasks = _int64_rows(plan.tasks)
+    cdef cnp.ndarray starts = _int64_rows(plan.worker_starts)
     cdef Py_ssize_t n_workers = starts.shape[0] - 1
     # Per-worker scratch, allocated once per call (as NumPy arrays, so that memory
     # tracing sees it) and indexed by worker, never by thread id.
-    cdef cnp.ndarray tiles = np.empty(n_workers * problem.tile_size * dtype.itemsize
-                                      + ALIGN_BYTES, dtype=np.uint8)
-    cdef cnp.ndarray states = np.empty((n_workers, 2 * problem.rp), dtype=np.float64)
+    cdef cnp.npy_intp tile_bytes = n_workers * problem.tile_size * dtype.itemsize + ALIGN_BYTES
+    cdef cnp.npy_intp state_shape[2]
+    state_shape[0], state_shape[1] = n_workers, 2 * problem.rp
+    cdef cnp.ndarray tiles = cnp.PyArray_EMPTY(1, &tile_bytes, cnp.NPY_UINT8, 0)
+    cdef cnp.ndarray states = cnp.PyArray_EMPTY(2, state_shape, cnp.NPY_FLOAT64, 0)
     cdef char *tile_ptr = _aligned(<char *> cnp.PyArray_DATA(tiles))
     cdef const int64_t *task_ptr = <const int64_t *> cnp.PyArray_DATA(tasks)
     cdef const int64_t *start_ptr = <const int64_t *> cnp.PyArray_DATA(starts)
     cdef double *state_ptr = <double *> cnp.PyArray_DATA(states)
-    if dtype == np.float32:
+    if type_num == cnp.NPY_FLOAT32:
         _run_workers(&problem, task_ptr, start_ptr, n_workers, <float *> tile_ptr, state_ptr)
     else:
         _run_workers(&problem, task_ptr, start_ptr, n_workers, <double *> tile_ptr,
                      state_ptr)
+
+
+cdef cnp.ndarray _int64_rows(array):
+    """``array`` as a C-contiguous int64 ndarray; the plan's own arrays already are."""
+    if (type(array) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray> array) == cnp.NPY_INT64
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> array)):
+        return <cnp.ndarray> array
+    return np.ascontiguousarray(array, dtype=np.int64)
 
 
 cdef char *_aligned(char *pointer):
@@ -179,12 +191,13 @@ cdef inline Py_ssize_t _padded(Py_ssize_t n, Py_ssize_t multiple) noexcept nogil
 cdef Problem _describe(call):
     """Gather pointers, strides, sizes and the scratch layout of one call."""
     cdef Problem p
-    cdef Py_ssize_t align = ALIGN_BYTES // call.q.itemsize
+    q, v = call.q, call.v
+    cdef Py_ssize_t align = ALIGN_BYTES // q.itemsize
     plan = call.plan
-    p.q, p.k, p.lse = _view(call.q), _view(call.k), _view(call.lse)
-    p.value_dim = call.value_dim
+    p.q, p.k, p.lse = _view(q), _view(call.k), _view(call.lse)
+    p.value_dim = 0 if v is None else v.shape[3]  # KernelCall.value_dim
     if p.value_dim:
-        p.v, p.out = _view(call.v), _view(call.out)
+        p.v, p.out = _view(v), _view(call.out)
         p.part_out = _view(call.part_out)
     else:  # lse-only: nothing reads these
         p.v = p.out = p.part_out = _view(np.empty((0, 0, 0, 0), dtype=call.q.dtype))
@@ -195,7 +208,7 @@ cdef Problem _describe(call):
     else:
         p.mask = _view(call.mask)
     p.group, p.block_k = plan.group, plan.block_k
-    p.head_dim = call.q.shape[3]
+    p.head_dim = q.shape[3]
     p.band_lo, p.band_hi = plan.band.lo, plan.band.hi
     p.scale = call.scale
     p.rp = _padded(plan.max_rows, FA_ROW_PAD)
