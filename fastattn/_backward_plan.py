@@ -15,7 +15,7 @@ import numpy as np
 
 from ._contract import (BWD_BATCH, BWD_COLUMNS, BWD_K_START, BWD_K_STOP, BWD_KV_HEAD, BWD_PART,
                         BWD_Q_START, BWD_Q_STOP, Band)
-from ._plan import MIN_PARALLEL_TASKS, MIN_SPLIT_KEYS, balanced_starts
+from ._plan import MIN_PARALLEL_TASKS, balanced_starts
 
 TARGET_ROWS = 256
 """Query rows per block (all heads of a group together) when the caller sets no block_q."""
@@ -26,6 +26,11 @@ while it walks the query blocks.  With 256 rows the two key-major tiles (``Pᵀ`
 take 512 KB in float32, within a 1 MB L2.  Measured here (N=2048, H=8, D=64, float32,
 one thread's CPU time): 128 x 128 blocks 244 ms, 256 x 256 223 ms, 512 x 512 219 ms,
 causal 133 / 128 / 136 ms."""
+
+MIN_CHUNK_KEYS = 512
+"""Keys a chunk covers at least, on average: a chunk costs only one more partial ``dq``
+sum, so half the forward's split-KV minimum.  Measured here (Cython, B x H = 1,
+N = 1024, float32): one 1024-key task 3.8 ms, two 512-key chunks 2.2 ms."""
 
 MAX_CHUNKS = 8
 """At most this many key chunks per (batch, kv head): each one's partial ``dq`` slot is
@@ -60,15 +65,15 @@ def make_backward_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=
 
     Examples
     --------
-    One head group and 4096 keys: four key chunks of about equal work (causal: the
+    One head group and 2048 keys: four key chunks of about equal work (causal: the
     early keys are seen by more queries), each with its own partial ``dq`` slot.
 
     >>> from fastattn._contract import Band
-    >>> plan = make_backward_plan(1, 1, 1, 4096, 4096, Band(hi=0), n_threads=2)
+    >>> plan = make_backward_plan(1, 1, 1, 2048, 2048, Band(hi=0), n_threads=2)
     >>> plan.tasks[:, 2:4].tolist()  # k_start, k_stop
-    [[0, 512], [512, 1280], [1280, 2048], [2048, 4096]]
+    [[0, 256], [256, 512], [512, 1024], [1024, 2048]]
     >>> plan.tasks[:, 4:].tolist()  # q_start, q_stop (the rows that see the keys), part
-    [[0, 4096, 0], [512, 4096, 1], [1280, 4096, 2], [2048, 4096, 3]]
+    [[0, 2048, 0], [256, 2048, 1], [512, 2048, 2], [1024, 2048, 3]]
     >>> plan.worker_starts.tolist()  # two tasks each
     [0, 2, 4]
     """
@@ -98,13 +103,13 @@ def chunk_count(n_heads, lk):
     """Key chunks per head group: enough tasks for ``MIN_PARALLEL_TASKS`` in all, from the shape.
 
     Few head groups (``batch * kv_heads`` below 16) split their keys, but never into
-    chunks of fewer than ``MIN_SPLIT_KEYS`` keys on average, nor into more than
+    chunks of fewer than ``MIN_CHUNK_KEYS`` keys on average, nor into more than
     ``MAX_CHUNKS``.
     """
     if n_heads == 0 or n_heads >= MIN_PARALLEL_TASKS:
         return 1
     wanted = -(-MIN_PARALLEL_TASKS // n_heads)
-    return int(max(1, min(wanted, lk // MIN_SPLIT_KEYS, MAX_CHUNKS)))
+    return int(max(1, min(wanted, lk // MIN_CHUNK_KEYS, MAX_CHUNKS)))
 
 
 def _rows_per_key(band, lq, lk):
