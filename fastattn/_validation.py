@@ -42,6 +42,8 @@ def explain_torch_keywords(function):
     """Wrap an attention function so torch's keyword names get fastattn's own TypeError."""
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        if TORCH_KEYWORDS.keys().isdisjoint(kwargs):  # the common case, checked in C
+            return function(*args, **kwargs)
         foreign = [name for name in kwargs if name in TORCH_KEYWORDS]
         if foreign:
             advice = "; ".join(f"{name}: {TORCH_KEYWORDS[name]}" for name in foreign)

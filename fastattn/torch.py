@@ -40,7 +40,7 @@ NO_LIMIT = -1
 
 def _as_numpy(tensor):
     """A NumPy view of a CPU tensor (bfloat16, which NumPy lacks, as a float32 copy)."""
-    if tensor.dtype == torch.bfloat16:
+    if tensor.dtype is torch.bfloat16:  # dtypes are singletons
         tensor = tensor.float()
     return tensor.detach().numpy() if tensor.requires_grad else tensor.numpy()
 
@@ -61,12 +61,14 @@ def _compute_dtype(dtype):
 def _forward(query, key, value, mask, causal, window_left, window_right, scale, want_lse):
     """``(out, lse)`` (``lse`` None unless ``want_lse``) as tensors: the operator's body."""
     causal, window = _options(causal, window_left, window_right)
-    result = _numpy_attention(_as_numpy(query), _as_numpy(key), _as_numpy(value),
-                              None if mask is None else _as_numpy(mask), causal=causal,
-                              window=window, scale=scale, return_lse=want_lse)
+    # the undecorated function: these keywords are fastattn's own, not torch's
+    result = _numpy_attention.__wrapped__(
+        _as_numpy(query), _as_numpy(key), _as_numpy(value),
+        None if mask is None else _as_numpy(mask), causal=causal, window=window, scale=scale,
+        return_lse=want_lse)
     out, lse = result if want_lse else (result, None)
     out = torch.from_numpy(out)
-    if out.dtype != query.dtype:  # bfloat16, computed in float32
+    if out.dtype is not query.dtype:  # bfloat16, computed in float32
         out = out.to(query.dtype)
     return out, None if lse is None else torch.from_numpy(lse)
 
@@ -138,16 +140,20 @@ def _use_operator(tensors):
     """Whether a call must go through the dispatcher: autograd or tracing needs it."""
     if torch.compiler.is_compiling():
         return True
-    if any(type(t) is not torch.Tensor for t in tensors):  # fake or subclass tensors
-        return True
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    for tensor in tensors:  # loops, not any(): this runs on every call
+        if type(tensor) is not torch.Tensor:  # fake or subclass tensors
+            return True
+    if torch.is_grad_enabled():
+        for tensor in tensors:
+            if tensor.requires_grad:
+                return True
+    return False
 
 
-def _run(query, key, value, mask, causal, window, scale, want_lse, checked=False):
-    """Check the tensors (unless ``checked``), then compute directly or through the operator."""
+def _run(query, key, value, mask, causal, window, scale, want_lse):
+    """Check the tensors, then compute directly or through the operator."""
     tensors = (query, key, value) if mask is None else (query, key, value, mask)
-    if not checked:
-        _check_tensors(tensors)
+    _check_tensors(tensors)
     left, right = (NO_LIMIT, NO_LIMIT) if window is None else (
         NO_LIMIT if side is None else int(side) for side in window)
     code = _CAUSAL_CODES.get(causal) if isinstance(causal, (bool, str)) else None
@@ -172,7 +178,7 @@ def _check_tensors(tensors):
             raise ValueError(f"{name} is on {tensor.device}: fastattn runs on the CPU; use "
                              f"torch.nn.functional.scaled_dot_product_attention for "
                              f"{tensor.device.type} tensors, or move them with .cpu()")
-        if tensor.layout != torch.strided or tensor.is_nested:
+        if tensor.layout is not torch.strided or tensor.is_nested:
             raise TypeError(f"{name}: a {tensor.layout} tensor; fastattn takes dense tensors "
                             f"(use .to_dense() or torch's scaled_dot_product_attention)")
         if name != "attn_mask" and tensor.dtype not in SUPPORTED_DTYPES:
@@ -256,9 +262,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     >>> bool(torch.allclose(out, expected))
     True
     """
-    _check_tensors((query, key, value) if attn_mask is None else (query, key, value, attn_mask))
+    tensors = (query, key, value) if attn_mask is None else (query, key, value, attn_mask)
+    _check_tensors(tensors)
     _check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
-    return _run(query, key, value, attn_mask, bool(is_causal), None, scale, False, checked=True)
+    code = _CAUSAL_CODES[bool(is_causal)]
+    if _use_operator(tensors):
+        return torch.ops.fastattn.attention(query, key, value, attn_mask, code, NO_LIMIT,
+                                            NO_LIMIT, scale)[0]
+    return _forward(query, key, value, attn_mask, code, NO_LIMIT, NO_LIMIT, scale, False)[0]
 
 
 def attention(query, key, value, mask=None, *, causal=False, window=None, scale=None,
