@@ -181,11 +181,13 @@ def test_infinite_scores_are_not_empty_rows(run_kernel):
 
 def test_compiled_constants_agree_and_stale_builds_are_refused(monkeypatch):
     cython = pytest.importorskip("fastattn._cython")
-    for name, value in cython.COMPILED_CONSTANTS.items():
-        assert getattr(_contract, name) == value
+    backward = pytest.importorskip("fastattn._cython._backward")
+    for compiled in (cython.COMPILED_CONSTANTS, backward.COMPILED_CONSTANTS):
+        for name, value in compiled.items():
+            assert getattr(_contract, name) == value
     monkeypatch.setattr(_contract, "MASK_ADD", 9)
     with pytest.raises(ImportError, match="MASK_ADD.*rebuild"):
-        cython._check_contract()
+        cython.check_contract(backward.COMPILED_CONSTANTS, "fastattn._cython._backward")
 
 
 def test_mask_kind_none_ignores_the_mask_argument(run_kernel, rng):

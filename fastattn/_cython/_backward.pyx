@@ -24,7 +24,7 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t, uint8_t, uintptr_t
 
-from .. import _contract
+from fastattn._cython import check_contract
 
 cnp.import_array()
 
@@ -88,34 +88,12 @@ cdef extern from "_backward_tiles.h" nogil:
                                    const double *b, Py_ssize_t bp, Py_ssize_t cols,
                                    double *c, Py_ssize_t cp)
 
+include "_contract.pxi"
+
+check_contract(COMPILED_CONSTANTS, __name__)
+
 cdef enum:
-    MASK_NONE = 0
-    MASK_KEEP = 1
-    MASK_ADD = 2
-    BWD_BATCH = 0
-    BWD_KV_HEAD = 1
-    BWD_K_START = 2
-    BWD_K_STOP = 3
-    BWD_Q_START = 4
-    BWD_Q_STOP = 5
-    BWD_PART = 6
-    BWD_COLUMNS = 7
-    ALIGN_BYTES = 64  # tiles start on cache-line boundaries
     N_ROW_POINTERS = 5  # per row of a query block: q, dO, S, dS and dq rows
-
-# The compiled constants must be the contract's (a mismatch is a build from old sources).
-assert (MASK_NONE, MASK_KEEP, MASK_ADD) == (_contract.MASK_NONE, _contract.MASK_KEEP,
-                                            _contract.MASK_ADD)
-assert (BWD_BATCH, BWD_KV_HEAD, BWD_K_START, BWD_K_STOP, BWD_Q_START, BWD_Q_STOP, BWD_PART,
-        BWD_COLUMNS) == (_contract.BWD_BATCH, _contract.BWD_KV_HEAD, _contract.BWD_K_START,
-                         _contract.BWD_K_STOP, _contract.BWD_Q_START, _contract.BWD_Q_STOP,
-                         _contract.BWD_PART, _contract.BWD_COLUMNS)
-
-
-cdef struct View:
-    # An array as its data pointer and byte strides (up to 4 axes).
-    char *data
-    Py_ssize_t stride[4]
 
 
 cdef struct Problem:
@@ -239,25 +217,6 @@ cdef bint _all_finite(const View *x, shape, bint single):
                 if not finite:
                     return False
     return True
-
-
-cdef char *_aligned(char *pointer):
-    return pointer + (-<uintptr_t> pointer) % ALIGN_BYTES
-
-
-cdef View _view(array):
-    """Data pointer and byte strides of an ndarray (of up to 4 axes)."""
-    cdef View view
-    cdef cnp.ndarray a = <cnp.ndarray> array
-    cdef int axis
-    view.data = <char *> cnp.PyArray_DATA(a)
-    for axis in range(4):
-        view.stride[axis] = a.strides[axis] if axis < a.ndim else 0
-    return view
-
-
-cdef inline Py_ssize_t _padded(Py_ssize_t n, Py_ssize_t multiple) noexcept nogil:
-    return (n + multiple - 1) // multiple * multiple
 
 
 cdef Problem _describe(call):

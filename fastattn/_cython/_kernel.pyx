@@ -66,33 +66,7 @@ cdef extern from "_tiles.h" nogil:
     bint fa_rows_finite_f32(Py_ssize_t n, Py_ssize_t width, const char *rows, Py_ssize_t stride)
     bint fa_rows_finite_f64(Py_ssize_t n, Py_ssize_t width, const char *rows, Py_ssize_t stride)
 
-cdef enum:
-    # The kernel contract's constants (fastattn/_contract.py), checked at import.
-    MASK_NONE = 0
-    MASK_KEEP = 1
-    MASK_ADD = 2
-    TASK_BATCH = 0
-    TASK_KV_HEAD = 1
-    TASK_Q_START = 2
-    TASK_Q_STOP = 3
-    TASK_K_START = 4
-    TASK_K_STOP = 5
-    TASK_PART = 6
-    TASK_COLUMNS = 7
-    ALIGN_BYTES = 64  # tiles start on cache-line boundaries
-
-COMPILED_CONSTANTS = dict(
-    MASK_NONE=MASK_NONE, MASK_KEEP=MASK_KEEP, MASK_ADD=MASK_ADD, TASK_BATCH=TASK_BATCH,
-    TASK_KV_HEAD=TASK_KV_HEAD, TASK_Q_START=TASK_Q_START, TASK_Q_STOP=TASK_Q_STOP,
-    TASK_K_START=TASK_K_START, TASK_K_STOP=TASK_K_STOP, TASK_PART=TASK_PART,
-    TASK_COLUMNS=TASK_COLUMNS)
-"""The contract's constants as compiled into this extension."""
-
-
-cdef struct View:
-    # An array as its data pointer and byte strides (up to 4 axes).
-    char *data
-    Py_ssize_t stride[4]
+include "_contract.pxi"
 
 
 cdef struct Problem:
@@ -167,25 +141,6 @@ cdef cnp.ndarray _int64_rows(array):
             and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> array)):
         return <cnp.ndarray> array
     return np.ascontiguousarray(array, dtype=np.int64)
-
-
-cdef char *_aligned(char *pointer):
-    return pointer + (-<uintptr_t> pointer) % ALIGN_BYTES
-
-
-cdef View _view(array):
-    """Data pointer and byte strides of an ndarray (of up to 4 axes)."""
-    cdef View view
-    cdef cnp.ndarray a = <cnp.ndarray> array
-    cdef int axis
-    view.data = <char *> cnp.PyArray_DATA(a)
-    for axis in range(4):
-        view.stride[axis] = a.strides[axis] if axis < a.ndim else 0
-    return view
-
-
-cdef inline Py_ssize_t _padded(Py_ssize_t n, Py_ssize_t multiple) noexcept nogil:
-    return (n + multiple - 1) // multiple * multiple
 
 
 cdef Problem _describe(call):

@@ -1,0 +1,60 @@
+# The kernel contract as both Cython kernels compile it (included by _kernel.pyx and
+# _backward.pyx): the constants of fastattn/_contract.py, checked against the Python ones
+# at import (fastattn._cython.check_contract), and the view of an ndarray that the
+# kernels read through.
+
+cdef enum:
+    MASK_NONE = 0
+    MASK_KEEP = 1
+    MASK_ADD = 2
+    TASK_BATCH = 0
+    TASK_KV_HEAD = 1
+    TASK_Q_START = 2
+    TASK_Q_STOP = 3
+    TASK_K_START = 4
+    TASK_K_STOP = 5
+    TASK_PART = 6
+    TASK_COLUMNS = 7
+    BWD_BATCH = 0
+    BWD_KV_HEAD = 1
+    BWD_K_START = 2
+    BWD_K_STOP = 3
+    BWD_Q_START = 4
+    BWD_Q_STOP = 5
+    BWD_PART = 6
+    BWD_COLUMNS = 7
+    ALIGN_BYTES = 64  # tiles start on cache-line boundaries
+
+COMPILED_CONSTANTS = dict(
+    MASK_NONE=MASK_NONE, MASK_KEEP=MASK_KEEP, MASK_ADD=MASK_ADD, TASK_BATCH=TASK_BATCH,
+    TASK_KV_HEAD=TASK_KV_HEAD, TASK_Q_START=TASK_Q_START, TASK_Q_STOP=TASK_Q_STOP,
+    TASK_K_START=TASK_K_START, TASK_K_STOP=TASK_K_STOP, TASK_PART=TASK_PART,
+    TASK_COLUMNS=TASK_COLUMNS, BWD_BATCH=BWD_BATCH, BWD_KV_HEAD=BWD_KV_HEAD,
+    BWD_K_START=BWD_K_START, BWD_K_STOP=BWD_K_STOP, BWD_Q_START=BWD_Q_START,
+    BWD_Q_STOP=BWD_Q_STOP, BWD_PART=BWD_PART, BWD_COLUMNS=BWD_COLUMNS)
+"""The contract's constants as compiled into this extension."""
+
+
+cdef struct View:
+    # An array as its data pointer and byte strides (up to 4 axes).
+    char *data
+    Py_ssize_t stride[4]
+
+
+cdef View _view(array):
+    """Data pointer and byte strides of an ndarray (of up to 4 axes)."""
+    cdef View view
+    cdef cnp.ndarray a = <cnp.ndarray> array
+    cdef int axis
+    view.data = <char *> cnp.PyArray_DATA(a)
+    for axis in range(4):
+        view.stride[axis] = a.strides[axis] if axis < a.ndim else 0
+    return view
+
+
+cdef char *_aligned(char *pointer):
+    return pointer + (-<uintptr_t> pointer) % ALIGN_BYTES
+
+
+cdef inline Py_ssize_t _padded(Py_ssize_t n, Py_ssize_t multiple) noexcept nogil:
+    return (n + multiple - 1) // multiple * multiple
