@@ -118,7 +118,7 @@ threads share it safely."""
 
 _MAX_REPEATED = 256
 
-_KEY_TYPES = (bool, int, float, str, type(None), np.bool_, np.float32, np.float64)
+_KEY_TYPES = frozenset((bool, int, float, str, type(None), np.bool_, np.float32, np.float64))
 """Types of the options a key may hold: hashable, and told apart by type in the key (1 ==
 True, yet ``causal=1`` is an error)."""
 
