@@ -9,13 +9,11 @@ depends on the shape only; the thread count decides which worker runs a task,
 never what it computes, so gradients are bit-identical for any number of threads.
 """
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ._contract import (BWD_BATCH, BWD_COLUMNS, BWD_K_START, BWD_K_STOP, BWD_KV_HEAD, BWD_PART,
                         BWD_Q_START, BWD_Q_STOP, Band)
-from ._plan import MIN_PARALLEL_TASKS, balanced_starts
+from ._plan import MIN_PARALLEL_TASKS, WorkPlan, balanced_starts
 
 TARGET_ROWS = 256
 """Query rows per block (all heads of a group together) when the caller sets no block_q."""
@@ -35,28 +33,6 @@ N = 1024, float32): one 1024-key task 3.8 ms, two 512-key chunks 2.2 ms."""
 MAX_CHUNKS = 8
 """At most this many key chunks per (batch, kv head): each one's partial ``dq`` slot is
 the size of that head group's ``dq``, so the partial slots never exceed 8 x ``dq``."""
-
-
-@dataclass(frozen=True)
-class BackwardPlan:
-    """Block sizes, the ``BWD_*`` task table, task costs and each worker's first task."""
-
-    block_q: int
-    block_k: int
-    group: int
-    band: Band
-    tasks: np.ndarray
-    task_costs: np.ndarray
-    worker_starts: np.ndarray
-    n_parts: int
-
-    @property
-    def n_workers(self):
-        return len(self.worker_starts) - 1
-
-    @property
-    def max_rows(self):
-        return self.group * self.block_q
 
 
 def make_backward_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=None,
@@ -95,8 +71,8 @@ def make_backward_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=
     split = n_chunks > 1
     tasks[:, BWD_PART] = np.arange(len(tasks)) if split else -1
     costs = np.tile(chunk_costs, n_heads).astype(np.int64)
-    return BackwardPlan(block_q, block_k, group, band, tasks, costs,
-                        balanced_starts(costs, n_threads), len(tasks) if split else 0)
+    return WorkPlan(block_q, block_k, group, band, tasks, costs,
+                    balanced_starts(costs, n_threads), len(tasks) if split else 0)
 
 
 def chunk_count(n_heads, lk):

@@ -41,8 +41,9 @@ Python runs, so Ctrl-C interrupts a call promptly (see :func:`rounds`)."""
 
 
 @dataclass(frozen=True)
-class TilingPlan:
-    """Everything a kernel needs besides the arrays; see the module docstring."""
+class WorkPlan:
+    """What every plan has: block sizes, the kv group, the band, a task table with each
+    task's cost, each worker's first task, and the number of partial slots."""
 
     block_q: int
     block_k: int
@@ -51,7 +52,6 @@ class TilingPlan:
     tasks: np.ndarray
     task_costs: np.ndarray
     worker_starts: np.ndarray
-    merges: np.ndarray
     n_parts: int
 
     @property
@@ -61,6 +61,14 @@ class TilingPlan:
     @property
     def max_rows(self):
         return self.group * self.block_q
+
+
+@dataclass(frozen=True)
+class TilingPlan(WorkPlan):
+    """The forward's plan: a :class:`WorkPlan` with ``TASK_*`` columns and the split-KV
+    merge table (``MERGE_*`` columns); see the module docstring."""
+
+    merges: np.ndarray = None
 
 
 @functools.lru_cache(maxsize=256)
@@ -83,8 +91,9 @@ def make_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=None, blo
     worker_starts = balanced_starts(costs, n_threads)
     for array in (tasks, costs, worker_starts, merges):
         array.flags.writeable = False
-    return TilingPlan(block_q, block_k, group, band, tasks, costs, worker_starts, merges,
-                      n_parts)
+    return TilingPlan(block_q=block_q, block_k=block_k, group=group, band=band, tasks=tasks,
+                      task_costs=costs, worker_starts=worker_starts, n_parts=n_parts,
+                      merges=merges)
 
 
 def _row_tasks(batch, kv_heads, lq, lk, block_q, band):

@@ -44,7 +44,7 @@ def run_kernel(call):
         if workers == 1:  # no thread team: also what a forked child runs
             run_worker(0, *arguments)
         else:
-            _run_parallel(workers, arguments)
+            run_parallel(run_tasks_parallel, workers, arguments)
 
 
 def _writeable(array):
@@ -52,12 +52,13 @@ def _writeable(array):
     return array if array.flags.writeable else array.copy()
 
 
-def _run_parallel(workers, arguments):
+def run_parallel(kernel, workers, arguments):
+    """Call a ``parallel=True`` kernel with Numba's thread count set to ``workers``."""
     previous = numba.get_num_threads()  # a per-thread setting in Numba
     numba.set_num_threads(min(workers, numba.config.NUMBA_NUM_THREADS))
     try:
         with _one_caller_at_a_time():
-            run_tasks_parallel(*arguments)
+            kernel(*arguments)
     finally:
         numba.set_num_threads(previous)
 

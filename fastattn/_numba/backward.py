@@ -16,14 +16,13 @@ along contiguous memory and vectorise; the five block products are BLAS calls on
 contiguous tiles.  The band and mask rules are the forward kernel's own functions.
 """
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from .._blas import single_threaded
 from .._contract import (BWD_BATCH, BWD_K_START, BWD_K_STOP, BWD_KV_HEAD, BWD_PART,
                          BWD_Q_START, BWD_Q_STOP, MASK_KEEP, MASK_NONE)
-from . import _one_caller_at_a_time, flat_view
+from . import flat_view, run_parallel
 from .kernel import _all_finite, _apply_limits, _block_has_keep, _key_rows, _row_start
 from .rowops import JIT, exp_inplace
 
@@ -61,17 +60,7 @@ def run_backward_kernel(call):
         if workers == 1:  # no thread team: also what a forked child runs
             run_backward_worker(0, *arguments)
         else:
-            _run_parallel(workers, arguments)
-
-
-def _run_parallel(workers, arguments):
-    previous = numba.get_num_threads()  # a per-thread setting in Numba
-    numba.set_num_threads(min(workers, numba.config.NUMBA_NUM_THREADS))
-    try:
-        with _one_caller_at_a_time():
-            run_backward_parallel(*arguments)
-    finally:
-        numba.set_num_threads(previous)
+            run_parallel(run_backward_parallel, workers, arguments)
 
 
 @njit(parallel=True, **JIT)
