@@ -7,7 +7,10 @@ interleaved round by round so that a busy machine slows them alike:
 ``torch.nn.functional.scaled_dot_product_attention``.  It prints their medians and the
 ratios to torch (the goal of issue 11: at most 1.5x) and stores them in ``extra_info``;
 pytest-benchmark's own table times ``fastattn.attention``.  Timing figures on a shared
-machine are noisy: compare ratios from one run, not figures across runs.
+machine are noisy: compare ratios from one run, not figures across runs.  With
+``--attn-threads=1`` the figures are the per-call costs alone; with more threads, torch's
+and fastattn's thread teams also compete for the cores (and torch runs the small shapes
+multi-threaded where fastattn's planner keeps one worker).
 """
 
 import time
