@@ -19,8 +19,10 @@ setting is checked when it is read, without importing the backends."""
 _overrides = contextvars.ContextVar("fastattn_config", default={})
 
 
+@functools.cache
 def available_cores():
-    """The number of cores this process may run on."""
+    """The number of cores this process may run on (read once: a small call should not pay
+    a system call; ``available_cores.cache_clear()`` after changing the affinity)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -33,6 +35,7 @@ _forked_child = False
 def _note_fork():
     global _forked_child
     _forked_child = True
+    available_cores.cache_clear()  # a child may be given other cores
 
 
 os.register_at_fork(after_in_child=_note_fork)
