@@ -170,6 +170,15 @@ def _run(query, key, value, mask, causal, window, scale, want_lse):
 # --------------------------------------------------------------------------- checks
 
 def _check_tensors(tensors):
+    for position, tensor in enumerate(tensors):  # the common case, in one test per tensor
+        if not (type(tensor) is torch.Tensor and tensor.is_cpu and not tensor.is_nested
+                and tensor.layout is torch.strided
+                and (position == 3 or tensor.dtype in SUPPORTED_DTYPES)):
+            _explain_tensors(tensors)
+
+
+def _explain_tensors(tensors):
+    """Raise the error that the first unsupported tensor deserves (subclasses may pass)."""
     for name, tensor in zip(("query", "key", "value", "attn_mask"), tensors):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}; "
