@@ -113,8 +113,8 @@ def attention(q, k, v, mask=None, *, causal=False, window=None, scale=None,
 _repeated = {}
 """Calls seen before: ``_call_key(...)`` -> ``(loader, RepeatedRun)``, or None where such a
 call cannot skip validation.  ``loader`` is the backend registry's ``_load`` that chose the
-backend (the key holds the backend's name and setting): a replaced registry chooses anew.  Entries are immutable; dict reads and writes are atomic, so
-threads share it safely."""
+backend (the key holds the backend's name and setting): a replaced registry chooses anew.
+Entries are immutable; dict reads and writes are atomic, so threads share it safely."""
 
 _MAX_REPEATED = 256
 

@@ -4,10 +4,11 @@
 
 The kernel contract (:mod:`fastattn._contract`, "The kernel contract" in
 docs/design.md) says what it computes; the task steps are those of
-:mod:`fastattn._numba.kernel`.  Each task packs its query rows (all heads of a kv group, pre-scaled) into a tile,
-then for every kv block forms the scores, applies the band and the mask, updates
-the running max and sum, and adds ``P @ V`` to the accumulator, rescaling it only
-when a row's max grew.  Rows are normalised once, at the end.
+:mod:`fastattn._numba.kernel`.  Each task packs its query rows (all heads of a kv
+group, pre-scaled) into a tile, then for every kv block forms the scores, applies the
+band and the mask, updates the running max and sum, and adds ``P @ V`` to the
+accumulator, rescaling it only when a row's max grew.  Rows are normalised once, at
+the end.
 
 The block products and the softmax are the register-blocked C kernels of
 ``_tiles.h``, which keep every tile transposed (query rows along the contiguous
@@ -15,8 +16,8 @@ axis): keys and values are then read in place, whatever their row stride, and th
 row-wise softmax becomes element-wise vector work.  Arrays are reached through
 their data pointer and byte strides (negative and zero included), so read-only
 and broadcast views need no copy.  All indexing is 64-bit.  The contract's constants
-are compiled in here; ``fastattn._cython`` checks them against the Python ones at
-import (:data:`COMPILED_CONSTANTS`).
+are compiled in (``_contract.pxi``); ``fastattn._cython`` checks them against the
+Python ones at import.
 """
 
 cimport numpy as cnp
