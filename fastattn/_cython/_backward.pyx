@@ -36,6 +36,7 @@ ctypedef fused real:
 
 cdef extern from "_backward_tiles.h" nogil:
     enum: FB_PAD
+    int64_t fb_claim(int64_t *next)
     # Row limits lo, hi: NULL, or the keys lo[r] <= j < hi[r] that row r needs.
     void fb_scores_product_f32(Py_ssize_t rows, const float **a, Py_ssize_t depth,
                                const float *b, Py_ssize_t bp, Py_ssize_t cols, float **c,
@@ -94,6 +95,7 @@ check_contract(COMPILED_CONSTANTS, __name__)
 
 cdef enum:
     N_ROW_POINTERS = 5  # per row of a query block: q, dO, S, dS and dq rows
+    CLAIM_STRIDE = ALIGN_BYTES // 8  # one cache line per worker's task counter
 
 
 cdef struct Problem:
@@ -167,6 +169,10 @@ def run_backward_kernel(call):
     cdef cnp.ndarray pointers = np.empty((n_workers, N_ROW_POINTERS * problem.rows),
                                          dtype=np.uintp)
     cdef cnp.ndarray limits = np.empty((n_workers, 2 * problem.rows), dtype=np.intp)
+    # Each worker's next unclaimed task (see _run_workers), a cache line apart.
+    cdef cnp.ndarray claims = np.zeros((n_workers, CLAIM_STRIDE), dtype=np.int64)
+    claims[:, 0] = starts[:-1]
+    cdef int64_t *claim_ptr = <int64_t *> cnp.PyArray_DATA(claims)
     cdef Py_ssize_t *limit_ptr = <Py_ssize_t *> cnp.PyArray_DATA(limits)
     cdef char *tile_ptr = _aligned(<char *> cnp.PyArray_DATA(tiles))
     cdef const int64_t *task_ptr = <const int64_t *> cnp.PyArray_DATA(tasks)
@@ -176,11 +182,11 @@ def run_backward_kernel(call):
     problem.rows_finite = (_all_finite(&problem.q, call.q.shape, single)
                            and _all_finite(&problem.dout, call.dout.shape, single))
     if single:
-        _run_workers(&problem, task_ptr, start_ptr, n_workers, <float *> tile_ptr,
-                     <float **> pointer_ptr, limit_ptr)
+        _run_workers(&problem, task_ptr, start_ptr, claim_ptr, n_workers,
+                     <float *> tile_ptr, <float **> pointer_ptr, limit_ptr)
     else:
-        _run_workers(&problem, task_ptr, start_ptr, n_workers, <double *> tile_ptr,
-                     <double **> pointer_ptr, limit_ptr)
+        _run_workers(&problem, task_ptr, start_ptr, claim_ptr, n_workers,
+                     <double *> tile_ptr, <double **> pointer_ptr, limit_ptr)
 
 
 def _check_layout(call):
@@ -259,20 +265,45 @@ cdef Problem _describe(call):
 # Parallel driver, one task, one key block, one query block
 
 cdef void _run_workers(const Problem *p, const int64_t *tasks, const int64_t *starts,
-                       Py_ssize_t n_workers, real *tiles, real **pointers,
+                       int64_t *claims, Py_ssize_t n_workers, real *tiles, real **pointers,
                        Py_ssize_t *limits) noexcept nogil:
     cdef Py_ssize_t w
-    cdef int64_t t, j0, k1
-    cdef const int64_t *task
+    if n_workers == 1:  # no thread team: also what a forked child runs (see _config)
+        _run_worker(p, tasks, starts, claims, 1, 0, tiles, pointers, limits)
+        return
     for w in prange(n_workers, nogil=True, num_threads=n_workers, schedule="static",
                     chunksize=1):
-        for t in range(starts[w], starts[w + 1]):
-            task = tasks + BWD_COLUMNS * t
-            j0, k1 = task[BWD_K_START], task[BWD_K_STOP]
-            while j0 < k1:
-                _key_block(p, task, j0, min(p.block_k, k1 - j0), tiles + w * p.tile_size,
-                           pointers + w * N_ROW_POINTERS * p.rows, limits + w * 2 * p.rows)
-                j0 = j0 + p.block_k
+        _run_worker(p, tasks, starts, claims, n_workers, w, tiles, pointers, limits)
+
+
+cdef void _run_worker(const Problem *p, const int64_t *tasks, const int64_t *starts,
+                      int64_t *claims, Py_ssize_t n_workers, Py_ssize_t w, real *tiles,
+                      real **pointers, Py_ssize_t *limits) noexcept nogil:
+    """Run worker ``w``'s own tasks in order, then take the unstarted tasks of the others.
+
+    On two cores shared with other processes one thread is often descheduled for a
+    while; with a fixed split the call then waits for it (measured here: two threads no
+    faster than one).  A task computes the same whichever scratch runs it, and its
+    outputs are its own, so taking tasks over changes timings only, never results.
+    """
+    cdef Py_ssize_t i, owner
+    cdef int64_t t
+    for i in range(n_workers):
+        owner = (w + i) % n_workers
+        t = fb_claim(claims + owner * CLAIM_STRIDE)
+        while t < starts[owner + 1]:
+            _run_task(p, tasks + BWD_COLUMNS * t, tiles + w * p.tile_size,
+                      pointers + w * N_ROW_POINTERS * p.rows, limits + w * 2 * p.rows)
+            t = fb_claim(claims + owner * CLAIM_STRIDE)
+
+
+cdef void _run_task(const Problem *p, const int64_t *task, real *tile, real **pointers,
+                    Py_ssize_t *limits) noexcept nogil:
+    """Every key block of the task's key chunk."""
+    cdef int64_t j0 = task[BWD_K_START], k1 = task[BWD_K_STOP]
+    while j0 < k1:
+        _key_block(p, task, j0, min(p.block_k, k1 - j0), tile, pointers, limits)
+        j0 += p.block_k
 
 
 cdef void _key_block(const Problem *p, const int64_t *task, int64_t j0, Py_ssize_t n_k,

@@ -102,4 +102,11 @@ static inline void fb_span(const ptrdiff_t *lo, const ptrdiff_t *hi, ptrdiff_t n
 #undef EXP_MAX
 #undef FN
 
+/* Claim the next task of a worker's run: the owner and any thief share one counter,
+ * so each task is taken exactly once.  Relaxed suffices: tasks read shared inputs and
+ * write disjoint outputs, published by the barrier that ends the parallel region. */
+static inline int64_t fb_claim(int64_t *next) {
+    return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+}
+
 #endif
