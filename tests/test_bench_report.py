@@ -494,7 +494,7 @@ def test_schema_2_results_load_as_forward_points(tmp_path):
         del point["workload"]
     (tmp_path / "results.json").write_text(json.dumps(old))
     results = load_results(tmp_path)
-    assert results["schema_version"] == SCHEMA_VERSION == 3
+    assert results["schema_version"] == SCHEMA_VERSION == 4
     assert {p["workload"] for p in results["points"]} == {FORWARD}
     report = render_markdown(results)
     assert "## Forward + backward" not in report and report.count("| 512 | cython |") == 1
@@ -694,3 +694,183 @@ def test_no_import_cycle_through_bench_cli_or_viz():
               and any(reaches(other, name) for other in graph[name]
                       if not name.startswith(other + "."))]
     assert cycles == []
+
+
+# --- models in transformers ----------------------------------------------------------------
+
+TINY_LLAMA = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=1)
+
+
+def _models_needed():
+    from fastattn.bench._models import LLAMA_PREFILL, models_unavailable
+
+    reason = models_unavailable(LLAMA_PREFILL)
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def model_results():
+    """A tiny sweep of the tiny-Llama prefill (shrunk further) at N = 16, every implementation."""
+    _models_needed()
+    config = SweepConfig(sizes=(), backends=("naive",), threads=1, memory_budget_gib=1.0,
+                         repeats=2, min_time_s=0, time_budget_s=1, reference_size=0,
+                         models=("llama-prefill",), model_sizes={"llama-prefill": (16,)},
+                         model_config=TINY_LLAMA)
+    return run_sweep(config, progress=False)
+
+
+def test_model_sweep_times_every_implementation(model_results):
+    points = model_results["points"]
+    assert [(p["workload"], p["backend"], p["n"]) for p in points] == [
+        ("llama-prefill", name, 16) for name in ("fastattn", "sdpa", "eager")]
+    for p in points:
+        assert p["status"] == "ok", p["reason"]
+        assert p["tokens_per_s"] == pytest.approx(16 / p["median_s"])
+        assert p["gflops"] is None and p["peak_bytes"] is not None
+        assert min(p["times_s"]) == p["min_s"] <= p["median_s"] <= p["max_s"]
+    assert model_results["settings"]["model_sizes"] == {"llama-prefill": [16]}
+
+
+def test_model_report_has_a_table_and_a_plot(model_results, tmp_path):
+    from fastattn.bench._report import MODEL_COLUMNS, write_report
+
+    written = {path.name for path in write_report(model_results, tmp_path,
+                                                  plots=_has_matplotlib())}
+    report = (tmp_path / "report.md").read_text()
+    assert "## Models" in report and "### Tiny Llama: prefill of N tokens" in report
+    assert "| " + " | ".join(MODEL_COLUMNS) + " |" in report
+    assert report.count("| 16 | sdpa | ") == 1 and "| 1× |" in report
+    assert "## float32" not in report  # no forward points: no forward tables
+    if _has_matplotlib():
+        assert "models.png" in written and "](models.png)" in report
+    again = load_results(tmp_path)
+    assert [point_key(p) for p in again["points"]] == \
+        [point_key(p) for p in model_results["points"]]
+    comparison = compare_results(again, model_results)
+    assert {row["time_ratio"] for row in comparison["rows"]} == {1.0}
+    assert {row["gflops_ratio"] for row in comparison["rows"]} == {None}
+    assert "prefill fastattn" in format_comparison(comparison)
+
+
+def _has_matplotlib():
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _model_results():
+    """Hand-made model points: fastattn twice as fast as sdpa, eager skipped at 1024."""
+    points = []
+    for workload, sizes, tokens in (("llama-prefill", (512, 1024), None),
+                                    ("llama-decode", (512,), 64),
+                                    ("minilm-encode", (128,), None)):
+        for n in sizes:
+            for backend, seconds in (("fastattn", 0.1), ("sdpa", 0.2), ("eager", 0.4)):
+                point = dict(workload=workload, backend=backend, n=n, causal=True,
+                             dtype="float32", batch=1, heads=8, head_dim=32, threads=2,
+                             flops=None, tokens=tokens or n, status="ok", reason=None,
+                             median_s=seconds, times_s=[seconds * 0.9, seconds, seconds * 1.2],
+                             gflops=None, tokens_per_s=(tokens or n) / seconds,
+                             peak_bytes=2**20, rss_bytes=2**20, traced_bytes=2**10)
+                if backend == "eager" and n == 1024:
+                    point.update(status="failed", reason="killed by signal 9")
+                points.append(point)
+    return {"schema": "fastattn-bench", "schema_version": SCHEMA_VERSION,
+            "settings": {"threads": 2}, "points": points}
+
+
+def test_model_table_gives_the_speedup_over_sdpa_and_its_range():
+    from fastattn.bench._report import _model_lines
+
+    text = "\n".join(_model_lines(_model_results()))
+    # fastattn: sdpa 0.2 s / 0.1 s; range sdpa fastest / own slowest .. slowest / fastest
+    assert "| 512 | fastattn | 100 | 90 | 120 | 3 | 5,120 | 4,267–5,689 | 2× (1.5–2.67) |" \
+        in text
+    assert "| 1024 | eager | failed: killed by signal 9 |" in text
+    assert "### Tiny Llama: 64 tokens decoded after an N-token prompt" in text
+    assert "| 512 | fastattn | 100 | 90 | 120 | 3 | 640 |" in text  # 64 tokens / 0.1 s
+
+
+def test_models_plot_has_a_panel_per_workload_bars_and_one_legend(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.container import ErrorbarContainer
+
+    from fastattn.bench._plots import draw_plots, plot_models
+
+    figure = plot_models(_model_results(), tmp_path / "models.png")
+    axes = [ax for ax in figure.axes if ax.get_xlabel()]
+    assert [ax.get_title() for ax in axes] == ["Tiny Llama prefill", "Tiny Llama decode",
+                                               "MiniLM encode"]
+    assert len(figure.legends) == 1 and all(ax.get_legend() is None for ax in axes)
+    legend_box = figure.legends[0].get_window_extent()
+    for ax in axes:
+        assert not legend_box.overlaps(ax.get_window_extent())
+        bars = {c.get_label(): c for c in ax.containers if isinstance(c, ErrorbarContainer)}
+        assert set(bars) == {"fastattn", "sdpa", "eager"}
+    prefill = {c.get_label(): list(c.lines[0].get_ydata()) for c in axes[0].containers}
+    assert prefill["fastattn"] == pytest.approx([5120, 10240])
+    assert prefill["eager"] == pytest.approx([1280])  # the failed point is an x, not a marker
+    assert [name for _, name in draw_plots(_model_results(), tmp_path)] == ["models.png"]
+
+
+def test_model_runners_decode_and_encode():
+    _models_needed()
+    from fastattn.bench._models import (DECODED, MINILM_ENCODE, build_model, model_runner,
+                                        models_unavailable)
+
+    llama = build_model("llama-decode", "fastattn", **TINY_LLAMA)
+    assert model_runner("llama-decode", llama, 8)().shape == (1, 8 + DECODED)
+    assert model_runner("llama-prefill", llama, 8)().shape == (1, 8, TINY_LLAMA["vocab_size"])
+    if models_unavailable(MINILM_ENCODE) is None:
+        encoded = model_runner(MINILM_ENCODE, build_model(MINILM_ENCODE, "fastattn"), 16)()
+        assert encoded.shape == (1, 16, 384)
+
+
+def test_plan_skips_models_that_cannot_run(monkeypatch):
+    from fastattn.bench import _sweep
+
+    monkeypatch.setattr(_sweep, "models_unavailable", lambda workload: "torch is not installed")
+    config = SweepConfig(sizes=(), backends=("naive",), threads=1, memory_budget_gib=1.0,
+                         models=("llama-decode", "minilm-encode"))
+    points = plan_points(config)
+    assert [(p["workload"], p["n"], p["tokens"]) for p in points[::3]] == [
+        ("llama-decode", 512, 64), ("minilm-encode", 128, 128), ("minilm-encode", 256, 256),
+        ("minilm-encode", 512, 512)]
+    assert {(p["status"], p["reason"]) for p in points} == {("skipped", "torch is not installed")}
+    with pytest.raises(ValueError, match="models must be among"):
+        plan_points(SweepConfig(sizes=(), backends=(), threads=1, memory_budget_gib=1.0,
+                                models=("gpt",)))
+
+
+@pytest.mark.parametrize("option, sizes, models", [
+    ("no", (128, 256, 512, 1024, 2048), ()),
+    ("yes", (128, 256, 512, 1024, 2048), ("llama-prefill", "llama-decode", "minilm-encode")),
+    ("only", (), ("llama-prefill", "llama-decode", "minilm-encode")),
+])
+def test_models_option(option, sizes, models):
+    from fastattn.bench._command import config_from_args
+
+    config = config_from_args(build_parser().parse_args(
+        ["bench", "--quick", "--backends", "naive", "--models", option]))
+    assert (config.sizes, config.models) == (sizes, models)
+    assert (config.backward_sizes == ()) == (option == "only")
+
+
+def test_schema_3_results_load_as_version_4(tmp_path):
+    old = _passing_results()
+    old["schema_version"] = 3
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    results = load_results(tmp_path)
+    assert results["schema_version"] == SCHEMA_VERSION == 4
+    assert "## Models" not in render_markdown(results)
+
+
+def test_the_hf_suite_uses_the_package_models():
+    """bench/test_hf_speed.py builds its models with fastattn.bench._models, not its own."""
+    suite = PACKAGE_DIR.parent / "bench" / "test_hf_speed.py"
+    if not suite.is_file():
+        pytest.skip("no bench/ suites next to this fastattn")
+    text = suite.read_text()
+    assert "fastattn.bench._models" in text and "LlamaConfig(" not in text

@@ -6,6 +6,9 @@ The pieces, one responsibility each:
 - :mod:`._workload` — inputs, runners (fastattn backends and torch) of the forward
   and of a forward + backward step, FLOP and memory counts, the correctness checks
   and their tolerances;
+- :mod:`._models` — whole models in transformers (a tiny Llama's prefill and decode,
+  MiniLM's encode) with each attention implementation (``--models``; also used by
+  ``bench/test_hf_speed.py``);
 - :mod:`._memory` — peak memory of one call (tracemalloc and RSS);
 - :mod:`._point` — one measurement, in a fresh child process (its preparation is
   shared with the pytest-benchmark suites in ``bench/``);

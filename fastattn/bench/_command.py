@@ -19,12 +19,17 @@ GFLOP/s, tokens/s and peak memory, next to a matmul reference (the faster of
 NumPy's and torch's, in the same dtype). Then forward + backward (a training
 step: attention, then attention_backward; torch: SDPA, then .backward) of the
 compiled backends and torch, at B x H as given and at B x H = 1, with the peak
-memory of the backward. Writes report.md, results.json and PNG plots to --out.
+memory of the backward. With --models, whole models in transformers with
+attn_implementation "fastattn", "sdpa" and "eager": a tiny Llama's prefill
+(N = 512 ... 4096) and 64 decoded tokens, MiniLM's encode (N = 128 ... 512),
+tokens/s and peak memory. Writes report.md, results.json and PNG plots to --out.
 The optional action `compare A B` compares two saved reports instead of running
 a sweep."""
 EXAMPLES = [
     ("fastattn bench --quick", "every backend, N = 128 ... 2048, and fwd + bwd (minutes)"),
     ("fastattn bench --backward only", "forward + backward only, N = 512 ... 16384"),
+    ("fastattn bench --models only", "tiny Llama and MiniLM in transformers: fastattn, "
+                                      "sdpa, eager"),
     ("fastattn bench compare A B", "time and GFLOP/s ratios of two saved reports"),
 ]
 """``(command, what it does)`` lines for ``fastattn --help``."""
@@ -69,6 +74,10 @@ def add_arguments(parser):
                        help="sequence lengths of forward + backward (default: those of "
                             "--sizes or --max-n when given, else 512 ... 16384; quick "
                             "512, 1024)")
+    sweep.add_argument("--models", choices=("yes", "no", "only"), default="no",
+                       help="also time whole models in transformers (tiny Llama prefill "
+                            "and decode, MiniLM encode; a few minutes), not (default), or "
+                            "only them")
     sweep.add_argument("--backends", type=_name_list, metavar="NAME,...",
                        help="backends to run (default: every available one and torch if "
                             "installed)")
@@ -120,6 +129,7 @@ def add_arguments(parser):
 def config_from_args(args):
     """Turn parsed options into a :class:`~fastattn.bench._sweep.SweepConfig`."""
     from .._config import available_cores
+    from ._models import MODEL_WORKLOADS
     from ._sweep import SweepConfig
     from ._workload import benchmark_backends
 
@@ -130,6 +140,7 @@ def config_from_args(args):
         return value if value is not None else (quick if args.quick else full)
 
     reference_size = pick(args.reference_size, 2048, 4096) if sizes else 0
+    models = () if args.models == "no" else MODEL_WORKLOADS
     return SweepConfig(
         sizes=tuple(sizes), backends=tuple(benchmark_backends(args.backends)),
         threads=args.threads or available_cores(), memory_budget_gib=args.memory_budget,
@@ -137,7 +148,7 @@ def config_from_args(args):
         head_dim=args.head_dim, repeats=pick(args.repeats, 3, 5),
         time_budget_s=pick(args.time_budget, 3.0, 20.0), min_time_s=pick(args.min_time, 0.3, 1.0),
         reference_size=reference_size, check=not args.no_check,
-        point_timeout_s=args.point_timeout, backward_sizes=tuple(backward_sizes),
+        point_timeout_s=args.point_timeout, backward_sizes=tuple(backward_sizes), models=models,
         extra={"quick": args.quick})
 
 
@@ -158,9 +169,11 @@ def _sizes(args):
         backward = sizes
     else:
         backward = QUICK_BACKWARD_SIZES if args.quick else FULL_BACKWARD_SIZES
-    if args.backward == "no":
+    if args.backward == "no" or args.models == "only":
         backward = ()
-    return (() if args.backward == "only" else sizes), backward
+    if args.backward == "only" or args.models == "only":
+        sizes = ()
+    return sizes, backward
 
 
 def run(args):

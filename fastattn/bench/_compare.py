@@ -1,6 +1,6 @@
 """``fastattn bench compare A B``: per-point ratios of two saved reports."""
 
-from ._results import FORWARD_BACKWARD, KEY_FIELDS, load_results, point_key
+from ._results import FORWARD, FORWARD_BACKWARD, KEY_FIELDS, load_results, point_key
 
 
 def compare_results(a, b):
@@ -20,7 +20,8 @@ def compare_results(a, b):
     dict
         ``rows``: one dict per point measured in both, with the key fields,
         ``a_ms``, ``b_ms``, ``time_ratio`` (B time / A time: above 1 means B is
-        slower), ``a_gflops``, ``b_gflops``, ``gflops_ratio`` (B / A) and the
+        slower), ``a_gflops``, ``b_gflops``, ``gflops_ratio`` (B / A; None for a
+        model point, which has no FLOP count) and the
         thread counts; ``only_a`` and ``only_b``: keys of points that ran in
         just one of them.
 
@@ -45,7 +46,8 @@ def compare_results(a, b):
                      "a_ms": pa["median_s"] * 1e3, "b_ms": pb["median_s"] * 1e3,
                      "time_ratio": pb["median_s"] / pa["median_s"],
                      "a_gflops": pa["gflops"], "b_gflops": pb["gflops"],
-                     "gflops_ratio": pb["gflops"] / pa["gflops"],
+                     "gflops_ratio": (pb["gflops"] / pa["gflops"]
+                                      if pa.get("gflops") and pb.get("gflops") else None),
                      "a_threads": pa.get("threads"), "b_threads": pb.get("threads")})
     return {"rows": rows,
             "only_a": sorted(set(ran_a) - set(ran_b), key=_sort_key),
@@ -59,7 +61,16 @@ def _sort_key(key):
 
 
 def _step(workload):
-    return "fwd+bwd" if workload == FORWARD_BACKWARD else "fwd"
+    # A model workload is "llama-prefill" etc.: its phase fits the column.
+    return {FORWARD: "fwd", FORWARD_BACKWARD: "fwd+bwd"}.get(workload,
+                                                            workload.rpartition("-")[2])
+
+
+def _gflops_cells(row):
+    if row["gflops_ratio"] is None:  # a model point: no FLOP count
+        return f"{'—':>9} {'—':>9} {'—':>9}"
+    return (f"{row['a_gflops']:>9.2f} {row['b_gflops']:>9.2f} "
+            f"{row['gflops_ratio']:>8.3f}x")
 
 
 def _describe_key(key):
@@ -93,8 +104,7 @@ def format_comparison(comparison, label_a="A", label_b="B"):
                      f"{'causal' if row['causal'] else 'full':<6} "
                      f"{row['n']:>6} {row['dtype']:<8} {shape:<10} {row['a_ms']:>11.3f} "
                      f"{row['b_ms']:>11.3f} {row['time_ratio']:>8.3f}x "
-                     f"{row['a_gflops']:>9.2f} {row['b_gflops']:>9.2f} "
-                     f"{row['gflops_ratio']:>8.3f}x{threads}")
+                     f"{_gflops_cells(row)}{threads}")
     if not comparison["rows"]:
         lines.append("(no point was measured in both reports)")
     for name, keys in (("A", comparison["only_a"]), ("B", comparison["only_b"])):

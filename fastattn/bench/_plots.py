@@ -4,7 +4,7 @@ Each figure has one panel per mask (no mask, causal), one line per backend throu
 the medians, with bars from the fastest to the slowest timed call (so that noise can
 be told from behaviour), and one legend under the panels, where it covers no data.
 The forward + backward figures have a row of panels per shape (B × H as swept, and
-B × H = 1).
+B × H = 1); the models figure a panel per model workload (tokens/s per implementation).
 The figures are ``matplotlib.figure.Figure`` objects written with ``savefig``: no
 pyplot, so the caller's matplotlib backend is neither used nor changed.  Each
 ``plot_*(results, path)`` writes its PNG and returns the Figure.
@@ -18,15 +18,21 @@ except ImportError as error:  # pragma: no cover - depends on the environment
                       "(or pass --no-plots)") from error
 
 from ._results import FORWARD, FORWARD_BACKWARD, workload
-from ._summary import configurations, naive_times, speedup_over, timing_range, torch_points
+from ._summary import (configurations, model_groups, naive_times, speedup_over, timing_range,
+                       torch_points)
 
 STYLES = {"naive": ("#555555", "s"), "numba": ("#1f77b4", "o"),
-          "cython": ("#d62728", "^"), "torch": ("#2ca02c", "D")}
+          "cython": ("#d62728", "^"), "torch": ("#2ca02c", "D"),
+          "fastattn": ("#d62728", "o"), "sdpa": ("#2ca02c", "D"), "eager": ("#555555", "s")}
 _OTHER = [("#9467bd", "v"), ("#8c564b", "P"), ("#e377c2", "X")]
 PLOTS = (("time", "Time per call vs N"), ("memory", "Peak memory vs N"),
          ("gflops", "Throughput vs N"), ("speedup", "Speedup over naive vs N"))
 BACKWARD_PLOTS = (("backward_time", "Forward + backward: time per step vs N"),
                   ("backward_speedup", "Forward + backward: speedup over torch vs N"))
+MODEL_PLOT = ("models", "Models in transformers: tokens/s vs N")
+MODEL_PANELS = {"llama-prefill": ("Tiny Llama prefill", "prompt tokens N"),
+                "llama-decode": ("Tiny Llama decode", "prompt tokens N (then the decoded ones)"),
+                "minilm-encode": ("MiniLM encode", "input tokens N")}
 BARS = "markers: median; bars: fastest to slowest timed call"
 DPI = 110
 DODGE = 0.05
@@ -386,9 +392,42 @@ def plot_speedup(results, path):
     return figure
 
 
+def plot_models(results, path):
+    """Tokens/s vs N of each model workload (a panel each), per implementation, min–max bars."""
+    from ._models import IMPLEMENTATIONS
+
+    groups = model_groups(results)
+    figure = Figure(figsize=(5.2 * len(groups), 5.4), layout="constrained")
+    axes = figure.subplots(1, len(groups), squeeze=False)[0]
+    threads = results["settings"].get("threads")
+    plural = "" if threads == 1 else "s"
+    figure.suptitle(f"Models in transformers, float32, {threads} thread{plural}\n{BARS}",
+                    fontsize=12)
+    order = list(IMPLEMENTATIONS)
+    for ax, (workload, points) in zip(axes, groups):
+        order += [p["backend"] for p in points if p["backend"] not in order]
+        for backend in order:
+            color, marker = _style(backend, order)
+            xs, ys, bars = _series(points, backend, lambda p: p["tokens_per_s"],
+                                   lambda p, fast, slow: (p["tokens"] / slow,
+                                                          p["tokens"] / fast))
+            _line(ax, xs, ys, bars, color, marker, backend, (order.index(backend), len(order)))
+        ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.15)
+        for backend in order:
+            _mark_skipped_top(ax, points, backend, _style(backend, order)[0])
+        title, xlabel = MODEL_PANELS[workload]
+        _n_axis(ax, sorted({p["n"] for p in points}))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("tokens/s (generated)" if workload == "llama-decode" else "tokens/s")
+        ax.set_title(title, fontsize=11)
+    _shared_legend(figure, list(axes), order)
+    figure.savefig(path, dpi=DPI)
+    return figure
+
+
 _DRAW = {"time": plot_time, "memory": plot_memory, "gflops": plot_gflops,
          "speedup": plot_speedup, "backward_time": plot_backward_time,
-         "backward_speedup": plot_backward_speedup}
+         "backward_speedup": plot_backward_speedup, "models": plot_models}
 
 
 def _ran(results, kind, torch=None):
@@ -402,7 +441,8 @@ def draw_plots(results, directory):
     """Draw every plot of ``results`` into ``directory``.
 
     The forward plots when a forward point ran, the forward + backward time plot
-    when one of those ran, and its speedup plot when torch and a fastattn backend did.
+    when one of those ran, its speedup plot when torch and a fastattn backend did,
+    and the models plot when there are model points.
 
     Parameters
     ----------
@@ -419,6 +459,8 @@ def draw_plots(results, directory):
         chosen.append(BACKWARD_PLOTS[0])
     if all(_ran(results, FORWARD_BACKWARD, torch=torch) for torch in (True, False)):
         chosen.append(BACKWARD_PLOTS[1])
+    if model_groups(results):
+        chosen.append(MODEL_PLOT)
     drawn = []
     for name, title in chosen:
         file_name = f"{name}.png"

@@ -20,7 +20,9 @@ A forward + backward point is prepared by :func:`prepare_training` the same way,
 except that the peak memory is that of the first full-size *backward* (after its
 forward, whose ``out`` and ``lse`` the backward takes as inputs), the check compares
 the gradients (:func:`~fastattn.bench._workload.check_gradients`), and the timed call
-is a whole training step: forward, then backward.  A matmul point times the
+is a whole training step: forward, then backward.  A model point
+(:func:`measure_model`) times a transformers model with one attention
+implementation (:mod:`fastattn.bench._models`).  A matmul point times the
 reference matmul of one library (:func:`fastattn.bench._reference.matmul_gflops`).
 """
 
@@ -258,6 +260,51 @@ def measure_training(spec):
             "threads": spec["threads"]}
 
 
+def measure_model(spec):
+    """Measure one model point (:mod:`fastattn.bench._models`) described by ``spec``.
+
+    torch and fastattn both get ``threads`` threads.  A call at 16 tokens first
+    (libraries loaded, kernels compiled), then the first
+    full-size call under :func:`~fastattn.bench._memory.measure_peak`, warm-up calls,
+    and the timed calls.
+
+    Parameters
+    ----------
+    spec : dict
+        ``workload`` (one of :data:`~fastattn.bench._models.MODEL_WORKLOADS`),
+        ``backend`` (the ``attn_implementation``), ``n`` (prompt or input tokens),
+        ``threads``, ``repeats``, ``time_budget_s``, ``min_time_s``; optionally
+        ``model_config`` (fields replacing the tiny Llama's).
+
+    Returns
+    -------
+    dict
+        ``times_s``, ``median_s``, ``min_s``, ``max_s``, ``traced_bytes``,
+        ``rss_bytes``, ``rss_method``, ``baseline_rss_bytes`` and ``threads``.
+    """
+    import torch
+
+    import fastattn
+
+    from ._memory import current_rss, measure_peak
+    from ._models import build_model, model_runner
+
+    settings = contextlib.nullcontext()
+    if spec.get("threads"):  # the same threads for torch (sdpa, eager) and fastattn
+        torch.set_num_threads(spec["threads"])
+        settings = fastattn.config_context(num_threads=spec["threads"])
+    with settings:
+        model = build_model(spec["workload"], spec["backend"], **spec.get("model_config", {}))
+        model_runner(spec["workload"], model, min(16, spec["n"]))()
+        run = model_runner(spec["workload"], model, spec["n"])
+        baseline = current_rss()
+        result, memory = measure_peak(run)
+        del result
+        _warm_up(run)
+        timings = _timings(run, spec)
+    return {**timings, **memory, "baseline_rss_bytes": baseline, "threads": spec["threads"]}
+
+
 def timed_calls(run, repeats, min_time_s, budget_s):
     """Time calls of ``run``: at least ``repeats`` and ``min_time_s`` s, at most ``budget_s`` s.
 
@@ -277,7 +324,7 @@ def timed_calls(run, repeats, min_time_s, budget_s):
 
 
 def measure(spec):
-    """Run the measurement ``spec["kind"]`` names (``"attention"``, ``"training"``, ``"matmul"``).
+    """Run the measurement ``spec["kind"]`` names: attention, training, model or matmul.
 
     BLAS is limited to ``spec["threads"]`` threads for the whole measurement.  A
     matmul spec has ``library`` (default ``"numpy"``), ``size``, ``dtype``,
@@ -306,6 +353,8 @@ def measure(spec):
             return measure_attention(spec)
         if spec["kind"] == "training":
             return measure_training(spec)
+        if spec["kind"] == "model":
+            return measure_model(spec)
     raise ValueError(f"unknown measurement kind {spec['kind']!r}")
 
 

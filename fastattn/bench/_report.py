@@ -6,8 +6,8 @@ from pathlib import Path
 from ._reference import describe, why_above
 from ._results import FORWARD, FORWARD_BACKWARD, save_results, workload
 from ._summary import (above_reference, backward_peaks, configurations,
-                       describe_configuration, naive_times, speedup_over, timing_range,
-                       torch_points)
+                       describe_configuration, model_groups, naive_times, ran_by_n,
+                       speedup_over, timing_range, torch_points)
 from ._workload import FULL_CHECK_BYTES, GRADIENT_TOLERANCE, NAIVE_BACKWARD_TEMPORARIES
 
 REPORT_FILE = "report.md"
@@ -142,6 +142,72 @@ def _backward_lines(results):
     return lines
 
 
+MODEL_COLUMNS = ("N", "implementation", "median ms", "min ms", "max ms", "calls", "tokens/s",
+                 "tokens/s min–max", "speedup vs sdpa", "peak MiB", "RSS MiB", "traced MiB")
+"""The columns of the model tables, in order."""
+
+MODEL_TITLES = {
+    "llama-prefill": "Tiny Llama: prefill of N tokens",
+    "llama-decode": "Tiny Llama: {decoded} tokens decoded after an N-token prompt",
+    "minilm-encode": "MiniLM (all-MiniLM-L6-v2): encode of N tokens",
+}
+
+
+def _model_table(points):
+    sdpa = ran_by_n(points, "sdpa")
+    rows = ["| " + " | ".join(MODEL_COLUMNS) + " |",
+            "|" + "|".join("---" if name == "implementation" else "---:"
+                           for name in MODEL_COLUMNS) + "|"]
+    blank = " |" * (len(MODEL_COLUMNS) - 3)
+    for p in sorted(points, key=lambda p: (p["n"], p["backend"] != "fastattn", p["backend"])):
+        if p["status"] != "ok":
+            rows.append(f"| {p['n']} | {p['backend']} | {p['status']}: {p['reason']} |{blank}")
+            continue
+        spread = timing_range(p)
+        tokens = p.get("tokens", p["n"])
+        rate_range = ("—" if spread is None else
+                      f"{tokens / spread[1]:,.0f}–{tokens / spread[0]:,.0f}")
+        speedup = ("1×" if sdpa.get(p["n"]) else "—") if p["backend"] == "sdpa" else             _speedup_cell(sdpa.get(p["n"]), p)
+        cells = [str(p["n"]), p["backend"], *_timing_cells(p), f"{p['tokens_per_s']:,.0f}",
+                 rate_range, speedup, _mib(p["peak_bytes"]), _mib(p.get("rss_bytes")),
+                 _mib(p.get("traced_bytes"))]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def _model_lines(results):
+    """The "Models" section: what it times, then one table per model workload."""
+    from ._models import DECODED, LLAMA
+
+    groups = model_groups(results)
+    if not groups:
+        return []
+    llama = (f"hidden {LLAMA['hidden_size']}, {LLAMA['num_hidden_layers']} layers, "
+             f"{LLAMA['num_attention_heads']} heads, {LLAMA['num_key_value_heads']} "
+             f"key/value heads, vocabulary {LLAMA['vocab_size']}")
+    lines = ["## Models", "",
+             "Whole models in transformers, each point in a fresh process, with "
+             "`attn_implementation` \"fastattn\" (`fastattn.hf.register()`), \"sdpa\" "
+             "(torch's scaled_dot_product_attention) and \"eager\" (transformers' own "
+             f"matmul and softmax). The tiny Llama has random weights ({llama}): its "
+             "prefill is one forward over N prompt tokens without a cache; its decode "
+             f"is `generate(..., max_new_tokens={DECODED}, min_new_tokens={DECODED}, "
+             f"do_sample=False)` after an N-token prompt, prefill included, tokens/s "
+             f"counting the {DECODED} new tokens. MiniLM is the packaged "
+             "all-MiniLM-L6-v2 (BERT, 12 heads of 32; its positions stop at 512 tokens), "
+             "one forward over N tokens. Tokens/s is tokens over the median time; its "
+             "range, and the speedup's in brackets, come from the fastest and slowest "
+             "calls (where a range includes 1×, the difference may be noise). Speedup "
+             "vs sdpa is sdpa's median over the implementation's. Peak MiB is that of "
+             "the first full-size call (the weights are not counted; torch's "
+             "allocations are seen by the RSS only).", ""]
+    for workload, points in groups:
+        lines += [f"### {MODEL_TITLES[workload].format(decoded=DECODED)}", ""]
+        lines += _model_table(points)
+        lines.append("")
+    return lines
+
+
 def _shape_title(config):
     return (f"B={config['batch']}, H={config['heads']}, "
             f"{'causal' if config['causal'] else 'no mask'}")
@@ -230,6 +296,7 @@ def render_markdown(results, plots=()):
         lines += _table(points, reference_gflops)
         lines.append("")
     lines += _backward_lines(results)
+    lines += _model_lines(results)
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{title}]({name})\n" for title, name in plots]

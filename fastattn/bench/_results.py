@@ -2,12 +2,13 @@
 
 The file is one JSON object::
 
-    {"schema": "fastattn-bench", "schema_version": 3, "created": ISO-8601 time,
+    {"schema": "fastattn-bench", "schema_version": 4, "created": ISO-8601 time,
      "command": [...], "machine": {...}, "settings": {...},
      "reference": {"size", "dtype", "threads", "best", "gflops",
                    "libraries": [{"library", "blas", "gflops", "median_s", "min_s",
                                   "max_s", "times_s", ...}, ...]} | null,
-     "points": [{"workload": "forward" | "forward+backward", "backend", "causal", "n",
+     "points": [{"workload": "forward" | "forward+backward" | "llama-prefill"
+                             | "llama-decode" | "minilm-encode", "backend", "causal", "n",
                  "dtype", "batch", "heads", "head_dim", "threads",
                  "status": "ok" | "skipped" | "failed", "reason",
                  "median_s", "min_s", "max_s", "times_s", "gflops", "tokens_per_s",
@@ -20,6 +21,11 @@ then ``.backward``), its memory fields are those of the backward call, and inste
 ``max_abs_err`` and ``naive_bytes_needed`` it has ``max_grad_err`` (the gradients'
 largest difference from the naive float64 gradient, relative to that gradient's
 largest entry) and ``checked_heads`` (how many heads were compared; 0 when none).
+A model point (:mod:`fastattn.bench._models`) times a transformers model: its
+``backend`` is the ``attn_implementation`` (``"fastattn"``, ``"sdpa"``, ``"eager"``),
+``n`` the prompt or input tokens, ``tokens`` the tokens one call reads or (decode)
+generates, ``tokens_per_s = tokens / median_s``, its memory fields are those of the
+first full-size call, and ``flops``, ``gflops`` are None.
 
 ``peak_bytes`` is the larger of the RSS rise and the tracemalloc peak of one call;
 ``min_s`` and ``max_s`` are the fastest and slowest timed calls.  ``reference`` is
@@ -30,14 +36,15 @@ renamed or given another meaning.  :func:`load_results` converts older versions:
 version 1 called the reference ``"ceiling"`` (a NumPy matmul only); version 2 had
 forward points only, without ``"workload"`` (version 3 raised the number so that a
 reader that does not know the field refuses backward points rather than mixing them
-into its forward tables).
+into its forward tables); version 4 added the model workloads (raised so that a
+reader that expects GFLOP/s on every point refuses them).
 """
 
 import json
 from pathlib import Path
 
 SCHEMA = "fastattn-bench"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RESULTS_FILE = "results.json"
 
 FORWARD = "forward"
@@ -133,7 +140,7 @@ def upgrade(results):
     ...        "ceiling": {"size": 64, "dtype": "float32", "threads": 1, "gflops": 9.5}}
     >>> new = upgrade(old)
     >>> new["schema_version"], new["reference"]["best"], new["reference"]["gflops"]
-    (3, 'numpy', 9.5)
+    (4, 'numpy', 9.5)
     >>> upgrade({"schema_version": 2, "points": [{"n": 64}]})["points"]
     [{'n': 64, 'workload': 'forward'}]
     """
@@ -146,5 +153,7 @@ def upgrade(results):
     if version < 3:  # forward points only, before the workload field
         results = dict(results)
         results["points"] = [{**p, "workload": workload(p)} for p in results["points"]]
+    if version < SCHEMA_VERSION:  # version 4 only added workloads
+        results = dict(results)
         results["schema_version"] = SCHEMA_VERSION
     return results

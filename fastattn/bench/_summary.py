@@ -61,7 +61,31 @@ def naive_times(points):
 
 def torch_points(points):
     """``{N: point}`` of the torch points that ran (the forward + backward baseline)."""
-    return {p["n"]: p for p in points if p["backend"] == "torch" and p["status"] == "ok"}
+    return ran_by_n(points, "torch")
+
+
+def model_groups(results):
+    """``[(workload, points)]`` of the model workloads in ``results``, in their usual order.
+
+    Examples
+    --------
+    >>> points = [{"workload": "minilm-encode", "n": 128}, {"workload": "llama-prefill", "n": 512},
+    ...           {"workload": "forward", "n": 64}]
+    >>> [(name, len(found)) for name, found in model_groups({"points": points})]
+    [('llama-prefill', 1), ('minilm-encode', 1)]
+    """
+    from ._models import MODEL_WORKLOADS
+
+    groups = {name: [] for name in MODEL_WORKLOADS}
+    for point in results["points"]:
+        if point_workload(point) in groups:
+            groups[point_workload(point)].append(point)
+    return [(name, found) for name, found in groups.items() if found]
+
+
+def ran_by_n(points, backend):
+    """``{N: point}`` of ``backend``'s points that ran (a baseline to compare with)."""
+    return {p["n"]: p for p in points if p["backend"] == backend and p["status"] == "ok"}
 
 
 def speedup_over(baseline, point):

@@ -8,6 +8,9 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ._models import (DECODE_PROMPT, ENCODE_SIZES, LLAMA_DECODE, LLAMA_PREFILL,
+                      MINILM_ENCODE, MODEL_WORKLOADS, PREFILL_SIZES, model_shape,
+                      models_unavailable, tokens_per_call)
 from ._point import RESULT_PREFIX
 from ._progress import Progress
 from ._results import FORWARD, FORWARD_BACKWARD, SCHEMA, SCHEMA_VERSION
@@ -76,6 +79,14 @@ class SweepConfig:
     backward_shapes : sequence of (int, int), optional
         ``(batch, heads)`` of those points; default ``(batch, heads)`` and ``(1, 1)``
         (B x H = 1: how a backward parallelises over the keys of a single head).
+    models : sequence of str, default ()
+        Model workloads to time (:data:`~fastattn.bench._models.MODEL_WORKLOADS`),
+        each with every implementation of :data:`~fastattn.bench._models.IMPLEMENTATIONS`.
+    model_sizes : dict, optional
+        ``{workload: lengths}``; default: prefill 512 ... 4096, decode after a 512-token
+        prompt, encode 128, 256, 512.
+    model_config : dict, optional
+        Fields replacing the tiny Llama's configuration (tests make it smaller).
     """
 
     sizes: tuple
@@ -96,6 +107,9 @@ class SweepConfig:
     backward_sizes: tuple = ()
     backward_backends: tuple = None
     backward_shapes: tuple = None
+    models: tuple = ()
+    model_sizes: dict = None
+    model_config: dict = None
     extra: dict = field(default_factory=dict)
 
     def training_backends(self):
@@ -109,6 +123,12 @@ class SweepConfig:
         if self.backward_shapes is not None:
             return tuple(tuple(s) for s in self.backward_shapes)
         return tuple(dict.fromkeys([(self.batch, self.heads), (1, 1)]))
+
+    def sizes_of(self, workload):
+        """The lengths of the model ``workload`` (see ``model_sizes``)."""
+        default = {LLAMA_PREFILL: PREFILL_SIZES, LLAMA_DECODE: (DECODE_PROMPT,),
+                   MINILM_ENCODE: ENCODE_SIZES}[workload]
+        return tuple(sorted((self.model_sizes or {}).get(workload, default)))
 
 
 def plan_points(config):
@@ -127,7 +147,7 @@ def plan_points(config):
         of one shape, mask and ``N`` follow each other, torch's among them, so that
         the fastattn backends and torch are measured in the same stretch of the run.
     """
-    return _forward_points(config) + _training_points(config)
+    return _forward_points(config) + _training_points(config) + _model_points(config)
 
 
 def _point(config, backend, workload, shape, flops):
@@ -170,6 +190,26 @@ def _training_points(config):
                     if unavailable[backend]:
                         point.update(status="skipped", reason=unavailable[backend])
                     points.append(point)
+    return points
+
+
+def _model_points(config):
+    from ._models import IMPLEMENTATIONS
+
+    points = []
+    for workload in config.models:
+        if workload not in MODEL_WORKLOADS:
+            raise ValueError(f"models must be among {MODEL_WORKLOADS}, got {workload!r}")
+        heads, head_dim, causal = model_shape(workload)
+        reason = models_unavailable(workload)
+        for n in config.sizes_of(workload):
+            for implementation in IMPLEMENTATIONS:
+                points.append({
+                    "workload": workload, "backend": implementation, "causal": causal,
+                    "n": int(n), "dtype": "float32", "batch": 1, "heads": heads,
+                    "head_dim": head_dim, "threads": config.threads, "flops": None,
+                    "tokens": tokens_per_call(workload, n),
+                    "status": "skipped" if reason else "planned", "reason": reason})
     return points
 
 
@@ -224,8 +264,8 @@ def _finish_point(point, measured):
     if point["status"] != "ok":
         return point
     median = point["median_s"]
-    point["gflops"] = point["flops"] / median / 1e9
-    point["tokens_per_s"] = point["batch"] * point["n"] / median
+    point["gflops"] = point["flops"] / median / 1e9 if point.get("flops") else None
+    point["tokens_per_s"] = point.get("tokens", point["batch"] * point["n"]) / median
     sizes = [point.get("rss_bytes"), point.get("traced_bytes")]
     point["peak_bytes"] = max((s for s in sizes if s is not None), default=None)
     return point
@@ -234,6 +274,13 @@ def _finish_point(point, measured):
 def _describe(point):
     mask = "causal" if point["causal"] else "full"
     head = f"{point['backend']:<6} {mask:<6} N={point['n']:<6}"
+    if point["workload"] in MODEL_WORKLOADS:
+        head = f"{point['workload']} {point['backend']:<8} N={point['n']:<6}"
+        if point["status"] == "ok":
+            peak = point["peak_bytes"]
+            return (f"{head} {point['median_s'] * 1e3:10.2f} ms "
+                    f"{point['tokens_per_s']:10,.0f} tokens/s peak "
+                    + ("?" if peak is None else f"{peak / 2**20:.1f} MiB"))
     if point["workload"] == FORWARD_BACKWARD:
         head = f"fwd+bwd B={point['batch']} H={point['heads']:<3} {head}"
     if point["status"] != "ok":
@@ -318,19 +365,28 @@ def run_sweep(config, progress=True, stream=None, command=None):
             if point["status"] == "planned" and series in broken:
                 point.update(status="skipped", reason=f"failed at N={broken[series]}")
             if point["status"] == "planned":
-                kind = "training" if point["workload"] == FORWARD_BACKWARD else "attention"
-                bar.start(f"{'fwd+bwd ' if kind == 'training' else ''}{point['backend']} "
-                          f"N={point['n']}")
-                spec = {"kind": kind, "repeats": config.repeats,
-                        "time_budget_s": config.time_budget_s,
-                        "min_time_s": config.min_time_s, "check": config.check,
-                        **{k: point[k] for k in ("backend", "causal", "n", "dtype", "batch",
-                                                 "heads", "head_dim", "threads")}}
+                spec = _child_spec(config, point)
+                bar.start({"training": "fwd+bwd ", "model": f"{point['workload']} "}.get(
+                    spec["kind"], "") + f"{point['backend']} N={point['n']}")
                 _finish_point(point, run_child(spec, config.point_timeout_s))
                 if point["status"] == "failed" and not point["reason"].startswith("exit"):
                     broken[series] = point["n"]  # timed out or killed: larger N would be too
             bar.finish(_describe(point))
     return results
+
+
+def _child_spec(config, point):
+    """What the child process of ``point`` is told to measure."""
+    timing = {"repeats": config.repeats, "time_budget_s": config.time_budget_s,
+              "min_time_s": config.min_time_s}
+    if point["workload"] in MODEL_WORKLOADS:
+        return {"kind": "model", "workload": point["workload"], **timing,
+                "model_config": dict(config.model_config or {}),
+                **{k: point[k] for k in ("backend", "n", "threads")}}
+    kind = "training" if point["workload"] == FORWARD_BACKWARD else "attention"
+    return {"kind": kind, "check": config.check, **timing,
+            **{k: point[k] for k in ("backend", "causal", "n", "dtype", "batch", "heads",
+                                     "head_dim", "threads")}}
 
 
 def _settings(config):
@@ -343,4 +399,6 @@ def _settings(config):
     settings["backward_sizes"] = sorted(settings["backward_sizes"])
     settings["backward_backends"] = list(config.training_backends())
     settings["backward_shapes"] = [list(shape) for shape in config.training_shapes()]
+    settings["models"] = list(config.models)
+    settings["model_sizes"] = {w: list(config.sizes_of(w)) for w in config.models}
     return settings
