@@ -22,6 +22,9 @@ except ModuleNotFoundError as error:  # pragma: no cover - the message is what m
         name="torch") from error
 
 from fastattn._api import attention as _numpy_attention
+
+_attention_arrays = _numpy_attention.__wrapped__
+"""fastattn.attention without its check for torch's keyword names (these are fastattn's)."""
 from fastattn._backward import attention_backward as _numpy_backward
 
 __all__ = ["scaled_dot_product_attention", "attention", "sdpa_override"]
@@ -61,8 +64,7 @@ def _compute_dtype(dtype):
 def _forward(query, key, value, mask, causal, window_left, window_right, scale, want_lse):
     """``(out, lse)`` (``lse`` None unless ``want_lse``) as tensors: the operator's body."""
     causal, window = _options(causal, window_left, window_right)
-    # the undecorated function: these keywords are fastattn's own, not torch's
-    result = _numpy_attention.__wrapped__(
+    result = _attention_arrays(
         _as_numpy(query), _as_numpy(key), _as_numpy(value),
         None if mask is None else _as_numpy(mask), causal=causal, window=window, scale=scale,
         return_lse=want_lse)
@@ -169,6 +171,28 @@ def _run(query, key, value, mask, causal, window, scale, want_lse):
 
 # --------------------------------------------------------------------------- checks
 
+_is_compiling = torch.compiler.is_compiling
+
+
+def _plain(query, key, value, dropout_p, enable_gqa):
+    """Whether an unmasked call is the common case that goes straight to NumPy: dense CPU
+    float32/float64 tensors of one dtype that need no autograd, outside any tracing, and
+    nothing that the full checks would refuse.  Cheap tests only; anything else takes the
+    full path (same result, or the error it deserves)."""
+    return (type(query) is torch.Tensor and type(key) is torch.Tensor
+            and type(value) is torch.Tensor and dropout_p == 0.0
+            and query.dtype is key.dtype and key.dtype is value.dtype
+            and (query.dtype is torch.float32 or query.dtype is torch.float64)
+            and query.is_cpu and key.is_cpu and value.is_cpu
+            and query.layout is torch.strided and key.layout is torch.strided
+            and value.layout is torch.strided
+            and not (query.is_nested or key.is_nested or value.is_nested)
+            and not (query.requires_grad or key.requires_grad or value.requires_grad)
+            and (enable_gqa or query.dim() < 3 or key.dim() < 3
+                 or query.shape[-3] == key.shape[-3])
+            and not _is_compiling())
+
+
 def _check_tensors(tensors):
     for position, tensor in enumerate(tensors):  # the common case, in one test per tensor
         if not (type(tensor) is torch.Tensor and tensor.is_cpu and not tensor.is_nested
@@ -271,6 +295,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     >>> bool(torch.allclose(out, expected))
     True
     """
+    if attn_mask is None and _plain(query, key, value, dropout_p, enable_gqa):
+        return torch.from_numpy(_attention_arrays(
+            query.numpy(), key.numpy(), value.numpy(),
+            causal="upper_left" if is_causal else False, scale=scale))
     tensors = (query, key, value) if attn_mask is None else (query, key, value, attn_mask)
     _check_tensors(tensors)
     _check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)

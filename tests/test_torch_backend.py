@@ -219,3 +219,15 @@ def test_sdpa_override_computes_and_restores_after_an_error():
     assert F.scaled_dot_product_attention is original
     torch.testing.assert_close(out, ft.scaled_dot_product_attention(q, k, v, mask))
     assert torch.all(out[0, :, 0] == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_the_plain_path_gives_the_bits_of_the_full_path(dtype, is_causal):
+    """Unmasked calls on plain tensors go straight to NumPy; the result is the full path's."""
+    q, k, v = torch.randn(3, 2, 4, 9, 16, dtype=dtype).unbind(0)
+    plain = fastattn.torch.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    full = fastattn.torch.attention(q, k, v, causal=is_causal)
+    assert torch.equal(plain, full) and plain.dtype == dtype
+    with pytest.raises(ValueError, match="enable_gqa"):  # still refused on the fast path
+        fastattn.torch.scaled_dot_product_attention(q, k[:, :2], v[:, :2])
