@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/oracle.py, with --import
 os.environ["MPLBACKEND"] = "Agg"  # before anything imports matplotlib: no test opens a window
 
 from fastattn._backends import all_backends  # noqa: E402
+from fastattn._backward import backward_runners  # noqa: E402
 from helpers import BACKENDS, COMPILED_BACKENDS  # noqa: E402
 
 
@@ -35,6 +36,8 @@ def _check_required_backends():
             problems.append(f"{name}: not a fastattn backend (known: {sorted(known)})")
         elif not known[name].available:
             problems.append(f"{name}: unavailable: {known[name].reason}")
+        elif backward_runners()[name][0] is None:  # the backward is a separate kernel
+            problems.append(f"{name}: no backward: {backward_runners()[name][1]}")
     if problems:
         pytest.fail("FASTATTN_REQUIRE_BACKENDS names backends that cannot run:\n  "
                     + "\n  ".join(problems), pytrace=False)
