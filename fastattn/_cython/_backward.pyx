@@ -348,7 +348,8 @@ cdef void _query_block(const Problem *p, const int64_t *task, int64_t j0, Py_ssi
     cdef real *ds = tile + p.at_ds
     cdef Py_ssize_t *lo = limits
     cdef Py_ssize_t *hi = limits + p.rows
-    if p.mask_kind == MASK_KEEP and not _block_has_keep(p, b, head0, i0, n_q, j0, n_k):
+    if p.mask_kind == MASK_KEEP and not _mask_keeps_any(&p.mask, p.group, p.band_lo,
+                                                        p.band_hi, b, head0, i0, n_q, j0, n_k):
         return
     _gather_rows(p, task, i0, n_q, kp, tile, pointers)
     if not _row_limits(p, i0, n_q, j0, n_k, tile + p.at_lse, lo, hi):
@@ -457,10 +458,6 @@ cdef inline void _probs_row(real *s, real *dp, Py_ssize_t lo, Py_ssize_t hi, Py_
 
 # ---------------------------------------------------------------------------
 # Steps that touch the caller's arrays
-
-cdef inline char *_row_ptr(const View *x, int64_t i0, int64_t i1, int64_t i2) noexcept nogil:
-    return x.data + i0 * x.stride[0] + i1 * x.stride[1] + i2 * x.stride[2]
-
 
 cdef bint _pack_keys(const Problem *p, int64_t b, int64_t kv_head, int64_t j0, Py_ssize_t n_k,
                      Py_ssize_t kp, real *tile) noexcept nogil:
@@ -578,23 +575,6 @@ cdef const real *_mask_row(const Problem *p, int64_t b, int64_t head, int64_t ro
         for j in range(lo, hi):
             buffer[j] = 0 if (<const uint8_t *> (src + j * step))[0] else -INFINITY
     return buffer
-
-
-cdef bint _block_has_keep(const Problem *p, int64_t b, int64_t head0, int64_t i0,
-                          Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k) noexcept nogil:
-    """Whether the bool mask and the band keep any (row, key) of this block pair."""
-    cdef Py_ssize_t h, i, step = p.mask.stride[3]
-    cdef int64_t j, lo, hi
-    cdef const char *row
-    for h in range(p.group):
-        for i in range(n_q):
-            row = _row_ptr(&p.mask, b, head0 + h, i0 + i)
-            lo = max(j0, i0 + i + p.band_lo)
-            hi = min(j0 + n_k - 1, i0 + i + p.band_hi)
-            for j in range(lo, hi + 1):
-                if (<const uint8_t *> (row + j * step))[0]:
-                    return True
-    return False
 
 
 cdef void _add_dq(const Problem *p, const int64_t *task, int64_t i0, Py_ssize_t n_q,

@@ -58,3 +58,27 @@ cdef char *_aligned(char *pointer):
 
 cdef inline Py_ssize_t _padded(Py_ssize_t n, Py_ssize_t multiple) noexcept nogil:
     return (n + multiple - 1) // multiple * multiple
+
+
+cdef inline char *_row_ptr(const View *x, int64_t i0, int64_t i1, int64_t i2) noexcept nogil:
+    return x.data + i0 * x.stride[0] + i1 * x.stride[1] + i2 * x.stride[2]
+
+
+cdef bint _mask_keeps_any(const View *mask, Py_ssize_t group, int64_t band_lo,
+                          int64_t band_hi, int64_t b, int64_t head0, int64_t i0,
+                          Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k) noexcept nogil:
+    """Whether a uint8 keep-mask and the band keep any (query, key) of queries ``i0:i0+n_q``
+    (of heads ``head0:head0+group``) and keys ``j0:j0+n_k``: a block that keeps none is
+    skipped."""
+    cdef Py_ssize_t h, i, step = mask.stride[3]
+    cdef int64_t j, lo, hi
+    cdef const char *row
+    for h in range(group):
+        for i in range(n_q):
+            row = _row_ptr(mask, b, head0 + h, i0 + i)
+            lo = max(j0, i0 + i + band_lo)
+            hi = min(j0 + n_k - 1, i0 + i + band_hi)
+            for j in range(lo, hi + 1):
+                if (<const uint8_t *> (row + j * step))[0]:
+                    return True
+    return False

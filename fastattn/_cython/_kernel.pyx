@@ -215,8 +215,8 @@ cdef void _run_task(const Problem *p, const int64_t *task, real *tile,
         state[r] = 0.0  # l
     while j0 < k1:
         n_k = min(p.block_k, k1 - j0)
-        if p.mask_kind != MASK_KEEP or _block_has_keep(p, b, kv_head * p.group, q0, n_q,
-                                                       j0, n_k):
+        if p.mask_kind != MASK_KEEP or _mask_keeps_any(
+                &p.mask, p.group, p.band_lo, p.band_hi, b, kv_head * p.group, q0, n_q, j0, n_k):
             _visit_block(p, b, kv_head, q0, n_q, j0, n_k, rp, tile, state)
         j0 += n_k
     _write_rows(p, tile + p.at_acc, m, state, b, kv_head * p.group, q0, n_q, rp, part)
@@ -308,10 +308,6 @@ cdef inline void _rescale(real *acct, Py_ssize_t dim, Py_ssize_t rp,
 # ---------------------------------------------------------------------------
 # Steps of a task that touch the caller's arrays
 
-cdef inline char *_row_ptr(const View *x, int64_t i0, int64_t i1, int64_t i2) noexcept nogil:
-    return x.data + i0 * x.stride[0] + i1 * x.stride[1] + i2 * x.stride[2]
-
-
 cdef void _pack_queries(const Problem *p, int64_t b, int64_t head0, int64_t q0,
                         Py_ssize_t n_q, Py_ssize_t rp, real *qt) noexcept nogil:
     """Copy the group's query rows, times the scale, into the transposed tile qt.
@@ -331,23 +327,6 @@ cdef void _pack_queries(const Problem *p, int64_t b, int64_t head0, int64_t q0,
     for d in range(dim):
         for r in range(rows, rp):
             qt[d * rp + r] = 0
-
-
-cdef bint _block_has_keep(const Problem *p, int64_t b, int64_t head0, int64_t q0,
-                          Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k) noexcept nogil:
-    """Whether any (row, key) of this block is kept by the bool mask and the band."""
-    cdef Py_ssize_t h, i, step = p.mask.stride[3]
-    cdef int64_t j, lo, hi
-    cdef char *row
-    for h in range(p.group):
-        for i in range(n_q):
-            row = _row_ptr(&p.mask, b, head0 + h, q0 + i)
-            lo = max(j0, q0 + i + p.band_lo)
-            hi = min(j0 + n_k - 1, q0 + i + p.band_hi)
-            for j in range(lo, hi + 1):
-                if (<uint8_t *> (row + j * step))[0]:
-                    return True
-    return False
 
 
 cdef bint _apply_limits(const Problem *p, real *st, int64_t b, int64_t head0, int64_t q0,
