@@ -14,11 +14,11 @@ import numpy as np
 
 from ._backends import auto_choice, resolve
 from ._backward_plan import make_backward_plan
-from ._config import get_config, thread_budget
+from ._config import get_config
 from ._contract import BWD_BATCH, BWD_KV_HEAD, BWD_PART, BWD_Q_START, BWD_Q_STOP, BackwardCall
 from ._naive import naive_backward
 from ._plan import rounds
-from ._tiled import _batch_views
+from ._tiled import run_batches
 from ._validation import describe, validate
 
 def attention_backward(dout, q, k, v, out, lse, mask=None, *, causal=False, window=None,
@@ -195,12 +195,7 @@ def run_backward_tiled(run_kernel, problem, dout, out, lse, settings):
               "delta": np.einsum("...d,...d->...", dout, out),  # rowsum(dout * out), once
               "dq": np.zeros(problem.q.shape, dtype), "dk": np.empty(problem.k.shape, dtype),
               "dv": np.empty(problem.v.shape, dtype)}
-    if problem.mask is not None:
-        arrays["mask"] = problem.mask
-    n_threads = thread_budget(settings["num_threads"])
-    for views in _batch_views(arrays, len(problem.batch_shape)):
-        _run_batch(run_kernel, problem, views, n_threads, settings["block_q"],
-                   settings["block_k"])
+    run_batches(functools.partial(_run_batch, run_kernel, problem), problem, arrays, settings)
     return arrays["dq"], arrays["dk"], arrays["dv"]
 
 

@@ -60,6 +60,10 @@ class WorkPlan:
     def n_workers(self):
         return len(self.worker_starts) - 1
 
+    @functools.cached_property
+    def total_cost(self):
+        return int(self.task_costs.sum())
+
     @property
     def max_rows(self):
         return self.group * self.block_q
@@ -170,16 +174,21 @@ def balanced_starts(costs, n_threads):
     return np.append(starts, len(costs)).astype(np.int64)
 
 
+def in_one_round(plan):
+    """Whether :func:`rounds` runs ``plan`` whole (short calls: the usual case)."""
+    return plan.total_cost <= ROUND_COST * plan.n_workers
+
+
 def rounds(plan):
     """Yield plans that together run ``plan``'s tasks, each worker about ``ROUND_COST`` a round.
 
     Every worker keeps its own tasks in its own order, so the results are those of
     ``plan``; only the points where Python regains control differ.
     """
-    costs, starts = plan.task_costs, plan.worker_starts
-    if int(costs.sum()) <= ROUND_COST * plan.n_workers:
+    if in_one_round(plan):
         yield plan
         return
+    costs, starts = plan.task_costs, plan.worker_starts
     worker = np.repeat(np.arange(plan.n_workers), np.diff(starts))
     done = np.cumsum(costs) - costs
     worker_first = np.append(done, 0)[starts[:-1]]  # cost done before each worker's run

@@ -8,13 +8,15 @@ dtype.  Long calls run their tasks in rounds (see :func:`fastattn._plan.rounds`)
 that Ctrl-C interrupts them within a fraction of a second.
 """
 
+import dataclasses
+import functools
+
 import numpy as np
 
-from . import _plan
 from ._config import thread_budget
 from ._contract import MASK_NONE, KernelCall
 from ._merge import merge_split_parts
-from ._plan import make_plan, rounds
+from ._plan import in_one_round, make_plan, rounds
 
 
 def run_tiled(run_kernel, problem, settings, out=None, lse_only=False):
@@ -30,13 +32,21 @@ def run_tiled(run_kernel, problem, settings, out=None, lse_only=False):
     arrays = {"q": problem.q, "k": problem.k, "lse": lse}
     if not lse_only:
         arrays.update(v=problem.v, out=out)
+    run_batches(functools.partial(_run_batch, run_kernel, problem), problem, arrays, settings)
+    return out, lse
+
+
+def run_batches(run_batch, problem, arrays, settings):
+    """Call ``run_batch(views, n_threads, block_q, block_k)`` on 4-D views of ``arrays``.
+
+    ``arrays`` (with the problem's mask added) have the problem's batch axes first;
+    ``views`` holds them with those axes merged into one (see :func:`_batch_views`).
+    """
     if problem.mask is not None:
-        arrays["mask"] = problem.mask
+        arrays = {**arrays, "mask": problem.mask}
     n_threads = thread_budget(settings["num_threads"])
     for views in _batch_views(arrays, len(problem.batch_shape)):
-        _run_batch(run_kernel, problem, views, n_threads, settings["block_q"],
-                   settings["block_k"])
-    return out, lse
+        run_batch(views, n_threads, settings["block_q"], settings["block_k"])
 
 
 def _run_batch(run_kernel, problem, views, n_threads, block_q, block_k):
@@ -46,14 +56,31 @@ def _run_batch(run_kernel, problem, views, n_threads, block_q, block_k):
     value_dim = 0 if out is None else out.shape[3]
     call = KernelCall(q=q, k=k, v=views.get("v"), mask=views.get("mask"),
                       mask_kind=problem.mask_kind, scale=problem.scale, plan=plan, out=out,
-                      lse=lse,
-                      # zeros: the merge reads every row of a slot, used or not
-                      part_out=np.zeros((plan.n_parts, plan.max_rows, value_dim), q.dtype),
-                      part_lse=np.zeros((plan.n_parts, plan.max_rows), q.dtype))
-    for part in rounds(plan):  # Python runs between rounds: a pending Ctrl-C is raised
-        call.plan = part
+                      lse=lse, **_part_buffers(plan, value_dim, q.dtype))
+    _execute(run_kernel, call)
+
+
+def _part_buffers(plan, value_dim, dtype):
+    """The split-KV slots of ``plan``, zeroed: the merge reads every row of a slot."""
+    return dict(part_out=np.zeros((plan.n_parts, plan.max_rows, value_dim), dtype),
+                part_lse=np.zeros((plan.n_parts, plan.max_rows), dtype))
+
+
+def _execute(run_kernel, call):
+    """Run ``call``, in rounds when it is long, and fold its split-KV parts into its outputs.
+
+    Python runs between rounds, so a pending Ctrl-C is raised there.
+    """
+    plan = call.plan
+    if in_one_round(plan):
         run_kernel(call)
-    merge_split_parts(plan, call.part_out, call.part_lse, out, lse)
+    else:
+        for part in rounds(plan):
+            call.plan = part
+            run_kernel(call)
+        call.plan = plan
+    if plan.n_parts:
+        merge_split_parts(plan, call.part_out, call.part_lse, call.out, call.lse)
 
 
 def _plan_arguments(problem, q, k, n_threads, block_q, block_k):
@@ -72,8 +99,7 @@ class RepeatedRun:
     threads may share it.
     """
 
-    __slots__ = ("run_kernel", "plan_arguments", "scale", "out_shape", "empty_parts",
-                 "_costed")
+    __slots__ = ("run_kernel", "plan_arguments", "scale", "out_shape", "no_parts")
 
     def __init__(self, run_kernel, problem, settings):
         self.run_kernel = run_kernel
@@ -83,10 +109,8 @@ class RepeatedRun:
         self.scale = problem.scale
         self.out_shape = problem.out_shape
         plan = make_plan(*self.plan_arguments)
-        dtype = problem.compute_dtype
-        self.empty_parts = (np.zeros((0, plan.max_rows, self.out_shape[3]), dtype),
-                            np.zeros((0, plan.max_rows), dtype))
-        self._costed = (plan, int(plan.task_costs.sum()))
+        empty = dataclasses.replace(plan, n_parts=0)
+        self.no_parts = _part_buffers(empty, self.out_shape[3], problem.compute_dtype)
 
     @staticmethod
     def applies(problem):
@@ -97,27 +121,13 @@ class RepeatedRun:
     def __call__(self, q, k, v):
         """``(out, lse)`` for arrays laid out as those of the problem this was made for."""
         plan = make_plan(*self.plan_arguments)  # cached: a dictionary look-up
-        costed = self._costed
-        total = costed[1] if costed[0] is plan else int(plan.task_costs.sum())
         dtype = q.dtype
         out = np.empty(self.out_shape, dtype)
         lse = np.empty(self.out_shape[:3], dtype)
-        if plan.n_parts:
-            # zeros: the merge reads every row of a slot, used or not
-            part_out = np.zeros((plan.n_parts, plan.max_rows, self.out_shape[3]), dtype)
-            part_lse = np.zeros((plan.n_parts, plan.max_rows), dtype)
-        else:
-            part_out, part_lse = self.empty_parts  # empty: never written
-        call = KernelCall(q, k, v, None, MASK_NONE, self.scale, plan, out, lse, part_out,
-                          part_lse)
-        if total <= _plan.ROUND_COST * plan.n_workers:  # what rounds() decides
-            self.run_kernel(call)
-        else:
-            for part in rounds(plan):
-                call.plan = part
-                self.run_kernel(call)
-        if plan.n_parts:
-            merge_split_parts(plan, part_out, part_lse, out, lse)
+        parts = (_part_buffers(plan, self.out_shape[3], dtype) if plan.n_parts
+                 else self.no_parts)  # empty: never written, shared
+        _execute(self.run_kernel, KernelCall(q, k, v, None, MASK_NONE, self.scale, plan, out,
+                                             lse, **parts))
         return out, lse
 
 
