@@ -41,22 +41,31 @@ TABLE_COLUMNS = ("N", "backend", "median ms", "min ms", "max ms", "calls", "GFLO
 
 def _table(points, reference_gflops):
     naive = naive_times(points)
-    rows = ["| " + " | ".join(TABLE_COLUMNS) + " |",
-            "|" + "|".join("---" if name == "backend" else "---:" for name in TABLE_COLUMNS)
-            + "|"]
-    blank = " |" * (len(TABLE_COLUMNS) - 3)
-    for p in sorted(points, key=lambda p: (p["n"], p["backend"] != "naive", p["backend"])):
-        if p["status"] != "ok":
-            rows.append(f"| {p['n']} | {p['backend']} | {p['status']}: {p['reason']} |{blank}")
-            continue
+
+    def cells(p):
         share = (f"{100 * p['gflops'] / reference_gflops:.0f}%" if reference_gflops else "—")
         speedup = (f"{naive[p['n']] / p['median_s']:.3g}×"
                    if p["n"] in naive and p["backend"] != "naive" else "—")
         error = "—" if p.get("max_abs_err") is None else f"{p['max_abs_err']:.1e}"
-        rows.append(f"| {p['n']} | {p['backend']} | " + " | ".join(_timing_cells(p))
-                    + f" | {_number(p['gflops'])} | {share} | {p['tokens_per_s']:,.0f} "
-                    f"| {_mib(p['peak_bytes'])} | {_mib(p.get('rss_bytes'))} "
-                    f"| {_mib(p.get('traced_bytes'))} | {speedup} | {error} |")
+        return [str(p["n"]), p["backend"], *_timing_cells(p), _number(p["gflops"]), share,
+                f"{p['tokens_per_s']:,.0f}", _mib(p["peak_bytes"]), _mib(p.get("rss_bytes")),
+                _mib(p.get("traced_bytes")), speedup, error]
+
+    return _point_table(TABLE_COLUMNS, points, "naive", cells)
+
+
+def _point_table(columns, points, first, cells):
+    """Markdown rows: a header of ``columns`` (the second, the backend, left-aligned), then
+    one row per point by N, backend ``first`` leading; ``cells(point)`` fills a measured
+    point's row, a failed one gets its status and reason."""
+    rows = ["| " + " | ".join(columns) + " |",
+            "|" + "|".join("---" if i == 1 else "---:" for i in range(len(columns))) + "|"]
+    blank = " |" * (len(columns) - 3)
+    for p in sorted(points, key=lambda p: (p["n"], p["backend"] != first, p["backend"])):
+        if p["status"] != "ok":
+            rows.append(f"| {p['n']} | {p['backend']} | {p['status']}: {p['reason']} |{blank}")
+        else:
+            rows.append("| " + " | ".join(cells(p)) + " |")
     return rows
 
 
@@ -86,20 +95,13 @@ def _gradient_error_cell(point):
 
 def _backward_table(points):
     torch = torch_points(points)
-    rows = ["| " + " | ".join(BACKWARD_COLUMNS) + " |",
-            "|" + "|".join("---" if name == "backend" else "---:" for name in BACKWARD_COLUMNS)
-            + "|"]
-    blank = " |" * (len(BACKWARD_COLUMNS) - 3)
-    for p in sorted(points, key=lambda p: (p["n"], p["backend"] != "torch", p["backend"])):
-        if p["status"] != "ok":
-            rows.append(f"| {p['n']} | {p['backend']} | {p['status']}: {p['reason']} |{blank}")
-            continue
-        cells = [str(p["n"]), p["backend"], *_timing_cells(p), _number(p["gflops"]),
-                 _speedup_cell(torch.get(p["n"]), p), _mib(p["peak_bytes"]),
-                 _mib(p.get("rss_bytes")), _mib(p.get("traced_bytes")),
-                 _gradient_error_cell(p)]
-        rows.append("| " + " | ".join(cells) + " |")
-    return rows
+
+    def cells(p):
+        return [str(p["n"]), p["backend"], *_timing_cells(p), _number(p["gflops"]),
+                _speedup_cell(torch.get(p["n"]), p), _mib(p["peak_bytes"]),
+                _mib(p.get("rss_bytes")), _mib(p.get("traced_bytes")), _gradient_error_cell(p)]
+
+    return _point_table(BACKWARD_COLUMNS, points, "torch", cells)
 
 
 def _backward_lines(results):
@@ -155,24 +157,21 @@ MODEL_TITLES = {
 
 def _model_table(points):
     sdpa = ran_by_n(points, "sdpa")
-    rows = ["| " + " | ".join(MODEL_COLUMNS) + " |",
-            "|" + "|".join("---" if name == "implementation" else "---:"
-                           for name in MODEL_COLUMNS) + "|"]
-    blank = " |" * (len(MODEL_COLUMNS) - 3)
-    for p in sorted(points, key=lambda p: (p["n"], p["backend"] != "fastattn", p["backend"])):
-        if p["status"] != "ok":
-            rows.append(f"| {p['n']} | {p['backend']} | {p['status']}: {p['reason']} |{blank}")
-            continue
+
+    def cells(p):
         spread = timing_range(p)
         tokens = p.get("tokens", p["n"])
         rate_range = ("—" if spread is None else
                       f"{tokens / spread[1]:,.0f}–{tokens / spread[0]:,.0f}")
-        speedup = ("1×" if sdpa.get(p["n"]) else "—") if p["backend"] == "sdpa" else             _speedup_cell(sdpa.get(p["n"]), p)
-        cells = [str(p["n"]), p["backend"], *_timing_cells(p), f"{p['tokens_per_s']:,.0f}",
-                 rate_range, speedup, _mib(p["peak_bytes"]), _mib(p.get("rss_bytes")),
-                 _mib(p.get("traced_bytes"))]
-        rows.append("| " + " | ".join(cells) + " |")
-    return rows
+        if p["backend"] == "sdpa":
+            speedup = "1×" if sdpa.get(p["n"]) else "—"
+        else:
+            speedup = _speedup_cell(sdpa.get(p["n"]), p)
+        return [str(p["n"]), p["backend"], *_timing_cells(p), f"{p['tokens_per_s']:,.0f}",
+                rate_range, speedup, _mib(p["peak_bytes"]), _mib(p.get("rss_bytes")),
+                _mib(p.get("traced_bytes"))]
+
+    return _point_table(MODEL_COLUMNS, points, "fastattn", cells)
 
 
 def _model_lines(results):
