@@ -24,7 +24,7 @@ from setuptools.command.build_ext import build_ext
 
 EXTENSION = "fastattn._cython._kernel"
 SOURCE = "fastattn/_cython/_kernel.pyx"
-HEADERS = ["fastattn/_cython/_rowops.h", "fastattn/_cython/_tiles.h",
+HEADERS = ["fastattn/_cython/_kernels.h", "fastattn/_cython/_rowops.h", "fastattn/_cython/_tiles.h",
            "fastattn/_cython/_tiles.inc", "fastattn/_cython/_contract.pxi"]
 BACKWARD_EXTENSION = "fastattn._cython._backward"
 BACKWARD_SOURCE = "fastattn/_cython/_backward.pyx"

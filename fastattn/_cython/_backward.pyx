@@ -34,7 +34,7 @@ ctypedef fused real:
     float
     double
 
-cdef extern from "_backward_tiles.h" nogil:
+cdef extern from "_kernels.h" nogil:
     enum: FB_PAD
     int64_t fb_claim(int64_t *next)
     # Row limits lo, hi: NULL, or the keys lo[r] <= j < hi[r] that row r needs.

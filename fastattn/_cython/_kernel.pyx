@@ -35,7 +35,7 @@ ctypedef fused real:
     float
     double
 
-cdef extern from "_tiles.h" nogil:
+cdef extern from "_kernels.h" nogil:
     # See _tiles.h: tiles are transposed, query rows along the contiguous axis.
     enum: FA_ROW_PAD
     void fa_scores_t_f32(Py_ssize_t n_k, Py_ssize_t dim, const char *keys,
