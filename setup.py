@@ -4,13 +4,17 @@ Everything else is pure Python and lives in pyproject.toml.  The extension is
 optional: when it cannot be built (no C compiler, no Cython) the package still
 installs, with a warning, and the ``"cython"`` backend reports itself unavailable.
 
-Compiler flags
---------------
+Compiler flags and instruction-set levels
+-----------------------------------------
 * ``-O3``; ``-fopenmp`` when a test program compiles and links with it (otherwise a
   serial build, with a warning); ``-fopenmp-simd`` for the vectorised row loops.
-* ``-march=native`` unless the environment variable ``FASTATTN_PORTABLE=1`` (set it
-  when building wheels or binaries for other machines).
-* Never ``-ffast-math`` or finite-math flags: masked scores are -inf.
+* One build runs everywhere: the C tile kernels (``_isa_table.c``) are compiled once
+  per instruction-set level of ``ISA_LEVELS`` whose flags the compiler accepts, and
+  linked into both extensions beside ``_dispatch.c``, which picks the best level the
+  CPU supports at import (``fastattn._isa``).  The Cython-generated code itself is
+  compiled for the baseline of the target.  On other architectures, or with MSVC,
+  only the baseline level is built.
+* Never ``-march=native``, ``-ffast-math`` or finite-math flags (masked scores are -inf).
 """
 
 import os
@@ -24,12 +28,24 @@ from setuptools.command.build_ext import build_ext
 
 EXTENSION = "fastattn._cython._kernel"
 SOURCE = "fastattn/_cython/_kernel.pyx"
-HEADERS = ["fastattn/_cython/_kernels.h", "fastattn/_cython/_rowops.h", "fastattn/_cython/_tiles.h",
-           "fastattn/_cython/_tiles.inc", "fastattn/_cython/_contract.pxi"]
+HEADERS = ["fastattn/_cython/_kernels.h", "fastattn/_cython/_contract.pxi",
+           "fastattn/_cython/_isa.pxi", "fastattn/_cython/_half_scalar.h"]
 BACKWARD_EXTENSION = "fastattn._cython._backward"
 BACKWARD_SOURCE = "fastattn/_cython/_backward.pyx"
-BACKWARD_HEADERS = HEADERS + ["fastattn/_cython/_backward_tiles.h",
-                              "fastattn/_cython/_backward_tiles.inc"]
+BACKWARD_HEADERS = HEADERS
+CYTHON_DIR = "fastattn/_cython"
+DISPATCH_SOURCE = f"{CYTHON_DIR}/_dispatch.c"
+ISA_SOURCE = f"{CYTHON_DIR}/_isa_table.c"
+TILE_HEADERS = [f"{CYTHON_DIR}/{name}" for name in (
+    "_kernel_list.h", "_rowops.h", "_tiles.h", "_tiles.inc", "_backward_tiles.h",
+    "_backward_tiles.inc", "_half_tiles.h")]
+
+# (name, gcc/clang flags) of the x86-64 levels, lowest first: the names and order of
+# fastattn._isa.LEVELS and of the FA_LEVEL_* enum in _kernel_list.h.
+_AVX2 = ["-mavx2", "-mfma", "-mf16c"]
+_AVX512 = _AVX2 + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]
+ISA_LEVELS = [("baseline", []), ("avx2", _AVX2), ("avx512", _AVX512),
+              ("avx512bf16", _AVX512 + ["-mavx512bf16"])]
 
 OPENMP_TEST = r"""
 #include <omp.h>
@@ -68,10 +84,20 @@ class OptionalBuildExt(build_ext):
             self.extensions = []
             return
         compile_flags, link_flags = self._choose_flags()
+        try:
+            tables, levels = self._compile_levels()
+        except Exception as error:  # the baseline tiles do not compile
+            _warn(f"compiling the tile kernels failed ({error}); the 'cython' backend will "
+                  "be unavailable (the others work)")
+            self.extensions = []
+            return
         built = []
         for ext in self.extensions:
             ext.extra_compile_args = list(ext.extra_compile_args or []) + compile_flags
             ext.extra_link_args = list(ext.extra_link_args or []) + link_flags
+            ext.extra_objects = list(ext.extra_objects or []) + tables
+            ext.define_macros = list(ext.define_macros or []) + [
+                (f"FA_BUILT_{name}", "1") for name in levels]
             try:
                 self.build_extension(ext)
                 built.append(ext)
@@ -80,13 +106,47 @@ class OptionalBuildExt(build_ext):
                       "be unavailable (the others work)")
         self.extensions = built  # so that --inplace copies only what was built
 
+    def _compile_levels(self):
+        """Compile the tile kernels once per level the compiler supports: (objects, names)."""
+        objects, names = [], []
+        for level_id, (name, flags) in enumerate(self._levels()):
+            if level_id and not _compiles(self.compiler, flags):
+                _warn(f"the compiler does not accept {' '.join(flags)}: the {name} kernels "
+                      "are not built (the CPU dispatch falls back to a lower level)")
+                continue
+            try:
+                objects += self._compile_level(level_id, name, flags)
+            except Exception as error:
+                if not level_id:
+                    raise
+                _warn(f"the {name} kernels failed to compile ({error}); the CPU dispatch "
+                      "falls back to a lower level")
+                continue
+            names.append(name)
+        return objects, names
+
+    def _compile_level(self, level_id, name, flags):
+        if self.compiler.compiler_type == "msvc":
+            flags = ["/O2"] + flags
+        else:
+            flags = ["-O3", "-fopenmp-simd"] + flags
+        return self.compiler.compile(
+            [ISA_SOURCE], output_dir=os.path.join(self.build_temp, "isa", name),
+            macros=[("FA_LEVEL_NAME", name), ("FA_LEVEL_ID", str(level_id))],
+            include_dirs=[CYTHON_DIR], extra_postargs=flags, depends=TILE_HEADERS)
+
+    def _levels(self):
+        """ISA_LEVELS where the target is x86-64 and the compiler gcc-like, else baseline."""
+        import platform
+        x86_64 = platform.machine().lower() in ("x86_64", "amd64")
+        if x86_64 and self.compiler.compiler_type != "msvc":
+            return ISA_LEVELS
+        return ISA_LEVELS[:1]
+
     def _choose_flags(self):
         if self.compiler.compiler_type == "msvc":
             return ["/O2", "/openmp"], []
         compile_flags = ["-O3"]
-        if os.environ.get("FASTATTN_PORTABLE", "").strip() != "1":
-            if _compiles(self.compiler, ["-march=native"]):
-                compile_flags.append("-march=native")
         if _compiles(self.compiler, ["-fopenmp"], OPENMP_TEST):
             return compile_flags + ["-fopenmp"], ["-fopenmp"]
         _warn("OpenMP was not found (a test program does not build with -fopenmp); "
@@ -115,8 +175,8 @@ def _extensions():
     except ImportError as error:
         _warn(f"{error}: the Cython kernel is not built")
         return []
-    extensions = [Extension(name, [source], depends=headers,
-                            include_dirs=[numpy.get_include()],
+    extensions = [Extension(name, [source, DISPATCH_SOURCE], depends=headers + TILE_HEADERS,
+                            include_dirs=[numpy.get_include(), CYTHON_DIR],
                             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
                   for name, source, headers in [(EXTENSION, SOURCE, HEADERS),
                                                 (BACKWARD_EXTENSION, BACKWARD_SOURCE,

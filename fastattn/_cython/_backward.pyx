@@ -90,6 +90,7 @@ cdef extern from "_kernels.h" nogil:
                                    double *c, Py_ssize_t cp)
 
 include "_contract.pxi"
+include "_isa.pxi"
 
 check_contract(COMPILED_CONSTANTS, __name__)
 

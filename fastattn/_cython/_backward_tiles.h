@@ -42,8 +42,6 @@
 #define FB_NV 3
 #endif
 
-#define FB_PAD 16 /* kp and dp are multiples of this: whole vectors of float and double */
-
 /* Tile transposes by two-source shuffles where gcc has them for 64-byte vectors; elsewhere
  * element by element (see FN(transpose_tile)). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
@@ -101,12 +99,5 @@ static inline void fb_span(const ptrdiff_t *lo, const ptrdiff_t *hi, ptrdiff_t n
 #undef EXP
 #undef EXP_MAX
 #undef FN
-
-/* Claim the next task of a worker's run: the owner and any thief share one counter,
- * so each task is taken exactly once.  Relaxed suffices: tasks read shared inputs and
- * write disjoint outputs, published by the barrier that ends the parallel region. */
-static inline int64_t fb_claim(int64_t *next) {
-    return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
-}
 
 #endif

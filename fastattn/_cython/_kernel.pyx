@@ -68,6 +68,7 @@ cdef extern from "_kernels.h" nogil:
     bint fa_rows_finite_f64(Py_ssize_t n, Py_ssize_t width, const char *rows, Py_ssize_t stride)
 
 include "_contract.pxi"
+include "_isa.pxi"
 
 
 cdef struct Problem:

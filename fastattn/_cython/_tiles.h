@@ -20,6 +20,7 @@
 #include <math.h>
 #include <stddef.h>
 #include "_rowops.h"
+#include "_kernel_list.h" /* FA_ROW_PAD */
 
 #if defined(__GNUC__) || defined(__clang__)
 #define FA_INLINE static inline __attribute__((always_inline))
@@ -46,7 +47,6 @@
 #define FA_VECTOR(name, real) typedef real name
 #endif
 
-#define FA_ROW_PAD 16 /* rp is a multiple of this (one 64-byte line of floats) */
 
 FA_VECTOR(fa_vec_f32, float);
 FA_VECTOR(fa_vec_f64, double);
