@@ -25,7 +25,7 @@ import numpy as np
 
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, log
-from libc.stdint cimport int64_t, uint8_t, uintptr_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uintptr_t
 
 cnp.import_array()
 
@@ -66,22 +66,41 @@ cdef extern from "_kernels.h" nogil:
                                      double *acct)
     bint fa_rows_finite_f32(Py_ssize_t n, Py_ssize_t width, const char *rows, Py_ssize_t stride)
     bint fa_rows_finite_f64(Py_ssize_t n, Py_ssize_t width, const char *rows, Py_ssize_t stride)
+    # Half precision: rows of bfloat16 / float16 converted to float32 (pitch in floats).
+    void fa_rows_to_f32_bf16(Py_ssize_t n, Py_ssize_t width, const char *rows,
+                             Py_ssize_t stride, float *dst, Py_ssize_t pitch)
+    void fa_rows_to_f32_f16(Py_ssize_t n, Py_ssize_t width, const char *rows,
+                            Py_ssize_t stride, float *dst, Py_ssize_t pitch)
+
+cdef extern from "_half_scalar.h" nogil:
+    float fa_bf16_to_f32(uint16_t bits)
+    float fa_f16_to_f32(uint16_t bits)
+    uint16_t fa_f32_to_bf16(float x)
+    uint16_t fa_f32_to_f16(float x)
 
 include "_contract.pxi"
 include "_isa.pxi"
+
+cdef enum:
+    # How q, k, v and out are stored: in the compute dtype, or in a half dtype
+    # (computed in float32; k and v converted block by block, out rounded at the end).
+    STORE_NATIVE = 0
+    STORE_F16 = 1
+    STORE_BF16 = 2
 
 
 cdef struct Problem:
     # Everything a task reads besides its own row of the task table.
     View q, k, v, out, lse, mask, part_out, part_lse
-    int mask_kind
+    int mask_kind, storage
     Py_ssize_t group, block_k, head_dim, value_dim  # value_dim 0: lse-only
     int64_t band_lo, band_hi
     double scale
     # A worker's scratch row, in elements of the compute dtype (rp = max rows padded):
-    # qt (head_dim x rp) | st (block_k x rp) | acct (value_dim x rp) | m | shift | alpha;
+    # qt (head_dim x rp) | st (block_k x rp) | acct (value_dim x rp) | m | shift | alpha
+    # | kv (half storage: one key or value block in float32, block_k x max(D, Dv));
     # and in its float64 row: l | block_sum.
-    Py_ssize_t rp, at_st, at_acc, at_m, at_shift, at_alpha, tile_size
+    Py_ssize_t rp, at_st, at_acc, at_m, at_shift, at_alpha, at_kv, tile_size
 
 
 # ---------------------------------------------------------------------------
@@ -93,9 +112,11 @@ def run_kernel(call):
     Parameters
     ----------
     call : fastattn._contract.KernelCall
-        4-D views in float32 or float64 (any strides, last axis contiguous), the mask
-        and its kind, the scale, the plan, the outputs (``out`` None: lse-only) and
-        the split-KV partial buffers.
+        4-D views (any strides, last axis contiguous) of q, k, v and ``out`` in float32
+        or float64, or in float16 / bfloat16 with everything else (mask, ``lse``,
+        partial buffers) in float32, the compute dtype of half inputs; the mask and its
+        kind, the scale, the plan, the outputs (``out`` None: lse-only) and the
+        split-KV partial buffers.
 
     Examples
     --------
@@ -110,11 +131,10 @@ def run_kernel(call):
     >>> float(out[0, 0, 0, 0]), float(lse[0, 0, 0])  # three equal scores of 2: log(3 e^2)
     (1.0, 3.0986123085021973)
     """
-    dtype = call.q.dtype
+    cdef int storage = _storage(call.q.dtype)
+    dtype = call.lse.dtype  # the compute dtype
     cdef int type_num = (<cnp.dtype> dtype).type_num
-    if type_num != cnp.NPY_FLOAT32 and type_num != cnp.NPY_FLOAT64:
-        raise TypeError(f"the Cython kernel computes in float32 or float64, not {dtype}")
-    cdef Problem problem = _describe(call)
+    cdef Problem problem = _describe(call, storage)
     plan = call.plan
     cdef cnp.ndarray tasks = _int64_rows(plan.tasks)
     cdef cnp.ndarray starts = _int64_rows(plan.worker_starts)
@@ -137,6 +157,17 @@ def run_kernel(call):
                      state_ptr)
 
 
+cdef int _storage(dtype) except -1:
+    """How q, k, v are stored: STORE_NATIVE (float32/64), STORE_F16 or STORE_BF16."""
+    if dtype == np.float32 or dtype == np.float64:
+        return STORE_NATIVE
+    if dtype == np.float16:
+        return STORE_F16
+    if dtype.name == "bfloat16" and dtype.itemsize == 2:  # ml_dtypes.bfloat16
+        return STORE_BF16
+    raise TypeError(f"the Cython kernel reads float16, bfloat16, float32 or float64, not {dtype}")
+
+
 cdef cnp.ndarray _int64_rows(array):
     """``array`` as a C-contiguous int64 ndarray; the plan's own arrays already are."""
     if (type(array) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray> array) == cnp.NPY_INT64
@@ -145,11 +176,11 @@ cdef cnp.ndarray _int64_rows(array):
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
-cdef Problem _describe(call):
+cdef Problem _describe(call, int storage):
     """Gather pointers, strides, sizes and the scratch layout of one call."""
     cdef Problem p
     q, v = call.q, call.v
-    cdef Py_ssize_t align = ALIGN_BYTES // q.itemsize
+    cdef Py_ssize_t align = ALIGN_BYTES // call.lse.itemsize
     plan = call.plan
     p.q, p.k, p.lse = _view(q), _view(call.k), _view(call.lse)
     p.value_dim = 0 if v is None else v.shape[3]  # KernelCall.value_dim
@@ -157,9 +188,9 @@ cdef Problem _describe(call):
         p.v, p.out = _view(v), _view(call.out)
         p.part_out = _view(call.part_out)
     else:  # lse-only: nothing reads these
-        p.v = p.out = p.part_out = _view(np.empty((0, 0, 0, 0), dtype=call.q.dtype))
+        p.v = p.out = p.part_out = _view(np.empty((0, 0, 0, 0), dtype=call.lse.dtype))
     p.part_lse = _view(call.part_lse)
-    p.mask_kind = call.mask_kind
+    p.mask_kind, p.storage = call.mask_kind, storage
     if call.mask_kind == MASK_NONE:
         p.mask.data = NULL
     else:
@@ -174,7 +205,10 @@ cdef Problem _describe(call):
     p.at_m = p.at_acc + _padded(p.value_dim * p.rp, align)
     p.at_shift = p.at_m + p.rp
     p.at_alpha = p.at_shift + p.rp
-    p.tile_size = p.at_alpha + _padded(p.rp, align)
+    p.at_kv = p.at_alpha + _padded(p.rp, align)
+    p.tile_size = p.at_kv
+    if storage != STORE_NATIVE:
+        p.tile_size += _padded(p.block_k * max(p.head_dim, p.value_dim), align)
     return p
 
 
@@ -235,9 +269,13 @@ cdef void _visit_block(const Problem *p, int64_t b, int64_t kv_head, int64_t q0,
     cdef real *st = tile + p.at_st
     cdef real *acct = tile + p.at_acc
     cdef const char *keys = _row_ptr(&p.k, b, kv_head, j0)
+    cdef Py_ssize_t key_stride = p.k.stride[2], value_stride = p.v.stride[2]
     cdef const char *values
     cdef bint limited
-    _scores(n_k, p.head_dim, keys, p.k.stride[2], tile, rows, rp, st)
+    if p.storage != STORE_NATIVE:
+        keys = _as_float(p, n_k, p.head_dim, keys, key_stride, tile)
+        key_stride = p.head_dim * sizeof(float)
+    _scores(n_k, p.head_dim, keys, key_stride, tile, rows, rp, st)
     limited = _apply_limits(p, st, b, kv_head * p.group, q0, n_q, j0, n_k, rp)
     if _softmax(st, n_k, rp, tile + p.at_m, state, tile + p.at_shift, tile + p.at_alpha,
                 state + rp):
@@ -245,10 +283,24 @@ cdef void _visit_block(const Problem *p, int64_t b, int64_t kv_head, int64_t q0,
     if p.value_dim == 0:  # lse-only
         return
     values = _row_ptr(&p.v, b, kv_head, j0)
-    if limited and not _rows_finite(n_k, p.value_dim, values, p.v.stride[2], st):
-        _accumulate_visible(n_k, p.value_dim, values, p.v.stride[2], st, rp, acct)
+    if p.storage != STORE_NATIVE:
+        values = _as_float(p, n_k, p.value_dim, values, value_stride, tile)
+        value_stride = p.value_dim * sizeof(float)
+    if limited and not _rows_finite(n_k, p.value_dim, values, value_stride, st):
+        _accumulate_visible(n_k, p.value_dim, values, value_stride, st, rp, acct)
     else:
-        _accumulate(n_k, p.value_dim, values, p.v.stride[2], st, rows, rp, acct)
+        _accumulate(n_k, p.value_dim, values, value_stride, st, rows, rp, acct)
+
+
+cdef const char *_as_float(const Problem *p, Py_ssize_t n, Py_ssize_t width, const char *rows,
+                           Py_ssize_t stride, real *tile) noexcept nogil:
+    """``n`` half-precision rows converted into the tile's float32 block (returned)."""
+    cdef float *block = <float *> (tile + p.at_kv)
+    if p.storage == STORE_BF16:
+        fa_rows_to_f32_bf16(n, width, rows, stride, block, width)
+    else:
+        fa_rows_to_f32_f16(n, width, rows, stride, block, width)
+    return <const char *> block
 
 
 # ---------------------------------------------------------------------------
@@ -323,8 +375,16 @@ cdef void _pack_queries(const Problem *p, int64_t b, int64_t head0, int64_t q0,
     for h in range(p.group):
         for i in range(n_q):
             src = _row_ptr(&p.q, b, head0 + h, q0 + i)
-            for d in range(dim):
-                qt[d * rp + h * n_q + i] = (<real *> (src + d * step))[0] * factor
+            r = h * n_q + i
+            if p.storage == STORE_BF16:
+                for d in range(dim):
+                    qt[d * rp + r] = fa_bf16_to_f32((<uint16_t *> (src + d * step))[0]) * factor
+            elif p.storage == STORE_F16:
+                for d in range(dim):
+                    qt[d * rp + r] = fa_f16_to_f32((<uint16_t *> (src + d * step))[0]) * factor
+            else:
+                for d in range(dim):
+                    qt[d * rp + r] = (<real *> (src + d * step))[0] * factor
     for d in range(dim):
         for r in range(rows, rp):
             qt[d * rp + r] = 0
@@ -417,5 +477,21 @@ cdef void _write_rows(const Problem *p, const real *acct, const real *m, const d
                 step = p.part_out.stride[2]
                 (<real *> (p.part_lse.data + part * p.part_lse.stride[0]
                            + r * p.part_lse.stride[1]))[0] = <real> log_sum
-            for d in range(p.value_dim):
-                (<real *> (dst + d * step))[0] = <real> (acct[d * rp + r] * inv)
+            # split-KV parts stay in the compute dtype; out is in the storage dtype
+            _write_row(p.value_dim, acct + r, rp, inv, dst, step,
+                       p.storage if part < 0 else STORE_NATIVE)
+
+
+cdef inline void _write_row(Py_ssize_t value_dim, const real *acct, Py_ssize_t rp, double inv,
+                            char *dst, Py_ssize_t step, int storage) noexcept nogil:
+    """A normalised row (column ``acct[0::rp]`` of the accumulator), stored as ``storage``."""
+    cdef Py_ssize_t d
+    cdef float x
+    if storage == STORE_NATIVE:
+        for d in range(value_dim):
+            (<real *> (dst + d * step))[0] = <real> (acct[d * rp] * inv)
+        return
+    for d in range(value_dim):
+        x = <float> (acct[d * rp] * inv)
+        (<uint16_t *> (dst + d * step))[0] = (fa_f32_to_bf16(x) if storage == STORE_BF16
+                                              else fa_f32_to_f16(x))
