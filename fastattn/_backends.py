@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._config import BACKEND_NAMES
+from ._isa import IsaError
 from ._naive import naive_attention
 from ._tiled import run_tiled
 
@@ -39,6 +40,7 @@ class Backend:
     reason: str
     runner: object = None
     run_kernel: object = None  # compiled backends: the kernel contract's entry point
+    misconfigured: bool = False  # unavailable because of a setting (FASTATTN_ISA): "auto" refuses
 
     def run(self, problem, settings, out=None, lse_only=False):
         return self.runner(problem, settings, out, lse_only)
@@ -71,6 +73,8 @@ def _load(name):
             from ._numba import run_kernel
         else:
             from ._cython import run_kernel
+    except IsaError as error:
+        return Backend(name, False, str(error), misconfigured=True)
     except ImportError as error:
         return Backend(name, False, f"cannot be imported: {error}")
     return Backend(name, True, f"tiled {name} kernel", _tiled_runner(run_kernel), run_kernel)
@@ -93,6 +97,7 @@ def available_backends():
 def resolve(name, problem=None):
     """Return the :class:`Backend` for ``name``; ``None`` and ``"auto"`` choose for ``problem``."""
     if name is None or name == "auto":
+        _refuse_misconfigured()
         return _load(auto_choice(problem))
     if name not in backend_names():
         raise ValueError(f"unknown backend {name!r}; {_summary()}")
@@ -100,6 +105,13 @@ def resolve(name, problem=None):
     if not backend.available:
         raise ValueError(f"backend {name!r} is not available: {backend.reason}; {_summary()}")
     return backend
+
+
+def _refuse_misconfigured():
+    """A setting that disables a backend (FASTATTN_ISA) is an error, not a quiet fall-back."""
+    for backend in all_backends():
+        if backend.misconfigured:
+            raise ValueError(f"backend {backend.name!r} is not available: {backend.reason}")
 
 
 def auto_choice(problem=None, available=None):

@@ -31,6 +31,13 @@ def _extensions():
     return _kernel, _backward
 
 
+def built_levels(extensions=None):
+    """The levels whose kernels this build carries (in both extensions), lowest first."""
+    extensions = _extensions() if extensions is None else extensions
+    return tuple(name for index, name in enumerate(LEVELS)
+                 if extensions and all(module.level_built(index) for module in extensions))
+
+
 def supported_levels(extensions=None):
     """The levels this build and this CPU can both run, lowest first.
 
@@ -45,8 +52,7 @@ def supported_levels(extensions=None):
     if not extensions:
         return ()
     best = min(module.cpu_level() for module in extensions)
-    return tuple(name for index, name in enumerate(LEVELS) if index <= best
-                 and all(module.level_built(index) for module in extensions))
+    return tuple(name for name in built_levels(extensions) if LEVELS.index(name) <= best)
 
 
 def active_level():
@@ -94,6 +100,11 @@ def use_level(name):
 _selected = False
 
 
+def forced_level():
+    """The level ``FASTATTN_ISA`` names, or '' where it is not set."""
+    return os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
+
+
 def select_at_import(extensions):
     """Select ``FASTATTN_ISA``'s level, or the best supported one (called by fastattn._cython).
 
@@ -102,7 +113,7 @@ def select_at_import(extensions):
     """
     global _selected
     supported = supported_levels(extensions)
-    forced = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
+    forced = forced_level()
     try:
         select(forced or supported[-1], extensions)
     except ValueError as error:
