@@ -5,6 +5,7 @@ import numpy as np
 from . import _backends
 from ._backends import resolve
 from ._config import get_config, thread_budget
+from ._half import is_float, result_type
 from ._merge import merge_states
 from ._tiled import RepeatedRun
 from ._validation import (as_array, check_flag, check_out, describe, explain_torch_keywords,
@@ -20,7 +21,10 @@ def attention(q, k, v, mask=None, *, causal=False, window=None, scale=None,
     ----------
     q : array_like, shape (..., Hq, Lq, D) or (Lq, D)
         Queries.  Any strides; a transposed ``(B, L, H, D)`` array is not copied
-        when its last axis is contiguous.
+        when its last axis is contiguous.  dtypes of q, k and v: float32, float64,
+        float16 or ``ml_dtypes.bfloat16`` (half precision is read as it is and
+        computed in float32); mixed dtypes follow ``np.result_type`` (bfloat16 with
+        float16 is a ``TypeError``: cast one of them).
     k : array_like, shape (..., Hk, Lk, D) or (Lk, D)
         Keys.  ``Hk`` must divide ``Hq``: query head ``h`` uses kv head
         ``h // (Hq // Hk)`` (grouped-query attention, no copy of k or v).
@@ -50,17 +54,18 @@ def attention(q, k, v, mask=None, *, causal=False, window=None, scale=None,
         Default: the ``backend`` setting (see :func:`config_context`), "auto".
     out : ndarray, optional
         Written in place and returned; its shape and dtype must be the result's.
-        Any strides; when its dtype is the compute dtype the kernel writes it
-        directly, without an output-sized temporary.
+        Any strides (whole elements): the kernel writes it directly, without an
+        output-sized temporary.
 
     Returns
     -------
     out : ndarray, shape (..., Hq, Lq, Dv)
-        In ``np.result_type(q, k, v)``; float16 inputs are computed in float32.
-        A row whose keys are all masked is zeros.
+        In ``np.result_type(q, k, v)``; float16 and bfloat16 results are
+        computed in float32 and rounded once (to nearest even).  A row whose keys
+        are all masked is zeros.
     lse : ndarray, shape (..., Hq, Lq)
-        Only with ``return_lse=True``; in the compute dtype; -inf for fully
-        masked rows.
+        Only with ``return_lse=True``; in the compute dtype (float32 for float16
+        and bfloat16, else the result dtype); -inf for fully masked rows.
 
     Raises
     ------
@@ -68,8 +73,8 @@ def attention(q, k, v, mask=None, *, causal=False, window=None, scale=None,
         For a wrong type of argument, with what to do; also for torch's keyword
         names: ``is_causal=`` (use ``causal=``), ``attn_mask=`` (use ``mask=``),
         ``dropout_p=`` (not supported) and ``enable_gqa=`` (automatic), and for
-        torch tensors NumPy cannot read (requiring grad: ``.detach()``;
-        bfloat16: ``.float()``).
+        torch tensors NumPy cannot read (requiring grad: ``.detach()``; a
+        bfloat16 tensor is read as a view when ml_dtypes is installed).
     ValueError
         For a wrong shape or value; the message names the argument, its shape
         and its dtype.
@@ -82,6 +87,14 @@ def attention(q, k, v, mask=None, *, causal=False, window=None, scale=None,
     >>> v = np.array([[10.0, 0.0], [0.0, 10.0]])
     >>> fastattn.attention(q, k, v, scale=np.log(3.0)).round(6)
     array([[7.5, 2.5]])
+
+    Half precision stays half precision; the log-sum-exp is float32:
+
+    >>> out, lse = fastattn.attention(q.astype(np.float16), k.astype(np.float16),
+    ...                               v.astype(np.float16), scale=np.log(3.0),
+    ...                               return_lse=True)
+    >>> out, lse.dtype
+    (array([[7.5, 2.5]], dtype=float16), dtype('float32'))
     """
     settings = get_config()
     key = None
@@ -98,14 +111,14 @@ def attention(q, k, v, mask=None, *, causal=False, window=None, scale=None,
     chosen = resolve(backend if backend is not None else settings["backend"], problem)
     if key is not None and key not in _repeated:
         _remember(key, chosen, problem, settings, (q, k, v))
-    direct = out is not None and _kernel_writable(out, problem.compute_dtype)
+    direct = out is not None and _kernel_writable(out, problem.storage_dtype)
     kernel_out = (out[None] if problem.squeeze_heads else out) if direct else None  # a view
     result, lse = chosen.run(problem, settings, out=kernel_out)
     if problem.squeeze_heads:
         result, lse = result[0], lse[0]
     if out is None:
         out = result.astype(problem.result_dtype, copy=False)
-    elif not direct:  # float16 (computed in float32), or a layout the kernels cannot write
+    elif not direct:  # a layout the kernels cannot write
         np.copyto(out, result, casting="same_kind")
     return (out, lse) if return_lse else out
 
@@ -149,7 +162,7 @@ def _remember(key, chosen, problem, settings, given):
     That is when the arrays need no cast, copy or broadcast (then the problem's arrays
     are views of exactly the given ones) and the backend is a compiled one.
     """
-    dtype = problem.compute_dtype
+    dtype = problem.storage_dtype
     direct = (chosen.run_kernel is not None and RepeatedRun.applies(problem)
               and all(x.dtype == dtype and (x.strides[-1] == x.itemsize or x.shape[-1] <= 1)
                       for x in given)
@@ -160,9 +173,9 @@ def _remember(key, chosen, problem, settings, given):
         if direct else None
 
 
-def _kernel_writable(out, compute_dtype):
-    """Whether a kernel can write ``out`` itself: the compute dtype, whole-element strides."""
-    return (out.dtype == compute_dtype and out.flags.aligned
+def _kernel_writable(out, storage_dtype):
+    """Whether a kernel can write ``out`` itself: the storage dtype, whole-element strides."""
+    return (out.dtype == storage_dtype and out.flags.aligned
             and all(stride % out.itemsize == 0 for stride in out.strides))
 
 
@@ -185,6 +198,7 @@ def merge_attention(out_a, lse_a, out_b, lse_b):
     Returns
     -------
     out : ndarray, shape (..., Dv), dtype ``np.result_type(out_a, out_b)``
+        (float16 and bfloat16 are merged in float64 and rounded once).
     lse : ndarray, shape (...), dtype ``np.result_type(lse_a, lse_b)``
 
     Examples
@@ -201,9 +215,12 @@ def merge_attention(out_a, lse_a, out_b, lse_b):
     names = ("out_a", "lse_a", "out_b", "lse_b")
     arrays = [as_array(name, x) for name, x in zip(names, (out_a, lse_a, out_b, lse_b))]
     for name, array in zip(names, arrays):
-        if array.dtype.kind != "f":
-            raise TypeError(f"{describe(name, array)}: expected a float array")
+        if not is_float(array.dtype):
+            raise TypeError(f"{describe(name, array)}: expected a float array (float16, "
+                            f"bfloat16, float32 or float64)")
     out_a, lse_a, out_b, lse_b = arrays
+    out_dtype = result_type(("out_a", out_a), ("out_b", out_b))
+    lse_dtype = result_type(("lse_a", lse_a), ("lse_b", lse_b))
     if out_a.shape != out_b.shape or out_a.ndim == 0:
         raise ValueError(f"out_a and out_b must have one shape (..., Dv): "
                          f"{describe('out_a', out_a)}, {describe('out_b', out_b)}")
@@ -215,5 +232,4 @@ def merge_attention(out_a, lse_a, out_b, lse_b):
             raise ValueError(f"{describe(name, lse)} holds +inf, which no attention result "
                              f"has; a log-sum-exp is finite, -inf (no visible key) or NaN")
     out, lse = merge_states(out_a, lse_a, out_b, lse_b)
-    return (out.astype(np.result_type(out_a, out_b), copy=False),
-            lse.astype(np.result_type(lse_a, lse_b), copy=False))
+    return out.astype(out_dtype, copy=False), lse.astype(lse_dtype, copy=False)

@@ -2,8 +2,9 @@
 
 A runner takes a validated :class:`~fastattn._validation.AttentionProblem`, the
 settings in force, an optional ``out`` array (the problem's ``out_shape`` in the
-compute dtype, written in place) and ``lse_only``, and returns ``(out, lse)`` with the
-shapes of the problem (``out`` None with ``lse_only``).  Every problem, empty ones
+storage dtype, written in place) and ``lse_only``, and returns ``(out, lse)`` with the
+shapes of the problem, ``out`` in the storage dtype (None with ``lse_only``) and ``lse``
+in the compute dtype.  Every problem, empty ones
 included, goes through a runner.  Compiled backends expose ``run_kernel(call)`` (the
 kernel contract of :mod:`fastattn._contract`) and are imported lazily, on first use,
 so ``import fastattn`` is cheap.
@@ -53,7 +54,7 @@ def _naive_runner(problem, settings, out=None, lse_only=False):
     if lse_only:
         return None, lse
     if out is None:
-        return result.astype(problem.compute_dtype), lse
+        return result.astype(problem.storage_dtype), lse  # float64 rounded once
     np.copyto(out, result, casting="unsafe")
     return out, lse
 

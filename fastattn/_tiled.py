@@ -3,8 +3,9 @@
 The arrays reaching a kernel are 4-D views ``(B, H, L, D)`` of the caller's data: the
 leading batch axes are merged into one without copying, and where NumPy cannot
 express that as a view (some broadcast patterns), the outer axes are looped here.
-The kernel writes the caller's ``out=`` array itself when its dtype is the compute
-dtype.  Long calls run their tasks in rounds (see :func:`fastattn._plan.rounds`) so
+The kernel writes the caller's ``out=`` array itself when its dtype is the storage
+dtype (the result's).  Half inputs reach the kernel in their own dtype; ``lse`` and the
+split-KV partials are in the compute dtype (float32 for them).  Long calls run their tasks in rounds (see :func:`fastattn._plan.rounds`) so
 that Ctrl-C interrupts them within a fraction of a second.
 """
 
@@ -20,15 +21,15 @@ from ._plan import in_one_round, make_plan, rounds
 
 
 def run_tiled(run_kernel, problem, settings, out=None, lse_only=False):
-    """``(out, lse)`` of ``problem`` in the compute dtype, computed by ``run_kernel``.
+    """``(out, lse)`` of ``problem``, computed by ``run_kernel``: ``out`` in the storage
+    dtype, ``lse`` in the compute dtype.
 
-    ``out``, when given, is a ``problem.out_shape`` array of the compute dtype that
+    ``out``, when given, is a ``problem.out_shape`` array of the storage dtype that
     receives the result; with ``lse_only`` no output is computed and ``out`` is None.
     """
-    dtype = problem.compute_dtype
     if out is None and not lse_only:
-        out = np.empty(problem.out_shape, dtype=dtype)
-    lse = np.empty(problem.out_shape[:-1], dtype=dtype)
+        out = np.empty(problem.out_shape, dtype=problem.storage_dtype)
+    lse = np.empty(problem.out_shape[:-1], dtype=problem.compute_dtype)
     arrays = {"q": problem.q, "k": problem.k, "lse": lse}
     if not lse_only:
         arrays.update(v=problem.v, out=out)
@@ -56,12 +57,13 @@ def _run_batch(run_kernel, problem, views, n_threads, block_q, block_k):
     value_dim = 0 if out is None else out.shape[3]
     call = KernelCall(q=q, k=k, v=views.get("v"), mask=views.get("mask"),
                       mask_kind=problem.mask_kind, scale=problem.scale, plan=plan, out=out,
-                      lse=lse, **_part_buffers(plan, value_dim, q.dtype))
+                      lse=lse, **_part_buffers(plan, value_dim, lse.dtype))
     _execute(run_kernel, call)
 
 
 def _part_buffers(plan, value_dim, dtype):
-    """The split-KV slots of ``plan``, zeroed: the merge reads every row of a slot."""
+    """The split-KV slots of ``plan`` in the compute ``dtype``, zeroed: the merge reads every
+    row of a slot."""
     return dict(part_out=np.zeros((plan.n_parts, plan.max_rows, value_dim), dtype),
                 part_lse=np.zeros((plan.n_parts, plan.max_rows), dtype))
 
@@ -99,7 +101,8 @@ class RepeatedRun:
     threads may share it.
     """
 
-    __slots__ = ("run_kernel", "plan_arguments", "scale", "out_shape", "no_parts")
+    __slots__ = ("run_kernel", "plan_arguments", "scale", "out_shape", "compute_dtype",
+                 "no_parts")
 
     def __init__(self, run_kernel, problem, settings):
         self.run_kernel = run_kernel
@@ -108,6 +111,7 @@ class RepeatedRun:
                                               settings["block_q"], settings["block_k"])
         self.scale = problem.scale
         self.out_shape = problem.out_shape
+        self.compute_dtype = problem.compute_dtype
         plan = make_plan(*self.plan_arguments)
         empty = dataclasses.replace(plan, n_parts=0)
         self.no_parts = _part_buffers(empty, self.out_shape[3], problem.compute_dtype)
@@ -121,10 +125,9 @@ class RepeatedRun:
     def __call__(self, q, k, v):
         """``(out, lse)`` for arrays laid out as those of the problem this was made for."""
         plan = make_plan(*self.plan_arguments)  # cached: a dictionary look-up
-        dtype = q.dtype
-        out = np.empty(self.out_shape, dtype)
-        lse = np.empty(self.out_shape[:3], dtype)
-        parts = (_part_buffers(plan, self.out_shape[3], dtype) if plan.n_parts
+        out = np.empty(self.out_shape, q.dtype)  # the storage dtype
+        lse = np.empty(self.out_shape[:3], self.compute_dtype)
+        parts = (_part_buffers(plan, self.out_shape[3], self.compute_dtype) if plan.n_parts
                  else self.no_parts)  # empty: never written, shared
         _execute(self.run_kernel, KernelCall(q, k, v, None, MASK_NONE, self.scale, plan, out,
                                              lse, **parts))

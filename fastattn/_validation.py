@@ -8,8 +8,13 @@ the argument, its shape and its dtype.  The checks come in two steps:
   it also runs on zero-byte stand-ins and on lazy arrays (:mod:`fastattn.dask`);
 * :func:`validate` converts the arguments to NumPy, runs :func:`check_call`, checks
   the values of an additive mask and prepares the arrays: an
-  :class:`AttentionProblem` that the backends can trust (arrays in the compute
-  dtype, last axes contiguous, leading axes broadcast to one batch shape).
+  :class:`AttentionProblem` that the backends can trust (``q``, ``k``, ``v`` in the
+  storage dtype, last axes contiguous, leading axes broadcast to one batch shape).
+
+The dtypes of a call: the *result* dtype is ``np.result_type(q, k, v)``; the kernels
+read ``q``, ``k``, ``v`` and write ``out`` in the *storage* dtype, which is the result
+dtype; they compute in the *compute* dtype: float32 for float16 and bfloat16 (see
+:mod:`fastattn._half`), else the result dtype itself.
 """
 
 import functools
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._contract import MASK_ADD, MASK_KEEP, MASK_NONE, Band
+from ._half import INSTALL_HINT, bfloat16, compute_dtype_of, is_float, result_type
 
 CAUSAL_MODES = ("upper_left", "lower_right")
 
@@ -91,6 +97,11 @@ class CallSpec:
     result_dtype: np.dtype
     squeeze_heads: bool
 
+    @property
+    def storage_dtype(self):
+        """The dtype the kernels read ``q``, ``k``, ``v`` and write ``out`` in: the result's."""
+        return self.result_dtype
+
     def problem_fields(self):
         """The fields of :class:`AttentionProblem` (and of the Dask problem) decided here."""
         return dict(batch_shape=self.batch_shape, mask_kind=self.mask_kind, scale=self.scale,
@@ -102,9 +113,10 @@ class CallSpec:
 class AttentionProblem(HeadShapes):
     """A validated call: ``q (*batch, Hq, Lq, D)``, ``k (*batch, Hk, Lk, D)``, ``v (..., Dv)``.
 
-    ``mask`` is None (``mask_kind`` MASK_NONE), a uint8 keep-mask (MASK_KEEP) or an
-    additive mask in the compute dtype (MASK_ADD), broadcast (as a view) to
-    ``(*batch, Hq, Lq, Lk)``; ``band`` holds the causal and window limits.
+    ``q``, ``k`` and ``v`` are in the storage dtype (the result dtype: float16 and
+    bfloat16 stay half precision); ``mask`` is None (``mask_kind`` MASK_NONE), a uint8
+    keep-mask (MASK_KEEP) or an additive mask in the compute dtype (MASK_ADD), broadcast
+    (as a view) to ``(*batch, Hq, Lq, Lk)``; ``band`` holds the causal and window limits.
     """
 
     q: np.ndarray
@@ -118,6 +130,11 @@ class AttentionProblem(HeadShapes):
     compute_dtype: np.dtype
     result_dtype: np.dtype
     squeeze_heads: bool
+
+    @property
+    def storage_dtype(self):
+        """The dtype of ``q``, ``k``, ``v`` and of the kernels' ``out``: the result dtype."""
+        return self.result_dtype
 
     @property
     def public_out_shape(self):
@@ -153,7 +170,7 @@ def check_call(q, k, v, mask=None, causal=False, window=None, scale=None):
     q_shape, k_shape, v_shape = (_with_head_axis(x.shape) for x in given)
     check_shapes(q_shape, k_shape, v_shape, given)
     batch_shape = broadcast_batch((q_shape, k_shape, v_shape), given)
-    result_dtype = np.result_type(q.dtype, k.dtype, v.dtype)
+    result_dtype = result_type(*zip("qkv", given))
     compute_dtype = compute_dtype_of(result_dtype)
     heads, lq, head_dim = q_shape[-3:]
     lk = k_shape[-2]
@@ -167,19 +184,18 @@ def check_call(q, k, v, mask=None, causal=False, window=None, scale=None):
         squeeze_heads=all(len(x.shape) == 2 for x in given))
 
 
-def compute_dtype_of(result_dtype):
-    """The dtype the kernels compute in: float16 is computed in float32."""
-    return np.dtype(np.float32) if result_dtype == np.float16 else np.dtype(result_dtype)
-
-
 # ---------------------------------------------------------------- arrays
 
 
 def as_array(name, x):
     """``np.asarray(x)``, with fastattn's own message where a torch tensor cannot convert.
 
-    torch is never imported: a tensor is recognised by its type's module.
+    torch is never imported: a tensor is recognised by its type's module.  A torch
+    bfloat16 tensor, which NumPy cannot read, becomes a bfloat16 view of its memory
+    (ml_dtypes' dtype; no copy).
     """
+    if _is_torch_bfloat16(x):
+        return _torch_bfloat16_view(name, x)
     try:
         return np.asarray(x)
     except (RuntimeError, TypeError, ValueError) as error:
@@ -199,17 +215,36 @@ def _torch_hint(name, x):
         return (f"{name} is a torch tensor that requires grad: fastattn's NumPy API does "
                 f"not track gradients; pass {name}.detach() (a torch backend with autograd "
                 f"is planned as fastattn.torch)")
-    if str(getattr(x, "dtype", "")) == "torch.bfloat16":
-        return (f"{name} is a torch bfloat16 tensor: bfloat16 is not supported yet; pass "
-                f"{name}.float() (float16, float32 and float64 are supported)")
     device = getattr(x, "device", None)
     if device is not None and getattr(device, "type", "cpu") != "cpu":
         return f"{name} is a torch tensor on {device}: fastattn runs on the CPU; pass {name}.cpu()"
     return None
 
 
+def _is_torch_bfloat16(x):
+    return type(x).__module__.split(".")[0] == "torch" and \
+        str(getattr(x, "dtype", "")) == "torch.bfloat16"
+
+
+def _torch_bfloat16_view(name, tensor):
+    """A bfloat16 NumPy view of a CPU torch bfloat16 tensor (its 16-bit words, reinterpreted)."""
+    hint = _torch_hint(name, tensor)
+    if hint is not None:
+        raise TypeError(hint)
+    try:
+        dtype = bfloat16()
+    except ModuleNotFoundError as error:
+        raise TypeError(f"{name} is a torch bfloat16 tensor: NumPy needs the package "
+                        f"ml_dtypes for bfloat16: {INSTALL_HINT}; or pass {name}.float()"
+                        ) from error
+    import torch  # the tensor's own module: already imported
+
+    return tensor.view(torch.int16).numpy().view(dtype)
+
+
 def check_float_array(name, array):
-    """A float16/32/64 dtype and at least 2 dimensions, from ``.dtype`` and ``.shape``."""
+    """A float16/bfloat16/float32/float64 dtype and at least 2 dimensions, from ``.dtype``
+    and ``.shape``."""
     kind = array.dtype.kind
     if kind in "biu":
         what = "bool" if kind == "b" else "integer"
@@ -218,9 +253,9 @@ def check_float_array(name, array):
     if kind == "c":
         raise TypeError(f"{describe(name, array)}: complex attention is not supported; "
                         f"pass the real part or a float array")
-    if kind != "f" or array.dtype.itemsize > 8:
-        raise TypeError(f"{describe(name, array)}: expected float16, float32 or float64; "
-                        f"cast with {name}.astype(np.float64)")
+    if not is_float(array.dtype):
+        raise TypeError(f"{describe(name, array)}: expected float16, bfloat16, float32 or "
+                        f"float64; cast with {name}.astype(np.float64)")
     if len(array.shape) < 2:
         raise ValueError(f"{describe(name, array)}: expected at least 2 dimensions "
                          f"(L, D); got {len(array.shape)}")
@@ -258,8 +293,9 @@ def broadcast_batch(shapes, given):
 
 
 def _prepared(array, spec):
-    """Cast, make the last axis contiguous, broadcast the batch axes (views where possible)."""
-    array = array.astype(spec.compute_dtype, copy=False)
+    """Cast to the storage dtype, make the last axis contiguous, broadcast the batch axes
+    (views where possible): half inputs stay half, only an input of another dtype is cast."""
+    array = array.astype(spec.storage_dtype, copy=False)
     if array.strides[-1] != array.itemsize and array.shape[-1] > 1:
         array = np.ascontiguousarray(array)
     if array.ndim == 2:
@@ -353,7 +389,7 @@ def check_mask(mask, scores_shape):
         raise TypeError(f"{describe('mask', mask)}: integer masks are ambiguous; pass "
                         f"mask.astype(bool) (True = may attend) or an additive float "
                         f"mask (0 or -inf)")
-    if kind not in "bf":
+    if kind != "b" and not is_float(mask.dtype):
         raise TypeError(f"{describe('mask', mask)}: expected a bool or float mask")
     try:
         broadcast = np.broadcast_shapes(tuple(mask.shape), scores_shape)
