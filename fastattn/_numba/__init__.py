@@ -8,6 +8,7 @@ import numpy as np
 
 from .._blas import single_threaded
 from .._contract import MASK_NONE
+from .halves import as_kernel_array
 from .kernel import run_tasks_parallel, run_worker
 
 __all__ = ["run_kernel"]
@@ -16,14 +17,18 @@ _WORKQUEUE_LOCK = threading.Lock()
 
 
 def run_kernel(call):
-    """Run a :class:`~fastattn._contract.KernelCall`; writes its ``out`` and ``lse``."""
-    plan, q = call.plan, call.q
-    dtype = q.dtype
+    """Run a :class:`~fastattn._contract.KernelCall`; writes its ``out`` and ``lse``.
+
+    ``q``, ``k``, ``v`` and ``out`` are of the storage dtype, the rest of the compute
+    dtype (that of ``lse``); the scratch tiles are of the compute dtype.
+    """
+    plan, q = call.plan, as_kernel_array(call.q)
+    dtype = call.lse.dtype  # the compute dtype
     workers, rows, block_k = plan.n_workers, plan.max_rows, plan.block_k
     head_dim, value_dim = q.shape[3], call.value_dim
     mask = call.mask if call.mask_kind != MASK_NONE else np.zeros((1, 1, 1, 1), dtype)
-    v = call.v if call.v is not None else np.zeros((1, 1, 1, 0), dtype)
-    out = call.out if call.out is not None else np.zeros((1, 1, 1, 0), dtype)
+    v = as_kernel_array(call.v) if call.v is not None else np.zeros((1, 1, 1, 0), q.dtype)
+    out = as_kernel_array(call.out) if call.out is not None else np.zeros((1, 1, 1, 0), q.dtype)
     part_out = call.part_out if call.part_out is not None else np.zeros((0, rows, 0), dtype)
     scratch = (np.empty((workers, rows, head_dim), dtype),
                np.empty((workers, block_k, head_dim), dtype),
@@ -34,7 +39,8 @@ def run_kernel(call):
                np.empty((workers, 3, rows)),  # running max, running sum, rescale factor
                np.empty((workers, rows), dtype),  # max of the current block
                np.empty((workers, rows * block_k), dtype=np.int64))  # exp scratch
-    arguments = (*flat_view(q), *flat_view(call.k), *flat_view(v), *flat_view(mask),
+    arguments = (*flat_view(q), *flat_view(as_kernel_array(call.k)), *flat_view(v),
+                 *flat_view(mask),
                  call.mask_kind, *flat_view(out, writeable=True), call.lse, part_out,
                  call.part_lse, _writeable(plan.tasks), _writeable(plan.worker_starts),
                  plan.group, block_k, plan.band.lo, plan.band.hi, dtype.type(call.scale),

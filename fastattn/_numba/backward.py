@@ -14,6 +14,9 @@ then writes ``dK * scale`` and ``dV``.  Tiles are key-major, as in the forward
 kernel, so the row-wise steps (subtracting the lse and delta of each query row) run
 along contiguous memory and vectorise; the five block products are BLAS calls on
 contiguous tiles.  The band and mask rules are the forward kernel's own functions.
+Half ``q``, ``k``, ``v`` and ``dout`` arrive as their 16-bit words and are converted to
+float32 as their tiles are packed (:mod:`fastattn._numba.halves`); ``lse``, ``delta``,
+the mask and the gradients are float32.
 """
 
 import numpy as np
@@ -23,6 +26,7 @@ from .._blas import single_threaded
 from .._contract import (BWD_BATCH, BWD_K_START, BWD_K_STOP, BWD_KV_HEAD, BWD_PART,
                          BWD_Q_START, BWD_Q_STOP, MASK_KEEP, MASK_NONE)
 from . import flat_view, run_parallel
+from .halves import as_kernel_array, load, read_row
 from .kernel import _all_finite, _apply_limits, _block_has_keep, _key_rows, _row_start
 from .rowops import JIT, exp_inplace
 
@@ -32,9 +36,10 @@ __all__ = ["run_backward_kernel"]
 def run_backward_kernel(call):
     """Run a :class:`~fastattn._contract.BackwardCall`: write its ``dk``, ``dv``, add into ``dq``.
 
-    (Or into its ``part_dq`` slots, as the plan's ``BWD_PART`` column says.)
+    (Or into its ``part_dq`` slots, as the plan's ``BWD_PART`` column says.)  ``q``,
+    ``k``, ``v`` and ``dout`` are of the storage dtype, the rest of the compute dtype.
     """
-    plan, dtype = call.plan, call.q.dtype
+    plan, dtype = call.plan, call.lse.dtype  # the compute dtype
     workers, rows, block_k = plan.n_workers, plan.max_rows, plan.block_k
     head_dim, value_dim = call.q.shape[3], call.v.shape[3]
     mask = call.mask if call.mask_kind != MASK_NONE else np.zeros((1, 1, 1, 1), dtype)
@@ -51,8 +56,9 @@ def run_backward_kernel(call):
                np.empty((workers, rows, head_dim), dtype),  # one query block's dQ
                np.empty((workers, 3, rows), dtype),  # lse shift, delta, NaN flag per row
                np.empty((workers, block_k * rows), dtype=np.int64))  # exp scratch
-    arguments = (*flat_view(call.q), *flat_view(call.k), *flat_view(call.v),
-                 *flat_view(call.dout), *flat_view(mask), call.mask_kind, call.lse, call.delta,
+    arguments = (*flat_view(as_kernel_array(call.q)), *flat_view(as_kernel_array(call.k)),
+                 *flat_view(as_kernel_array(call.v)), *flat_view(as_kernel_array(call.dout)),
+                 *flat_view(mask), call.mask_kind, call.lse, call.delta,
                  call.dq, call.dk, call.dv, call.part_dq, plan.tasks, plan.worker_starts,
                  plan.group, plan.block_q, block_k, plan.band.lo, plan.band.hi,
                  dtype.type(call.scale), *scratch)
@@ -156,7 +162,7 @@ def _scaled_rows(x, at, b, head, j0, n_k, scale, scratch):
     for j in range(n_k):
         start = _row_start(at, b, head, j0 + j)
         for d in range(width):
-            tile[j, d] = x[start + d] * scale
+            tile[j, d] = load(x[start + d]) * scale
     return tile
 
 
@@ -173,7 +179,7 @@ def _group_rows(x, at, b, head0, group, i0, n_q, scratch):
     for h in range(group):
         for i in range(n_q):
             start = _row_start(at, b, head0 + h, i0 + i)
-            tile[h * n_q + i, :] = x[start:start + width]
+            read_row(x, start, tile[h * n_q + i])
     return tile
 
 

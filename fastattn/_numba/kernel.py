@@ -4,7 +4,10 @@ The kernel contract (:mod:`fastattn._contract`, "The kernel contract" in
 docs/design.md) says what it computes.  Every strided array arrives as a flat 1-D
 buffer plus its geometry ``at = (offset, stride_b, stride_h, stride_row[,
 stride_key])`` in elements, so one compiled specialisation per dtype serves every
-layout (contiguous, transposed, broadcast, negative strides).
+layout (contiguous, transposed, broadcast, negative strides).  Half inputs arrive as
+their 16-bit words (:mod:`fastattn._numba.halves`): the queries, keys and values are
+converted to float32 a tile at a time, as they are packed, and ``out`` is rounded
+element by element; everything else is float32.
 
 Each task packs its query rows (all heads of a kv group, pre-scaled) into a
 contiguous tile, then for every kv block takes the keys and values (a view when
@@ -22,10 +25,12 @@ import math
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 from .._contract import (DECODE_ROWS, MASK_ADD, MASK_KEEP, MASK_NONE, TASK_BATCH,
                          TASK_K_START, TASK_K_STOP, TASK_KV_HEAD, TASK_PART, TASK_Q_START,
                          TASK_Q_STOP)
+from .halves import load, read_row, store
 from .rowops import JIT, exp_inplace
 
 
@@ -170,20 +175,37 @@ def _row_start(at, b, h, i):
     return at[0] + b * at[1] + h * at[2] + i * at[3]
 
 
-@njit(**JIT)
 def _key_rows(x, at, b, head, j0, n_k, width, scratch):
     """Rows ``j0:j0 + n_k`` of ``x[b, head]`` as a C-contiguous ``(n_k, width)`` array.
 
-    A view when the rows are contiguous in memory (BLAS reads them in place);
-    otherwise a copy into ``scratch``.
+    A view when the rows are contiguous in memory and of the compute dtype (BLAS reads
+    them in place); otherwise a copy into ``scratch`` (half rows converted).
     """
+    raise NotImplementedError  # only callable from jitted code, through the overload
+
+
+@overload(_key_rows, jit_options=JIT)
+def _key_rows_typed(x, at, b, head, j0, n_k, width, scratch):
+    return _rows_in_place if x.dtype == scratch.dtype else _rows_converted
+
+
+def _rows_in_place(x, at, b, head, j0, n_k, width, scratch):
     start = _row_start(at, b, head, j0)
     if at[3] == width:
         return x[start:start + n_k * width].reshape(n_k, width)
+    return _packed_rows(x, at, start, n_k, scratch)
+
+
+def _rows_converted(x, at, b, head, j0, n_k, width, scratch):
+    return _packed_rows(x, at, _row_start(at, b, head, j0), n_k, scratch)
+
+
+@njit(**JIT)
+def _packed_rows(x, at, start, n_k, scratch):
+    """``n_k`` rows from flat index ``start`` on (row stride ``at[3]``), packed into ``scratch``."""
     tile = scratch[:n_k]
     for j in range(n_k):
-        row = start + j * at[3]
-        tile[j, :] = x[row:row + width]
+        read_row(x, start + j * at[3], tile[j])
     return tile
 
 
@@ -195,7 +217,7 @@ def _pack_queries(q, q_at, b, head0, group, q0, n_q, scale, q_tile):
             start = _row_start(q_at, b, head0 + h, q0 + i)
             dst = q_tile[h * n_q + i]
             for d in range(width):
-                dst[d] = q[start + d] * scale
+                dst[d] = load(q[start + d]) * scale
 
 
 @njit(**JIT)
@@ -305,7 +327,7 @@ def _write_rows(acc, running_max, running_sum, out, out_at, lse, part_out, part_
                 if not lse_only:
                     start = _row_start(out_at, b, head0 + h, q0 + i)
                     for d in range(value_dim):
-                        out[start + d * out_at[4]] = acc[r, d] * inv
+                        store(out, start + d * out_at[4], acc[r, d] * inv)
             else:
                 part_lse[part, r] = log_sum
                 if not lse_only:
