@@ -1,11 +1,14 @@
 """The gradients of attention: :func:`attention_backward`, its backends and the tiled driver.
 
-The tiled driver computes ``delta = rowsum(dout * out)`` once with NumPy, merges the
+The tiled driver computes ``delta = rowsum(dout * out)`` once with NumPy (in the
+compute dtype, without a compute-dtype copy of half ``dout`` or ``out``), merges the
 batch axes into one (views, as :mod:`fastattn._tiled` does), plans
 (:mod:`fastattn._backward_plan`), runs a compiled kernel's
 ``run_backward_kernel(call)`` on a :class:`~fastattn._contract.BackwardCall`, sums
 the partial ``dq`` slots in slot order, and finally sums the gradients of inputs
-that were broadcast over batch axes.  See "The backward pass" in docs/design.md.
+that were broadcast over batch axes.  Half inputs (float16, bfloat16) reach the kernel
+in their own dtype with ``dout``; ``lse``, ``delta`` and the gradients are float32, cast
+to each input's dtype at the end.  See "The backward pass" in docs/design.md.
 """
 
 import functools
@@ -19,7 +22,8 @@ from ._contract import BWD_BATCH, BWD_KV_HEAD, BWD_PART, BWD_Q_START, BWD_Q_STOP
 from ._naive import naive_backward
 from ._plan import rounds
 from ._tiled import run_batches
-from ._validation import describe, validate
+from ._half import is_bfloat16, is_float
+from ._validation import as_array, describe, validate
 
 def attention_backward(dout, q, k, v, out, lse, mask=None, *, causal=False, window=None,
                        scale=None, backend=None):
@@ -48,17 +52,18 @@ def attention_backward(dout, q, k, v, out, lse, mask=None, *, causal=False, wind
     Returns
     -------
     dq, dk, dv : ndarray
-        Shaped and typed like ``q``, ``k`` and ``v`` (float16 is computed in
-        float32).  Where ``k``/``v`` were broadcast over batch axes, their gradients
+        Shaped and typed like ``q``, ``k`` and ``v`` (float16 and bfloat16 are
+        computed in float32 and rounded once).  Where ``k``/``v`` were broadcast over batch axes, their gradients
         are summed over those axes; with grouped-query attention, each kv head's
         gradient sums over its query heads.  A row whose keys are all masked
         contributes nothing: its ``dq`` is zero.
 
     Notes
     -----
-    ``dout``, ``out`` and ``lse`` must be float arrays that the compute dtype of
-    ``q``, ``k``, ``v`` holds exactly (a float64 ``dout`` for float32 inputs is
-    refused rather than rounded).
+    ``dout`` must be a float array that the dtype of ``out`` (``np.result_type(q, k,
+    v)``) holds exactly, and ``out`` and ``lse`` float arrays that the compute dtype
+    holds exactly (float32 for half precision): a float64 ``dout`` for float32 inputs,
+    or a float32 ``dout`` for float16 inputs, is refused rather than rounded.
 
     Examples
     --------
@@ -79,7 +84,7 @@ def attention_backward(dout, q, k, v, out, lse, mask=None, *, causal=False, wind
     >>> bool(np.isclose(numeric, dk[1, 2], rtol=1e-6))
     True
     """
-    q, k, v = (np.asarray(x) for x in (q, k, v))
+    q, k, v = (as_array(name, x) for name, x in zip("qkv", (q, k, v)))
     problem = validate(q, k, v, mask, causal, window, scale)
     dout, out, lse = _gradient_inputs(problem, dout, out, lse)
     settings = get_config()
@@ -93,28 +98,36 @@ def attention_backward(dout, q, k, v, out, lse, mask=None, *, causal=False, wind
 
 
 def _gradient_inputs(problem, dout, out, lse):
-    """``dout``, ``out``, ``lse`` checked against ``problem``, in the compute dtype, with heads."""
-    shape, dtype = problem.public_out_shape, problem.compute_dtype
+    """``dout``, ``out``, ``lse`` checked against ``problem``, with heads: ``dout`` in the
+    storage dtype, ``out`` and ``lse`` in the compute dtype or (``out``) the storage dtype."""
+    shape, compute, storage = (problem.public_out_shape, problem.compute_dtype,
+                               problem.storage_dtype)
     checked = []
-    for name, x, expected in (("dout", dout, shape), ("out", out, shape),
-                              ("lse", lse, shape[:-1])):
-        array = np.asarray(x)
-        if array.dtype.kind != "f" or array.dtype.itemsize > 8:
-            raise TypeError(f"{describe(name, array)}: expected a float16, float32 or float64 "
-                            f"array")
+    for name, x, expected, dtype in (("dout", dout, shape, storage), ("out", out, shape, compute),
+                                     ("lse", lse, shape[:-1], compute)):
+        array = as_array(name, x)
+        if not is_float(array.dtype):
+            raise TypeError(f"{describe(name, array)}: expected a float16, bfloat16, float32 or "
+                            f"float64 array")
         if array.shape != expected:
             what = "attention's lse" if name == "lse" else "attention's output"
             raise ValueError(f"{describe(name, array)} must have shape {expected}, that of "
                              f"{what} for these q, k and v")
         if not np.can_cast(array.dtype, dtype, "safe"):
-            raise TypeError(f"{describe(name, array)}: q, k and v are computed in {dtype}, "
-                            f"which would round {name}; pass {name}.astype(np.{dtype}) or "
-                            f"q, k, v in {array.dtype}")
-        array = array.astype(dtype, copy=False)
+            what = "attention's output is" if name == "dout" else "q, k and v are computed in"
+            raise TypeError(f"{describe(name, array)}: {what} {dtype}, which would round "
+                            f"{name}; pass {name}.astype({_spelling(dtype)}) or q, k, v in "
+                            f"{array.dtype}")
+        if array.dtype != storage:  # out may stay in the storage dtype: only delta reads it
+            array = array.astype(dtype, copy=False)
         if array.ndim and array.shape[-1] > 1 and array.strides[-1] != array.itemsize:
             array = np.ascontiguousarray(array)  # e.g. the broadcast ones of out.sum()
         checked.append(array[None] if problem.squeeze_heads else array)
     return checked
+
+
+def _spelling(dtype):
+    return "ml_dtypes.bfloat16" if is_bfloat16(dtype) else f"np.{dtype}"
 
 
 def _like_input(grad, x):
@@ -133,9 +146,10 @@ def _like_input(grad, x):
 def backward_runner(name, problem):
     """The backward runner for backend ``name`` (None or "auto": chosen for ``problem``).
 
-    A runner takes ``(problem, dout, out, lse, settings)`` (4-D ``dout``/``out``, 3-D
-    ``lse``, all in the compute dtype) and returns ``(dq, dk, dv)`` in the compute dtype,
-    shaped like ``problem.q``, ``problem.k``, ``problem.v``.  Unknown or unavailable
+    A runner takes ``(problem, dout, out, lse, settings)`` (4-D ``dout`` in the storage
+    dtype, ``out`` in the storage or the compute dtype, 3-D ``lse`` in the compute dtype)
+    and returns ``(dq, dk, dv)`` in the compute dtype, shaped like ``problem.q``,
+    ``problem.k``, ``problem.v``.  Unknown or unavailable
     names raise ``ValueError`` as in :func:`fastattn._backends.resolve`.
     """
     if name is None or name == "auto":
@@ -191,8 +205,8 @@ def run_backward_tiled(run_kernel, problem, dout, out, lse, settings):
     if min(problem.q.size, problem.k.size, problem.v.size) == 0:  # the loss is constant
         return tuple(np.zeros(x.shape, dtype) for x in (problem.q, problem.k, problem.v))
     arrays = {"q": problem.q, "k": problem.k, "v": problem.v, "dout": dout,
-              "lse": np.ascontiguousarray(lse),
-              "delta": np.einsum("...d,...d->...", dout, out),  # rowsum(dout * out), once
+              "lse": np.ascontiguousarray(lse, dtype),
+              "delta": row_dots(dout, out, dtype),  # rowsum(dout * out), once
               "dq": np.zeros(problem.q.shape, dtype), "dk": np.empty(problem.k.shape, dtype),
               "dv": np.empty(problem.v.shape, dtype)}
     run_batches(functools.partial(_run_batch, run_kernel, problem), problem, arrays, settings)
@@ -207,11 +221,22 @@ def _run_batch(run_kernel, problem, views, n_threads, block_q, block_k):
                         delta=views["delta"], mask=views.get("mask"),
                         mask_kind=problem.mask_kind, scale=problem.scale, plan=plan, dq=dq,
                         dk=views["dk"], dv=views["dv"],
-                        part_dq=np.zeros((plan.n_parts, plan.group) + q.shape[2:], q.dtype))
+                        part_dq=np.zeros((plan.n_parts, plan.group) + q.shape[2:], dq.dtype))
     for part in rounds(plan):  # Python runs between rounds: a pending Ctrl-C is raised
         call.plan = part
         run_kernel(call)
     sum_partial_dq(plan, call.part_dq, dq)
+
+
+def row_dots(a, b, dtype):
+    """``rowsum(a * b)`` over the last axis, in ``dtype``.
+
+    einsum converts half operands in buffers of a few thousand elements: no
+    ``dtype`` copy of ``a`` or ``b`` is made.
+    """
+    if a.dtype == b.dtype == dtype:
+        return np.einsum("...d,...d->...", a, b)
+    return np.einsum("...d,...d->...", a, b, dtype=dtype, casting="safe")
 
 
 def sum_partial_dq(plan, part_dq, dq):

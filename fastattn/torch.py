@@ -4,8 +4,9 @@ Importing this module imports torch and registers the custom operator
 ``torch.ops.fastattn.attention`` (``(out, lse)``, with a fake implementation for
 ``torch.compile`` and autograd through :func:`fastattn.attention_backward`).  ``import
 fastattn`` alone never imports torch.  Tensors reach NumPy as views (``.numpy()``, no
-copy) and results come back with ``torch.from_numpy``; bfloat16 is computed in float32.
-See docs/torch.md.
+copy) and results come back with ``torch.from_numpy``.  float16 and bfloat16 tensors
+go to the kernels as they are (bfloat16 as a view with ml_dtypes' NumPy dtype, an
+optional dependency) and are computed in float32.  See docs/torch.md.
 """
 
 import contextlib
@@ -26,11 +27,13 @@ from fastattn._api import attention as _numpy_attention
 _attention_arrays = _numpy_attention.__wrapped__
 """fastattn.attention without its check for torch's keyword names (these are fastattn's)."""
 from fastattn._backward import attention_backward as _numpy_backward
+from fastattn._half import INSTALL_HINT, bfloat16, is_bfloat16
 
 __all__ = ["scaled_dot_product_attention", "attention", "sdpa_override"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-"""Tensor dtypes fastattn takes; float16 and bfloat16 are computed in float32."""
+"""Tensor dtypes fastattn takes; float16 and bfloat16 are read as they are and computed in
+float32 (bfloat16 needs ml_dtypes)."""
 
 _CAUSAL_CODES = {False: "none", True: "upper_left", "upper_left": "upper_left",
                  "lower_right": "lower_right"}
@@ -42,10 +45,30 @@ NO_LIMIT = -1
 # --------------------------------------------------------------------------- conversions
 
 def _as_numpy(tensor):
-    """A NumPy view of a CPU tensor (bfloat16, which NumPy lacks, as a float32 copy)."""
+    """A NumPy view of a CPU tensor (bfloat16: its 16-bit words viewed as ml_dtypes' bfloat16)."""
+    if tensor.requires_grad:
+        tensor = tensor.detach()
     if tensor.dtype is torch.bfloat16:  # dtypes are singletons
-        tensor = tensor.float()
-    return tensor.detach().numpy() if tensor.requires_grad else tensor.numpy()
+        return tensor.view(torch.int16).numpy().view(_bfloat16())
+    return tensor.numpy()
+
+
+def _as_tensor(array):
+    """A tensor viewing a NumPy array (bfloat16 through its 16-bit words)."""
+    if is_bfloat16(array.dtype):
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def _bfloat16():
+    """ml_dtypes' bfloat16 NumPy dtype, or a clear error where ml_dtypes is missing."""
+    try:
+        return bfloat16()
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(f"fastattn.torch reads bfloat16 tensors through the package "
+                                  f"ml_dtypes, which is not installed: {INSTALL_HINT}; or "
+                                  f"convert the tensors with .float()", name="ml_dtypes"
+                                  ) from error
 
 
 def _options(causal, window_left, window_right):
@@ -69,8 +92,8 @@ def _forward(query, key, value, mask, causal, window_left, window_right, scale, 
         None if mask is None else _as_numpy(mask), causal=causal, window=window, scale=scale,
         return_lse=want_lse)
     out, lse = result if want_lse else (result, None)
-    out = torch.from_numpy(out)
-    if out.dtype is not query.dtype:  # bfloat16, computed in float32
+    out = _as_tensor(out)
+    if out.dtype is not query.dtype:  # mixed dtypes: the operator returns the query's dtype
         out = out.to(query.dtype)
     return out, None if lse is None else torch.from_numpy(lse)
 
@@ -110,15 +133,13 @@ def _attention_backward_op(dout: torch.Tensor, query: torch.Tensor, key: torch.T
                            window_right: int, scale: float | None
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     causal, window = _options(causal, window_left, window_right)
-    compute = _compute_dtype(query.dtype)
-    dout, out = dout.to(compute), out.to(compute)  # no copy unless half precision
     if dout.dim() and dout.stride(-1) != 1:  # e.g. the zero strides of sum()'s gradient
         dout = dout.contiguous()
     grads = _numpy_backward(
         _as_numpy(dout), _as_numpy(query), _as_numpy(key), _as_numpy(value), _as_numpy(out),
         _as_numpy(lse), None if mask is None else _as_numpy(mask), causal=causal,
         window=window, scale=scale)
-    return tuple(torch.from_numpy(g).to(x.dtype) for g, x in zip(grads, (query, key, value)))
+    return tuple(_as_tensor(g).to(x.dtype) for g, x in zip(grads, (query, key, value)))
 
 
 @_attention_backward_op.register_fake
@@ -251,8 +272,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     key : torch.Tensor, shape (..., Hk, S, D)
     value : torch.Tensor, shape (..., Hk, S, Dv)
         CPU tensors of one dtype: float32 or float64 (computed natively), float16 or
-        bfloat16 (computed in float32, returned in their dtype).  Tensors whose last
-        axis is contiguous reach the kernels without a copy.
+        bfloat16 (read in their dtype, computed in float32, returned in their dtype;
+        bfloat16 needs the package ml_dtypes).  Tensors whose last axis is contiguous
+        reach the kernels without a copy.
     attn_mask : torch.Tensor, optional
         Broadcastable to ``(..., Hq, L, S)``.  Bool: True means "may attend".
         Floating (the query's dtype): added to the scaled scores.

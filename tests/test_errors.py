@@ -362,16 +362,16 @@ def test_torch_tensor_that_requires_grad(torch, position):
     assert "Can't call numpy()" not in message
 
 
-def test_torch_bfloat16_tensor(torch):
-    q = torch.ones(2, 3, 4, dtype=torch.bfloat16)
-    raises(TypeError, "q", "bfloat16", "not supported yet", "q.float()",
-           q=q, k=np.ones((2, 5, 4)), v=np.ones((2, 5, 4)))
-
-
-def test_torch_bfloat16_mask(torch):
+@pytest.mark.parametrize("position", ["q", "mask"])
+def test_torch_bfloat16_tensor_without_ml_dtypes(torch, monkeypatch, position):
+    """NumPy reads a torch bfloat16 tensor through ml_dtypes: without it, say how to get it."""
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # import ml_dtypes now fails
     q, k, v = qkv()
-    raises(TypeError, "mask", "bfloat16", "mask.float()", q=q, k=k, v=v,
-           mask=torch.zeros(3, 5, dtype=torch.bfloat16))
+    call = dict(q=q, k=k, v=v)
+    call[position] = torch.ones(3, 5, dtype=torch.bfloat16) if position == "mask" else \
+        torch.ones(2, 3, 4, dtype=torch.bfloat16)
+    raises(TypeError, position, "bfloat16", "ml_dtypes", "pip install", f"{position}.float()",
+           **call)
 
 
 def test_plain_torch_tensors_work(torch, rng):
