@@ -15,6 +15,11 @@ and finally writes the block's ``dk`` (times the scale) and ``dv``.  The block p
 are the C kernels of ``_backward_tiles.h``: keys along the contiguous axis, query rows
 read in place through one pointer per row.  Which worker runs a task never changes
 what the task computes, so results are bit-identical for any thread count.
+
+Half-precision inputs (float16, bfloat16: q, k, v, dout) are computed in float32: the
+rows a block pair reads -- its query and dO rows, its keys and values -- are converted
+into the worker's scratch block by block, never the whole arrays; everything else of
+the call (lse, delta, the additive mask, the gradients) is float32.
 """
 
 cimport numpy as cnp
@@ -22,7 +27,7 @@ import numpy as np
 
 from cython.parallel cimport prange
 from libc.math cimport INFINITY
-from libc.stdint cimport int64_t, uint8_t, uintptr_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uintptr_t
 
 from fastattn._cython import check_contract
 
@@ -88,6 +93,11 @@ cdef extern from "_kernels.h" nogil:
     void fb_cols_accumulate_nz_f64(Py_ssize_t rows, const double **a, Py_ssize_t width,
                                    const double *b, Py_ssize_t bp, Py_ssize_t cols,
                                    double *c, Py_ssize_t cp)
+    # n half rows of `width` elements, `stride` bytes apart -> float rows `pitch` apart.
+    void fa_rows_to_f32_bf16(Py_ssize_t n, Py_ssize_t width, const char *rows,
+                             Py_ssize_t stride, float *dst, Py_ssize_t pitch)
+    void fa_rows_to_f32_f16(Py_ssize_t n, Py_ssize_t width, const char *rows,
+                            Py_ssize_t stride, float *dst, Py_ssize_t pitch)
 
 include "_contract.pxi"
 include "_isa.pxi"
@@ -97,24 +107,38 @@ check_contract(COMPILED_CONSTANTS, __name__)
 cdef enum:
     N_ROW_POINTERS = 5  # per row of a query block: q, dO, S, dS and dq rows
     CLAIM_STRIDE = ALIGN_BYTES // 8  # one cache line per worker's task counter
+    F16_EXPONENT = 0x7C00  # the exponent bits of float16 and bfloat16: all set for
+    BF16_EXPONENT = 0x7F80  # inf and NaN only
+
+cdef enum:
+    # How q, k, v and dout are stored: in the compute dtype, or in a half dtype whose
+    # rows are converted to float32 (the compute dtype) block by block.
+    STORE_NATIVE = 0
+    STORE_F16 = 1
+    STORE_BF16 = 2
 
 
 cdef struct Problem:
     # Everything a task reads besides its own row of the task table.
     View q, k, v, dout, lse, delta, mask, dq, dk, dv, part_dq
     int mask_kind
+    int storage
     Py_ssize_t group, block_q, block_k, head_dim, value_dim
     int64_t band_lo, band_hi
     double scale
     # A worker's scratch row, in elements of the compute dtype (kp: block_k padded, dp:
     # head_dim padded, rows: group * block_q):  kt (D x kp) | vt (Dv x kp) | ks (kp x dp)
     # | dkt (D x kp) | dvt (Dv x kp) | s (rows x kp) | ds (rows x kp) | dqt (rows x dp)
-    # | add (kp) | lse (rows) | delta (rows);  and its pointer row: q | dO | s | ds | dq
-    # rows (dq: rows of dq itself, or of dqt when D is not a whole number of vectors).
-    Py_ssize_t kp, dp, rows
+    # | add (kp) | lse (rows) | delta (rows);  with half inputs also, in float32,
+    # qh (rows x dp) | oh (rows x vp) | kvh (block_k x max(dp, vp)): the block's query,
+    # dO, and key or value rows (vp: value_dim padded);  and its pointer row: q | dO | s
+    # | ds | dq rows (q, dO: the caller's rows, or qh's and oh's with half inputs; dq:
+    # rows of dq itself, or of dqt when D is not a whole number of vectors).
+    Py_ssize_t kp, dp, vp, rows
     bint dq_in_place  # dQ products add straight into dq's rows (D is whole vectors)
     bint rows_finite  # q and dout hold no inf or NaN (else each block pair is checked)
     Py_ssize_t at_vt, at_ks, at_dkt, at_dvt, at_s, at_ds, at_dqt, at_add, at_lse, at_delta
+    Py_ssize_t at_qh, at_oh, at_kvh
     Py_ssize_t tile_size
 
 
@@ -130,7 +154,10 @@ def run_backward_kernel(call):
         Inputs, the plan, and the outputs: ``dk``/``dv`` are written (every key row),
         ``dq`` or ``part_dq`` (zeroed by the caller) are added into, as the plan's
         ``BWD_PART`` column says.  The outputs must be C-contiguous; the inputs may have
-        any strides whose last axis is contiguous (or of length 1).
+        any strides whose last axis is contiguous (or of length 1).  ``q``, ``k``,
+        ``v``, ``dout`` are float32, float64, float16 or bfloat16 (ml_dtypes), all
+        one dtype; the compute dtype is theirs, float32 for the half ones, and
+        ``lse``, ``delta``, an additive ``mask`` and the outputs are in it.
 
     Examples
     --------
@@ -151,13 +178,11 @@ def run_backward_kernel(call):
     >>> dv.ravel().tolist(), dq.ravel().tolist(), dk.ravel().tolist()
     ([1.0, 1.0], [0.0, 0.0], [0.0, 0.0])
     """
-    dtype = call.q.dtype
-    if dtype != np.float32 and dtype != np.float64:
-        raise TypeError(f"the Cython backward kernel computes in float32 or float64, "
-                        f"not {dtype}")
-    _check_layout(call)
+    cdef int storage = _storage(call.q.dtype)
+    dtype = call.q.dtype if storage == STORE_NATIVE else np.dtype(np.float32)
+    _check_layout(call, dtype)
     plan = call.plan
-    cdef Problem problem = _describe(call)
+    cdef Problem problem = _describe(call, storage)
     cdef cnp.ndarray tasks = np.ascontiguousarray(plan.tasks, dtype=np.int64)
     cdef cnp.ndarray starts = np.ascontiguousarray(plan.worker_starts, dtype=np.int64)
     cdef Py_ssize_t n_workers = starts.shape[0] - 1
@@ -180,8 +205,8 @@ def run_backward_kernel(call):
     cdef const int64_t *start_ptr = <const int64_t *> cnp.PyArray_DATA(starts)
     cdef void **pointer_ptr = <void **> cnp.PyArray_DATA(pointers)
     cdef bint single = dtype == np.float32
-    problem.rows_finite = (_all_finite(&problem.q, call.q.shape, single)
-                           and _all_finite(&problem.dout, call.dout.shape, single))
+    problem.rows_finite = (_all_finite(&problem.q, call.q.shape, storage, single)
+                           and _all_finite(&problem.dout, call.dout.shape, storage, single))
     if single:
         _run_workers(&problem, task_ptr, start_ptr, claim_ptr, n_workers,
                      <float *> tile_ptr, <float **> pointer_ptr, limit_ptr)
@@ -190,14 +215,34 @@ def run_backward_kernel(call):
                      <double *> tile_ptr, <double **> pointer_ptr, limit_ptr)
 
 
-def _check_layout(call):
-    """The kernel writes its outputs as dense arrays and reads input rows as vectors."""
+cdef int _storage(dtype) except -1:
+    """How the kernel reads inputs of ``dtype``: as they are, or converted to float32."""
+    if dtype == np.float32 or dtype == np.float64:
+        return STORE_NATIVE
+    if dtype == np.float16:
+        return STORE_F16
+    if dtype.name == "bfloat16" and dtype.kind == "V" and dtype.itemsize == 2:
+        return STORE_BF16  # ml_dtypes' bfloat16 (registered at run time)
+    raise TypeError(f"the Cython backward kernel reads float32, float64, float16 or "
+                    f"bfloat16 inputs, not {dtype}")
+
+
+def _check_layout(call, compute):
+    """The kernel writes its outputs as dense arrays and reads input rows as vectors;
+    everything but q, k, v and dout is in the ``compute`` dtype."""
     for name in ("dq", "dk", "dv", "part_dq"):
         array = getattr(call, name)
-        if not array.flags.c_contiguous or array.dtype != call.q.dtype:
-            raise ValueError(f"BackwardCall.{name} must be a C-contiguous {call.q.dtype} "
+        if not array.flags.c_contiguous or array.dtype != compute:
+            raise ValueError(f"BackwardCall.{name} must be a C-contiguous {compute} "
                              f"array (the driver allocates it), got strides "
                              f"{array.strides} and dtype {array.dtype}")
+    for name in ("lse", "delta", "mask"):
+        array = getattr(call, name)
+        if name == "mask" and (array is None or call.mask_kind != MASK_ADD):
+            continue
+        if array.dtype != compute:
+            raise ValueError(f"BackwardCall.{name} must be in the compute dtype {compute} "
+                             f"(q is {call.q.dtype}), got {array.dtype}")
     for name in ("q", "k", "v", "dout"):
         array = getattr(call, name)
         if array.ndim != 4 or array.dtype != call.q.dtype or (
@@ -207,9 +252,9 @@ def _check_layout(call):
                              f"{array.strides} and dtype {array.dtype}")
 
 
-cdef bint _all_finite(const View *x, shape, bint single):
-    """Whether a 4-D float32 (``single``) or float64 array, last axis contiguous, holds no
-    inf or NaN: one pass, no copy."""
+cdef bint _all_finite(const View *x, shape, int storage, bint single):
+    """Whether a 4-D array of ``storage`` (else float32 if ``single``, else float64), last
+    axis contiguous, holds no inf or NaN: one pass, no copy."""
     cdef Py_ssize_t b, h, n_b = shape[0], n_h = shape[1], n = shape[2], width = shape[3]
     cdef const char *rows
     cdef bint finite = True
@@ -217,7 +262,11 @@ cdef bint _all_finite(const View *x, shape, bint single):
         for b in range(n_b):
             for h in range(n_h):
                 rows = x.data + b * x.stride[0] + h * x.stride[1]
-                if single:
+                if storage == STORE_F16:
+                    finite = _half_finite(n, rows, x.stride[2], width, F16_EXPONENT)
+                elif storage == STORE_BF16:
+                    finite = _half_finite(n, rows, x.stride[2], width, BF16_EXPONENT)
+                elif single:
                     finite = fb_strided_finite_f32(n, rows, x.stride[2], width)
                 else:
                     finite = fb_strided_finite_f64(n, rows, x.stride[2], width)
@@ -226,7 +275,24 @@ cdef bint _all_finite(const View *x, shape, bint single):
     return True
 
 
-cdef Problem _describe(call):
+cdef bint _half_finite(Py_ssize_t n, const char *base, Py_ssize_t stride, Py_ssize_t width,
+                       uint16_t exponent) noexcept nogil:
+    """Whether ``n`` rows of ``width`` half elements hold no inf or NaN: those, and only
+    those, have all the bits of ``exponent`` set."""
+    cdef Py_ssize_t i, d
+    cdef const uint16_t *row
+    cdef uint16_t top
+    for i in range(n):
+        row = <const uint16_t *> (base + i * stride)
+        top = 0
+        for d in range(width):  # a max, not an early exit: it vectorises
+            top = max(top, row[d] & exponent)
+        if top == exponent:
+            return False
+    return True
+
+
+cdef Problem _describe(call, int storage):
     """Gather pointers, strides, sizes and the scratch layout of one call."""
     cdef Problem p
     plan = call.plan
@@ -243,8 +309,10 @@ cdef Problem _describe(call):
     p.head_dim, p.value_dim = call.q.shape[3], call.v.shape[3]
     p.band_lo, p.band_hi = plan.band.lo, plan.band.hi
     p.scale = call.scale
+    p.storage = storage
     p.kp = _padded(p.block_k, FB_PAD)
     p.dp = _padded(p.head_dim, FB_PAD)
+    p.vp = _padded(p.value_dim, FB_PAD)
     p.rows = p.group * p.block_q
     p.dq_in_place = p.dp == p.head_dim
     cdef Py_ssize_t rows_tile = _padded(p.rows * p.kp, FB_PAD)
@@ -258,7 +326,11 @@ cdef Problem _describe(call):
     p.at_add = p.at_dqt + _padded(p.rows * p.dp, FB_PAD)
     p.at_lse = p.at_add + p.kp
     p.at_delta = p.at_lse + _padded(p.rows, FB_PAD)
-    p.tile_size = p.at_delta + _padded(p.rows, FB_PAD)
+    cdef Py_ssize_t staged = storage != STORE_NATIVE  # half rows: converted copies
+    p.at_qh = p.at_delta + _padded(p.rows, FB_PAD)
+    p.at_oh = p.at_qh + staged * p.rows * p.dp
+    p.at_kvh = p.at_oh + staged * p.rows * p.vp
+    p.tile_size = p.at_kvh + staged * p.block_k * max(p.dp, p.vp)
     return p
 
 
@@ -448,6 +520,15 @@ cdef inline void _unpack_transposed(Py_ssize_t n, Py_ssize_t width, const real *
         fb_unpack_transposed_f64(n, width, t, kp, factor, rows, stride)
 
 
+cdef inline void _to_float_rows(int storage, Py_ssize_t n, Py_ssize_t width,
+                                const char *rows, Py_ssize_t stride, float *dst,
+                                Py_ssize_t pitch) noexcept nogil:
+    if storage == STORE_BF16:
+        fa_rows_to_f32_bf16(n, width, rows, stride, dst, pitch)
+    else:
+        fa_rows_to_f32_f16(n, width, rows, stride, dst, pitch)
+
+
 cdef inline void _probs_row(real *s, real *dp, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t kp,
                             const real *add, real scale, real lse,
                             real delta) noexcept nogil:
@@ -465,23 +546,42 @@ cdef bint _pack_keys(const Problem *p, int64_t b, int64_t kv_head, int64_t j0, P
     """kt = keysᵀ, vt = valuesᵀ (pitch kp) and ks = keys * scale (pitch dp); zero padding.
 
     Returns whether the keys are all finite (a scaled key is non-finite when the key is,
-    or when it overflows; either way the slow path is the safe one).
+    or when it overflows; either way the slow path is the safe one).  Half keys and
+    values pass through kvh as float rows, the keys first.
     """
-    cdef Py_ssize_t j, d
+    cdef Py_ssize_t j, d, stride
     cdef real *ks = tile + p.at_ks
     cdef real factor = <real> p.scale
-    cdef const char *keys = _row_ptr(&p.k, b, kv_head, j0)
+    cdef const char *rows = _block_rows(p, &p.k, p.head_dim, p.dp, b, kv_head, j0, n_k,
+                                        tile + p.at_kvh, &stride)
     cdef const real *key
-    _pack_transposed(n_k, p.head_dim, keys, p.k.stride[2], kp, tile)
-    _pack_transposed(n_k, p.value_dim, _row_ptr(&p.v, b, kv_head, j0), p.v.stride[2], kp,
-                     tile + p.at_vt)
+    _pack_transposed(n_k, p.head_dim, rows, stride, kp, tile)
     for j in range(n_k):
-        key = <const real *> (keys + j * p.k.stride[2])
+        key = <const real *> (rows + j * stride)
         for d in range(p.head_dim):
             ks[j * p.dp + d] = key[d] * factor
         for d in range(p.head_dim, p.dp):
             ks[j * p.dp + d] = 0
+    rows = _block_rows(p, &p.v, p.value_dim, p.vp, b, kv_head, j0, n_k, tile + p.at_kvh,
+                       &stride)
+    _pack_transposed(n_k, p.value_dim, rows, stride, kp, tile + p.at_vt)
     return _rows_finite(1, <const real **> &ks, n_k * p.dp)
+
+
+cdef const char *_block_rows(const Problem *p, const View *x, Py_ssize_t width,
+                             Py_ssize_t pitch, int64_t b, int64_t head, int64_t i0,
+                             Py_ssize_t n, real *staging, Py_ssize_t *stride) noexcept nogil:
+    """Rows ``i0:i0+n`` of ``x[b, head]`` as rows of ``real``, ``stride[0]`` bytes apart:
+    the caller's own, or with half inputs their exact float conversion in ``staging``
+    (``pitch`` floats apart)."""
+    cdef const char *rows = _row_ptr(x, b, head, i0)
+    if real is float:
+        if p.storage != STORE_NATIVE:
+            _to_float_rows(p.storage, n, width, rows, x.stride[2], staging, pitch)
+            stride[0] = pitch * sizeof(float)
+            return <const char *> staging
+    stride[0] = x.stride[2]
+    return rows
 
 
 cdef void _gather_rows(const Problem *p, const int64_t *task, int64_t i0, Py_ssize_t n_q,
@@ -489,17 +589,24 @@ cdef void _gather_rows(const Problem *p, const int64_t *task, int64_t i0, Py_ssi
     """Row pointers (q, dO, the S and dS tiles, dq's destination) and lse, delta of the rows.
 
     Row ``h * n_q + i`` is query ``i0 + i`` of head ``head0 + h``, as in the forward.
+    Half q and dO rows are converted into qh and oh.
     """
     cdef int64_t b = task[BWD_BATCH], head0 = task[BWD_KV_HEAD] * p.group
     cdef int64_t part = task[BWD_PART]
-    cdef Py_ssize_t h, i, r
+    cdef Py_ssize_t h, i, r, q_stride, o_stride
     cdef real *lse = tile + p.at_lse
     cdef real *delta = tile + p.at_delta
+    cdef const char *q
+    cdef const char *o
     for h in range(p.group):
+        q = _block_rows(p, &p.q, p.head_dim, p.dp, b, head0 + h, i0, n_q,
+                        tile + p.at_qh + h * n_q * p.dp, &q_stride)
+        o = _block_rows(p, &p.dout, p.value_dim, p.vp, b, head0 + h, i0, n_q,
+                        tile + p.at_oh + h * n_q * p.vp, &o_stride)
         for i in range(n_q):
             r = h * n_q + i
-            pointers[r] = <real *> _row_ptr(&p.q, b, head0 + h, i0 + i)
-            pointers[p.rows + r] = <real *> _row_ptr(&p.dout, b, head0 + h, i0 + i)
+            pointers[r] = <real *> (q + i * q_stride)
+            pointers[p.rows + r] = <real *> (o + i * o_stride)
             pointers[2 * p.rows + r] = tile + p.at_s + r * kp
             pointers[3 * p.rows + r] = tile + p.at_ds + r * kp
             if not p.dq_in_place:
