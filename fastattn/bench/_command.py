@@ -22,14 +22,20 @@ compiled backends and torch, at B x H as given and at B x H = 1, with the peak
 memory of the backward. With --models, whole models in transformers with
 attn_implementation "fastattn", "sdpa" and "eager": a tiny Llama's prefill
 (N = 512 ... 4096) and 64 decoded tokens, MiniLM's encode (N = 128 ... 512),
-tokens/s and peak memory. Writes report.md, results.json and PNG plots to --out.
-The optional action `compare A B` compares two saved reports instead of running
-a sweep."""
+tokens/s and peak memory. With --dtypes, every forward and forward + backward
+point is timed in each dtype (float16 and bfloat16 too: stored in 16 bits,
+computed in float32), torch's SDPA in the same dtype among them, and the report
+compares the dtypes; with --isa, the Cython points are repeated at each listed
+instruction-set level. Every point records the level it ran at. Writes report.md,
+results.json and PNG plots to --out. The optional action `compare A B` compares
+two saved reports instead of running a sweep."""
 EXAMPLES = [
     ("fastattn bench --quick", "every backend, N = 128 ... 2048, and fwd + bwd (minutes)"),
     ("fastattn bench --backward only", "forward + backward only, N = 512 ... 16384"),
     ("fastattn bench --models only", "tiny Llama and MiniLM in transformers: fastattn, "
                                       "sdpa, eager"),
+    ("fastattn bench --sizes 4096 --causal no --backward no --dtypes float32,bfloat16,float16",
+     "half precision against float32 and torch at one N"),
     ("fastattn bench compare A B", "time and GFLOP/s ratios of two saved reports"),
 ]
 """``(command, what it does)`` lines for ``fastattn --help``."""
@@ -54,6 +60,17 @@ def _size_list(text):
 
 def _name_list(text):
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _dtype_list(text):
+    from ._workload import DTYPES
+
+    names = list(dict.fromkeys(part.strip().lower() for part in text.split(",")
+                               if part.strip()))
+    if not names or any(name not in DTYPES for name in names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated dtypes among "
+                                         f"{', '.join(DTYPES)}, got {text!r}")
+    return names
 
 
 def add_arguments(parser):
@@ -83,7 +100,19 @@ def add_arguments(parser):
                             "installed)")
     sweep.add_argument("--causal", choices=("both", "yes", "no"), default="both",
                        help="run with a causal mask, without, or both (default both)")
-    sweep.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    sweep.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                       help="dtype of the points and the matmul reference (default "
+                            "%(default)s)")
+    sweep.add_argument("--dtypes", type=_dtype_list, metavar="DTYPE,...",
+                       help="time every forward and forward + backward point in each of "
+                            "these dtypes (float32, float64, float16, bfloat16; bfloat16 "
+                            "needs ml_dtypes) and compare them in the report; default: "
+                            "--dtype alone")
+    sweep.add_argument("--isa", metavar="LEVEL,...|all",
+                       help="also time the Cython points at each of these instruction-set "
+                            "levels (baseline, avx2, avx512, avx512bf16), or at every "
+                            "level this build and CPU run (all); default: once, at the "
+                            "level chosen at import")
     sweep.add_argument("--batch", type=_positive_int, default=1)
     sweep.add_argument("--heads", type=_positive_int, default=8)
     sweep.add_argument("--head-dim", type=_positive_int, default=64)
@@ -141,15 +170,43 @@ def config_from_args(args):
 
     reference_size = pick(args.reference_size, 2048, 4096) if sizes else 0
     models = () if args.models == "no" else MODEL_WORKLOADS
+    backends = tuple(benchmark_backends(args.backends))
     return SweepConfig(
-        sizes=tuple(sizes), backends=tuple(benchmark_backends(args.backends)),
+        sizes=tuple(sizes), backends=backends,
         threads=args.threads or available_cores(), memory_budget_gib=args.memory_budget,
-        causal=causal, dtype=args.dtype, batch=args.batch, heads=args.heads,
+        causal=causal, dtype=args.dtype, dtypes=_dtypes(args),
+        isa_levels=_isa_levels(args, backends), batch=args.batch, heads=args.heads,
         head_dim=args.head_dim, repeats=pick(args.repeats, 3, 5),
         time_budget_s=pick(args.time_budget, 3.0, 20.0), min_time_s=pick(args.min_time, 0.3, 1.0),
         reference_size=reference_size, check=not args.no_check,
         point_timeout_s=args.point_timeout, backward_sizes=tuple(backward_sizes), models=models,
         extra={"quick": args.quick})
+
+
+def _dtypes(args):
+    """The dtypes ``--dtypes`` asks for (each one that NumPy can make here), or None."""
+    from ._workload import numpy_dtype
+
+    if not args.dtypes:
+        return None
+    for name in args.dtypes:
+        try:
+            numpy_dtype(name)
+        except ModuleNotFoundError as error:
+            raise ValueError(f"--dtypes {name}: {error}") from None
+    return tuple(args.dtypes)
+
+
+def _isa_levels(args, backends):
+    """The levels ``--isa`` asks for, or None; ValueError when nothing could use them."""
+    from ._levels import parse_levels
+
+    if not args.isa:
+        return None
+    if "cython" not in backends:
+        raise ValueError("--isa repeats the Cython points, but cython is not among the "
+                         f"backends ({', '.join(backends)})")
+    return parse_levels(args.isa)
 
 
 def _sizes(args):

@@ -7,8 +7,8 @@ def compare_results(a, b):
     """Align the points of two sweeps and compute their ratios.
 
     Points are matched on :data:`~fastattn.bench._results.KEY_FIELDS` (backend,
-    causal, N, dtype, batch, heads, head_dim, workload: a forward point is never
-    compared with a forward + backward one).
+    causal, N, dtype, batch, heads, head_dim, the ``--isa`` level asked for, workload:
+    a forward point is never compared with a forward + backward one).
 
     Parameters
     ----------
@@ -57,7 +57,13 @@ def compare_results(a, b):
 def _sort_key(key):
     fields = dict(zip(KEY_FIELDS, key))
     return (fields["workload"], fields["dtype"], fields["batch"], fields["heads"],
-            fields["head_dim"], fields["causal"], fields["backend"], fields["n"])
+            fields["head_dim"], fields["causal"], fields["backend"],
+            fields["isa_requested"] or "", fields["n"])
+
+
+def _backend(fields):
+    level = fields.get("isa_requested")
+    return fields["backend"] if level is None else f"{fields['backend']} [{level}]"
 
 
 def _step(workload):
@@ -75,7 +81,7 @@ def _gflops_cells(row):
 
 def _describe_key(key):
     f = dict(zip(KEY_FIELDS, key))
-    return (f"{_step(f['workload'])} {f['backend']} {'causal' if f['causal'] else 'full'} "
+    return (f"{_step(f['workload'])} {_backend(f)} {'causal' if f['causal'] else 'full'} "
             f"N={f['n']} {f['dtype']} B={f['batch']} H={f['heads']}")
 
 
@@ -100,7 +106,7 @@ def format_comparison(comparison, label_a="A", label_b="B"):
         shape = f"{row['batch']},{row['heads']},{row['head_dim']}"
         threads = ("" if row["a_threads"] == row["b_threads"]
                    else f"  (threads {row['a_threads']} vs {row['b_threads']})")
-        lines.append(f"{_step(row['workload']):<7} {row['backend']:<8} "
+        lines.append(f"{_step(row['workload']):<7} {_backend(row):<8} "
                      f"{'causal' if row['causal'] else 'full':<6} "
                      f"{row['n']:>6} {row['dtype']:<8} {shape:<10} {row['a_ms']:>11.3f} "
                      f"{row['b_ms']:>11.3f} {row['time_ratio']:>8.3f}x "

@@ -11,7 +11,8 @@ from .._config import available_cores
 
 _LIBRARIES = ("numpy", "scipy", "numba", "threadpoolctl", "torch", "Cython")
 
-SIMD_FLAGS = ("sse4_2", "avx", "fma", "avx2", "avx512f", "avx512bw", "avx512vl")
+SIMD_FLAGS = ("sse4_2", "avx", "fma", "f16c", "avx2", "avx512f", "avx512bw", "avx512vl",
+              "avx512dq", "avx512_bf16", "avx512_fp16")
 """The x86 vector-instruction flags a report names (where the CPU has them)."""
 
 
@@ -85,7 +86,9 @@ def machine_info():
         ``cpu_simd`` (:func:`cpu_simd`), ``logical_cpus``, ``available_cores``,
         ``memory_gib``, ``platform``, ``python``, ``versions`` (name -> version or
         None), ``blas`` (one line per loaded BLAS: version, kernels, threads, and
-        any ``OPENBLAS_CORETYPE`` override) and ``backends`` (name -> availability).
+        any ``OPENBLAS_CORETYPE`` override), ``backends`` (name -> availability) and
+        ``isa`` (fastattn's instruction-set levels:
+        :func:`fastattn.bench._levels.machine_levels`).
 
     Examples
     --------
@@ -94,6 +97,7 @@ def machine_info():
     True
     """
     from .._backends import all_backends
+    from ._levels import machine_levels
 
     total = total_memory_bytes()
     return {
@@ -109,6 +113,7 @@ def machine_info():
         "blas": _blas_description(),
         "backends": {b.name: ("available" if b.available else f"unavailable: {b.reason}")
                      for b in all_backends()},
+        "isa": machine_levels(),
     }
 
 

@@ -1,10 +1,15 @@
-"""PNG plots of a sweep: time, peak memory, GFLOP/s and speedup vs N; forward + backward.
+"""PNG plots of a sweep: time, peak memory, GFLOP/s and speedup vs N; dtypes; forward +
+backward; models.
 
 Each figure has one panel per mask (no mask, causal), one line per backend through
 the medians, with bars from the fastest to the slowest timed call (so that noise can
 be told from behaviour), and one legend under the panels, where it covers no data.
-The forward + backward figures have a row of panels per shape (B × H as swept, and
-B × H = 1); the models figure a panel per model workload (tokens/s per implementation).
+Its title names the instruction-set level each backend ran at.  A sweep in several
+dtypes gets a row of panels per dtype, and the dtype figure (GFLOP/s, a line per
+backend and dtype); the forward + backward figures have a row of panels per shape
+(B × H as swept, and B × H = 1); the models figure a panel per model workload (tokens/s
+per implementation).  Cython points that ``--isa`` ran at a given level are series of
+their own, ``cython [avx2]``.
 The figures are ``matplotlib.figure.Figure`` objects written with ``savefig``: no
 pyplot, so the caller's matplotlib backend is neither used nor changed.  Each
 ``plot_*(results, path)`` writes its PNG and returns the Figure.
@@ -17,19 +22,24 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("the benchmark plots need matplotlib: pip install 'fastattn[bench]' "
                       "(or pass --no-plots)") from error
 
+from ._levels import LEVEL_NAMES
 from ._results import FORWARD, FORWARD_BACKWARD, workload
-from ._summary import (configurations, model_groups, naive_times, speedup_over, timing_range,
-                       torch_points)
+from ._summary import (configurations, dtype_configurations, isa_summary, model_groups,
+                       naive_times, series_label, speedup_over, timing_range, torch_points)
 
 STYLES = {"naive": ("#555555", "s"), "numba": ("#1f77b4", "o"),
           "cython": ("#d62728", "^"), "torch": ("#2ca02c", "D"),
           "fastattn": ("#d62728", "o"), "sdpa": ("#2ca02c", "D"), "eager": ("#555555", "s")}
-_OTHER = [("#9467bd", "v"), ("#8c564b", "P"), ("#e377c2", "X")]
+_OTHER = [("#9467bd", "v"), ("#8c564b", "P"), ("#e377c2", "X"), ("#17becf", "*")]
 PLOTS = (("time", "Time per call vs N"), ("memory", "Peak memory vs N"),
          ("gflops", "Throughput vs N"), ("speedup", "Speedup over naive vs N"))
 BACKWARD_PLOTS = (("backward_time", "Forward + backward: time per step vs N"),
                   ("backward_speedup", "Forward + backward: speedup over torch vs N"))
 MODEL_PLOT = ("models", "Models in transformers: tokens/s vs N")
+DTYPE_PLOT = ("dtypes", "Throughput vs N per dtype")
+DTYPE_STYLES = {"float32": ("-", "o"), "bfloat16": ("--", "s"), "float16": (":", "^"),
+                "float64": ("-.", "D")}
+"""Line style and marker of each dtype in the dtype plot (the colour is the backend's)."""
 MODEL_PANELS = {"llama-prefill": ("Tiny Llama prefill", "prompt tokens N"),
                 "llama-decode": ("Tiny Llama decode", "prompt tokens N (then the decoded ones)"),
                 "minilm-encode": ("MiniLM encode", "input tokens N")}
@@ -40,18 +50,23 @@ DODGE = 0.05
 
 
 def _style(backend, order):
+    """The colour and marker of a series: a backend's own, or for ``cython [avx2]`` (from
+    ``--isa``) one of :data:`_OTHER` by level, the same in every figure."""
     if backend in STYLES:
         return STYLES[backend]
-    return _OTHER[order.index(backend) % len(_OTHER)]
+    level = backend.partition(" [")[2].rstrip("]")
+    index = LEVEL_NAMES.index(level) if level in LEVEL_NAMES else order.index(backend)
+    return _OTHER[index % len(_OTHER)]
 
 
 def _series(points, backend, value, spread=None):
-    """``(N list, value list, (low list, high list) or None)`` of ``backend``'s points.
+    """``(N list, value list, (low list, high list) or None)`` of the series ``backend``
+    (:func:`~fastattn.bench._summary.series_label`: a backend, or ``cython [avx2]``).
 
     ``spread(point, fastest_s, slowest_s) -> (low, high)`` turns the point's timing
     range into the plotted quantity's range; points without one get a zero-length bar.
     """
-    chosen = sorted((p for p in points if p["backend"] == backend and p["status"] == "ok"
+    chosen = sorted((p for p in points if series_label(p) == backend and p["status"] == "ok"
                      and value(p) is not None and value(p) > 0), key=lambda p: p["n"])
     xs, ys = [p["n"] for p in chosen], [value(p) for p in chosen]
     if spread is None:
@@ -82,32 +97,53 @@ def _line(ax, xs, ys, bars, color, marker, label, slot=(0, 1)):
 
 
 def _skipped(points, backend):
-    return sorted((p for p in points if p["backend"] == backend and p["status"] != "ok"),
+    return sorted((p for p in points if series_label(p) == backend and p["status"] != "ok"),
                   key=lambda p: p["n"])
 
 
-def _subtitle(config, shape=True):
+def _subtitle(config, shape=True, dtype=True):
     head = f"B={config['batch']}, H={config['heads']}, " if shape else ""
-    return f"{config['dtype']}, {head}D={config['head_dim']}, {config['threads']} threads"
+    return (f"{config['dtype']}, " if dtype else "") + \
+        f"{head}D={config['head_dim']}, {config['threads']} threads"
 
 
-def _figure(results, title, note=None, kind=FORWARD):
-    """A figure with a panel per mask and a row per shape (B, H) of the ``kind`` points.
+def _isa_line(points):
+    """``ISA: cython avx512bf16, torch AVX2``: the levels the figure's points ran at."""
+    levels = isa_summary(points)
+    return f"ISA: {levels}" if levels else None
+
+
+def _suptitle(figure, title, subtitle, points, note):
+    isa = _isa_line(points)
+    figure.suptitle("\n".join(line for line in (f"{title} — {subtitle}", isa, note) if line),
+                    fontsize=12)
+
+
+def _figure(results, title, note=None, kind=FORWARD, shape_titles=None):
+    """A figure with a panel per mask and a row per shape (B, H) and dtype of the ``kind``
+    points; the panels get their titles (B and H when ``shape_titles``, default for
+    forward + backward, or when shapes differ; the dtype when dtypes differ).
 
     Returns ``(figure, [(axes, (config, points))])``.
     """
     groups = configurations(results, kind)
-    shapes = list(dict.fromkeys((c["batch"], c["heads"]) for c, _ in groups))
+    rows = list(dict.fromkeys((c["batch"], c["heads"], c["dtype"]) for c, _ in groups))
     masks = sorted({c["causal"] for c, _ in groups})
-    height = 5.6 if len(shapes) == 1 else 4.4 * len(shapes) + 1.2
-    figure = Figure(figsize=(6.4 * len(masks), height), layout="constrained")
-    axes = figure.subplots(len(shapes), len(masks), squeeze=False)
-    figure.suptitle(f"{title} — {_subtitle(groups[0][0], shape=len(shapes) == 1)}"
-                    + (f"\n{note}" if note else ""), fontsize=12)
-    panels = [(axes[shapes.index((c["batch"], c["heads"]))][masks.index(c["causal"])],
+    one_shape = len({row[:2] for row in rows}) == 1
+    one_dtype = len({row[2] for row in rows}) == 1
+    height = 5.6 if len(rows) == 1 else 4.4 * len(rows) + 1.2
+    # At least 9 inches: one panel (one mask) still fits the title and a legend row.
+    figure = Figure(figsize=(max(6.4 * len(masks), 9.0), height), layout="constrained")
+    axes = figure.subplots(len(rows), len(masks), squeeze=False)
+    _suptitle(figure, title, _subtitle(groups[0][0], shape=one_shape, dtype=one_dtype),
+              [p for _, points in groups for p in points], note)
+    panels = [(axes[rows.index((c["batch"], c["heads"], c["dtype"]))][masks.index(c["causal"])],
                (c, points)) for c, points in groups]
     for ax in set(axes.flat) - {ax for ax, _ in panels}:
         ax.set_visible(False)
+    shape = (kind == FORWARD_BACKWARD if shape_titles is None else shape_titles) or not one_shape
+    for ax, (config, _) in panels:
+        _panel_title(ax, config, shape, dtype=not one_dtype)
     return figure, panels
 
 
@@ -122,16 +158,18 @@ def _n_axis(ax, sizes):
     ax.grid(True, which="minor", alpha=0.12)
 
 
-def _mark_skipped_top(ax, points, backend, color):
-    """An ``x`` at the top edge of the panel for each point that did not run, annotated."""
+def _mark_skipped_top(ax, points, backend, color, name=None):
+    """An ``x`` at the top edge of the panel for each point that did not run, annotated
+    (``name``: what the legend calls the series, default ``backend``)."""
     skipped = _skipped(points, backend)
     if not skipped:
         return
+    name = name or backend
     transform = ax.get_xaxis_transform()  # x in data, y in axes fraction
     xs = [p["n"] for p in skipped]
     ax.scatter(xs, [0.95] * len(xs), marker="x", s=80, linewidths=2, color=color,
-               transform=transform, zorder=5, label=f"{backend}: not run (x at top)")
-    ax.annotate(f"{backend} not run: {_short_reason(skipped[0])}", (xs[-1], 0.95),
+               transform=transform, zorder=5, label=f"{name}: not run (x at top)")
+    ax.annotate(f"{name} not run: {_short_reason(skipped[0])}", (xs[-1], 0.95),
                 xycoords=transform, xytext=(0, -14), textcoords="offset points",
                 ha="right" if len(xs) > 1 or xs[-1] > min(p["n"] for p in points) else "left",
                 va="top", fontsize=8, color=color)
@@ -143,16 +181,18 @@ def _short_reason(point):
 
 
 def _backends(results, kind=FORWARD):
+    """The series of the ``kind`` points (backends, ``cython [avx2]``), in order of appearance."""
     seen = []
     for point in results["points"]:
-        if workload(point) == kind and point["backend"] not in seen:
-            seen.append(point["backend"])
+        if workload(point) == kind and series_label(point) not in seen:
+            seen.append(series_label(point))
     return seen
 
 
-def _panel_title(ax, config, shape=False):
+def _panel_title(ax, config, shape=False, dtype=False):
     mask = "causal mask" if config["causal"] else "no mask"
-    ax.set_title((f"B={config['batch']}, H={config['heads']}, " if shape else "") + mask,
+    ax.set_title((f"{config['dtype']}, " if dtype else "")
+                 + (f"B={config['batch']}, H={config['heads']}, " if shape else "") + mask,
                  fontsize=11)
 
 
@@ -162,8 +202,9 @@ def _sizes(results, kind):
     return sizes or sorted({p["n"] for p in results["points"] if workload(p) == kind})
 
 
-def _shared_legend(figure, axes, order):
-    """One legend for all panels, under them (each label once, backends first)."""
+def _shared_legend(figure, axes, order, columns=4):
+    """One legend for all panels, under them (each label once, backends first; at most
+    ``columns`` entries a row)."""
     entries = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -172,7 +213,8 @@ def _shared_legend(figure, axes, order):
                                                 order.index(label) if label in order else 0))
     if labels:
         figure.legend([entries[label] for label in labels], labels,
-                      loc="outside lower center", ncol=min(len(labels), 4), fontsize=9)
+                      loc="outside lower center", ncol=min(len(labels), columns),
+                      fontsize=9)
 
 
 def plot_time(results, path):
@@ -190,7 +232,6 @@ def plot_backward_time(results, path):
 def _plot_times(results, path, kind, title, ylabel):
     order = _backends(results, kind)
     figure, panels = _figure(results, title, BARS, kind)
-    shape = kind == FORWARD_BACKWARD
     for ax, (config, points) in panels:
         for backend in order:
             color, marker = _style(backend, order)
@@ -208,7 +249,6 @@ def _plot_times(results, path, kind, title, ylabel):
             _mark_skipped_top(ax, points, backend, _style(backend, order)[0])
         ax.set_ylabel(ylabel)
         _n_axis(ax, _sizes(results, kind))
-        _panel_title(ax, config, shape)
     _shared_legend(figure, [ax for ax, _ in panels], order)
     figure.savefig(path, dpi=DPI)
     return figure
@@ -256,7 +296,6 @@ def plot_backward_speedup(results, path):
         _ratio_axis(ax)
         ax.set_ylabel("speedup: torch time / backend time (log scale)")
         _n_axis(ax, _sizes(results, kind))
-        _panel_title(ax, config, shape=True)
         missing = sorted(p["n"] for p in points if p["backend"] == "torch" and p["status"] != "ok")
         if missing:
             ax.text(0.99, 0.02, f"torch not run at N = {', '.join(map(str, missing))}",
@@ -295,7 +334,6 @@ def plot_memory(results, path):
         ax.yaxis.set_major_locator(LogLocator(base=10))
         ax.set_ylabel("peak memory above baseline (MiB, log scale)")
         _n_axis(ax, results["settings"]["sizes"])
-        _panel_title(ax, config)
     _shared_legend(figure, [ax for ax, _ in panels], order)
     figure.savefig(path, dpi=DPI)
     return figure
@@ -345,7 +383,8 @@ def plot_gflops(results, path):
                                    lambda p, fast, slow: (p["flops"] / slow / 1e9,
                                                           p["flops"] / fast / 1e9))
             _line(ax, xs, ys, bars, color, marker, backend, (order.index(backend), len(order)))
-        if reference.get("gflops"):
+        if reference.get("gflops") and config["dtype"] == reference.get("dtype",
+                                                                         config["dtype"]):
             ax.axhline(reference["gflops"], color="black", linestyle="--", linewidth=1.2,
                        label=reference_label(reference))
         ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.15)
@@ -353,7 +392,6 @@ def plot_gflops(results, path):
             _mark_skipped_top(ax, points, backend, _style(backend, order)[0])
         ax.set_ylabel("GFLOP/s (4·B·H·N²·D per call, halved if causal)")
         _n_axis(ax, results["settings"]["sizes"])
-        _panel_title(ax, config)
     _shared_legend(figure, [ax for ax, _ in panels], order)
     figure.savefig(path, dpi=DPI)
     return figure
@@ -381,7 +419,6 @@ def plot_speedup(results, path):
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("speedup: naive time / backend time (log scale)")
         _n_axis(ax, results["settings"]["sizes"])
-        _panel_title(ax, config)
         missing = sorted(p["n"] for p in points
                          if p["backend"] == "naive" and p["status"] != "ok")
         if missing:
@@ -425,8 +462,61 @@ def plot_models(results, path):
     return figure
 
 
+def plot_dtypes(results, path):
+    """GFLOP/s vs N of each backend in each dtype, min–max bars: a panel per shape and mask.
+
+    The colour is the backend's (torch included, naive left out: it computes in float64
+    whatever the dtype), the line style and marker the dtype's; points that did not run
+    are an ``x`` at the top.  The title names the ISA level of each backend.
+    """
+    groups = dtype_configurations(results, FORWARD)
+    shapes = list(dict.fromkeys((c["batch"], c["heads"]) for c, _ in groups))
+    masks = sorted({c["causal"] for c, _ in groups})
+    points = [p for _, found in groups for p in found]
+    dtypes = list(dict.fromkeys(results["settings"].get("dtypes")
+                                or [p["dtype"] for p in points]))
+    order = [label for label in _backends(results) if label != "naive"]
+    lines = [(label, dtype) for label in order for dtype in dtypes]
+    height = (5.6 if len(shapes) == 1 else 4.4 * len(shapes) + 1.2) + 0.25 * len(order)
+    figure = Figure(figsize=(max(6.4 * len(masks), 10.0), height), layout="constrained")
+    axes = figure.subplots(len(shapes), len(masks), squeeze=False)
+    config = groups[0][0]
+    subtitle = (f"B={config['batch']}, H={config['heads']}, " if len(shapes) == 1 else "") \
+        + f"D={config['head_dim']}, {config['threads']} threads"
+    _suptitle(figure, "Attention throughput per dtype", subtitle, points,
+              f"colour: backend; line and marker: dtype; {BARS}")
+    for config, found in groups:
+        ax = axes[shapes.index((config["batch"], config["heads"]))][masks.index(config["causal"])]
+        for index, (label, dtype) in enumerate(lines):
+            chosen = [p for p in found if p["dtype"] == dtype]
+            color = _style(label, order)[0]
+            style, marker = DTYPE_STYLES.get(dtype, ("-", "o"))
+            xs, ys, bars = _series(chosen, label, lambda p: p["gflops"],
+                                   lambda p, fast, slow: (p["flops"] / slow / 1e9,
+                                                          p["flops"] / fast / 1e9))
+            if xs:
+                shift = 2 ** (DODGE / 2 * (index - (len(lines) - 1) / 2))
+                ax.errorbar([x * shift for x in xs], ys, yerr=bars, marker=marker,
+                            linestyle=style, color=color, label=f"{label} {dtype}",
+                            capsize=3, elinewidth=1.2, capthick=1.2)
+        ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.15)
+        for label, dtype in lines:
+            _mark_skipped_top(ax, [p for p in found if p["dtype"] == dtype], label,
+                              _style(label, order)[0], name=f"{label} {dtype}")
+        ax.set_ylabel("GFLOP/s (4·B·H·N²·D per call, halved if causal)")
+        _n_axis(ax, sorted({p["n"] for p in found}))
+        _panel_title(ax, config, shape=len(shapes) > 1)
+    used = {ax for ax in axes.flat if ax.has_data()}
+    for ax in set(axes.flat) - used:
+        ax.set_visible(False)
+    _shared_legend(figure, list(used), [f"{label} {dtype}" for label, dtype in lines],
+                   columns=len(dtypes))
+    figure.savefig(path, dpi=DPI)
+    return figure
+
+
 _DRAW = {"time": plot_time, "memory": plot_memory, "gflops": plot_gflops,
-         "speedup": plot_speedup, "backward_time": plot_backward_time,
+         "speedup": plot_speedup, "dtypes": plot_dtypes, "backward_time": plot_backward_time,
          "backward_speedup": plot_backward_speedup, "models": plot_models}
 
 
@@ -440,9 +530,10 @@ def _ran(results, kind, torch=None):
 def draw_plots(results, directory):
     """Draw every plot of ``results`` into ``directory``.
 
-    The forward plots when a forward point ran, the forward + backward time plot
-    when one of those ran, its speedup plot when torch and a fastattn backend did,
-    and the models plot when there are model points.
+    The forward plots when a forward point ran, the dtype plot when forward points
+    ran in several dtypes, the forward + backward time plot when one of those ran,
+    its speedup plot when torch and a fastattn backend did, and the models plot when
+    there are model points.
 
     Parameters
     ----------
@@ -455,6 +546,9 @@ def draw_plots(results, directory):
         ``(title, file name)`` of each PNG written.
     """
     chosen = list(PLOTS) if _ran(results, FORWARD) else []
+    if chosen and any(p["status"] == "ok" and p["backend"] != "naive"
+                      for _, points in dtype_configurations(results) for p in points):
+        chosen.append(DTYPE_PLOT)
     if _ran(results, FORWARD_BACKWARD):
         chosen.append(BACKWARD_PLOTS[0])
     if all(_ran(results, FORWARD_BACKWARD, torch=torch) for torch in (True, False)):

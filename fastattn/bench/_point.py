@@ -36,6 +36,10 @@ from dataclasses import dataclass
 
 RESULT_PREFIX = "FASTATTN_BENCH_RESULT "
 
+
+class UnsupportedDtype(TypeError):
+    """The backend refuses inputs of this (half) dtype: the point is skipped, not failed."""
+
 WARM_UP = (3, 0.5)
 """Full-size warm-up calls before timing: this many, or fewer once this many seconds pass."""
 
@@ -92,7 +96,8 @@ def prepare_attention(backend, shape, threads=None, check=True, seed=0):
     from ._workload import Shape, check_result, make_inputs, make_runner
 
     tiny = make_inputs(Shape(1, 2, 8, 8, shape.head_dim, causal=shape.causal, dtype=shape.dtype))
-    make_runner(backend, *tiny, causal=shape.causal, threads=threads)()
+    with _dtype_support(backend, shape.dtype):
+        make_runner(backend, *tiny, causal=shape.causal, threads=threads)()
 
     q, k, v = make_inputs(shape, seed=seed)
     run = make_runner(backend, q, k, v, causal=shape.causal, threads=threads)
@@ -160,8 +165,9 @@ def prepare_training(backend, shape, threads=None, check=True, seed=0):
                             make_upstream_gradient)
 
     tiny = Shape(1, 2, 8, 8, shape.head_dim, causal=shape.causal, dtype=shape.dtype)
-    make_training_step(backend, *make_inputs(tiny), make_upstream_gradient(tiny),
-                       causal=shape.causal, threads=threads)()
+    with _dtype_support(backend, shape.dtype):
+        make_training_step(backend, *make_inputs(tiny), make_upstream_gradient(tiny),
+                           causal=shape.causal, threads=threads)()
 
     inputs = make_inputs(shape, seed=seed) + (make_upstream_gradient(shape, seed=seed),)
     step = make_training_step(backend, *inputs, causal=shape.causal, threads=threads)
@@ -174,6 +180,19 @@ def prepare_training(backend, shape, threads=None, check=True, seed=0):
     del grads
     _warm_up(step)
     return PreparedTraining(step, memory, baseline, error, heads)
+
+
+@contextlib.contextmanager
+def _dtype_support(backend, dtype):
+    """Turn a TypeError of the first (tiny) call on half inputs into :class:`UnsupportedDtype`."""
+    from ._workload import HALF_DTYPES
+
+    try:
+        yield
+    except TypeError as error:
+        if dtype not in HALF_DTYPES or isinstance(error, UnsupportedDtype):
+            raise
+        raise UnsupportedDtype(f"{backend} does not take {dtype} inputs: {error}") from error
 
 
 def _warm_up(run):
@@ -328,7 +347,11 @@ def measure(spec):
 
     BLAS is limited to ``spec["threads"]`` threads for the whole measurement.  A
     matmul spec has ``library`` (default ``"numpy"``), ``size``, ``dtype``,
-    ``threads`` and ``repeats``.
+    ``threads`` and ``repeats``.  An attention or training spec may name ``isa``, the
+    instruction-set level the Cython kernels run at (``fastattn._isa.use_level``;
+    None or absent: the one chosen at import); its result has ``isa``, the level the
+    backend ran at (:func:`fastattn.bench._levels.backend_isa`), or is ``{"status":
+    "skipped", "reason"}`` when the backend does not take the spec's (half) dtype.
 
     Parameters
     ----------
@@ -338,6 +361,8 @@ def measure(spec):
     -------
     dict
     """
+    from ._levels import backend_isa, level_context
+
     limit = contextlib.nullcontext()
     if spec.get("threads"):
         from threadpoolctl import threadpool_limits
@@ -349,12 +374,17 @@ def measure(spec):
 
             return matmul_gflops(spec["size"], spec["dtype"], spec.get("threads"),
                                  spec.get("repeats", 3), library=spec.get("library", "numpy"))
-        if spec["kind"] == "attention":
-            return measure_attention(spec)
-        if spec["kind"] == "training":
-            return measure_training(spec)
         if spec["kind"] == "model":
             return measure_model(spec)
+        if spec["kind"] in ("attention", "training"):
+            measure_point = measure_attention if spec["kind"] == "attention" \
+                else measure_training
+            with level_context(spec.get("isa")):
+                try:
+                    measured = measure_point(spec)
+                except UnsupportedDtype as error:
+                    return {"status": "skipped", "reason": str(error)}
+                return {**measured, "isa": backend_isa(spec["backend"])}
     raise ValueError(f"unknown measurement kind {spec['kind']!r}")
 
 

@@ -3,12 +3,15 @@
 import warnings
 from pathlib import Path
 
+from ._levels import LEVEL_NAMES
 from ._reference import describe, why_above
 from ._results import FORWARD, FORWARD_BACKWARD, save_results, workload
 from ._summary import (above_reference, backward_peaks, configurations,
-                       describe_configuration, model_groups, naive_times, ran_by_n,
-                       speedup_over, timing_range, torch_points)
-from ._workload import FULL_CHECK_BYTES, GRADIENT_TOLERANCE, NAIVE_BACKWARD_TEMPORARIES
+                       describe_configuration, dtype_baselines, dtype_configurations,
+                       isa_cell, model_groups, naive_times, ran_by_n, speedup_over,
+                       timing_range, torch_points)
+from ._workload import (DTYPES, FULL_CHECK_BYTES, GRADIENT_TOLERANCE,
+                        NAIVE_BACKWARD_TEMPORARIES)
 
 REPORT_FILE = "report.md"
 
@@ -33,52 +36,79 @@ def _timing_cells(point):
     return [_number(point["median_s"] * 1e3), fastest, slowest, str(calls)]
 
 
-TABLE_COLUMNS = ("N", "backend", "median ms", "min ms", "max ms", "calls", "GFLOP/s",
+TABLE_COLUMNS = ("N", "backend", "ISA", "median ms", "min ms", "max ms", "calls", "GFLOP/s",
                  "% of matmul ref", "tokens/s", "peak MiB", "RSS MiB", "traced MiB",
                  "speedup vs naive", "max abs err")
 """The columns of the forward tables, in order."""
 
+TEXT_COLUMNS = ("backend", "implementation", "ISA", "dtype")
+"""Columns aligned left."""
 
-def _table(points, reference_gflops):
+
+def _lead_with_isa(point):
+    return [str(point["n"]), point["backend"], isa_cell(point)]
+
+
+def _level_rank(point):
+    """Where a point's ``--isa`` level sorts: the one chosen at import first, then lowest first."""
+    level = point.get("isa_requested")
+    return -1 if level is None else (LEVEL_NAMES.index(level) if level in LEVEL_NAMES
+                                     else len(LEVEL_NAMES))
+
+
+def _table(points, reference):
     naive = naive_times(points)
+    reference_gflops = reference.get("gflops")
 
     def cells(p):
-        share = (f"{100 * p['gflops'] / reference_gflops:.0f}%" if reference_gflops else "—")
+        share = (f"{100 * p['gflops'] / reference_gflops:.0f}%"
+                 if reference_gflops and p["dtype"] == reference.get("dtype") else "—")
         speedup = (f"{naive[p['n']] / p['median_s']:.3g}×"
                    if p["n"] in naive and p["backend"] != "naive" else "—")
         error = "—" if p.get("max_abs_err") is None else f"{p['max_abs_err']:.1e}"
-        return [str(p["n"]), p["backend"], *_timing_cells(p), _number(p["gflops"]), share,
+        return [*_lead_with_isa(p), *_timing_cells(p), _number(p["gflops"]), share,
                 f"{p['tokens_per_s']:,.0f}", _mib(p["peak_bytes"]), _mib(p.get("rss_bytes")),
                 _mib(p.get("traced_bytes")), speedup, error]
 
-    return _point_table(TABLE_COLUMNS, points, "naive", cells)
+    return _point_table(TABLE_COLUMNS, points, "naive", cells, _lead_with_isa, _level_rank)
 
 
-def _point_table(columns, points, first, cells):
-    """Markdown rows: a header of ``columns`` (the second, the backend, left-aligned), then
-    one row per point by N, backend ``first`` leading; ``cells(point)`` fills a measured
-    point's row, a failed one gets its status and reason."""
+def _point_table(columns, points, first, cells, lead=None, order=None):
+    """Markdown rows: a header of ``columns`` (those of :data:`TEXT_COLUMNS` left-aligned),
+    then one row per point by N, backend ``first`` leading, then by ``order(point)``;
+    ``cells(point)`` fills a measured point's row, a failed one gets its leading cells
+    (``lead(point)``, default N and backend), then its status and reason."""
+    lead = lead or (lambda p: [str(p["n"]), p["backend"]])
     rows = ["| " + " | ".join(columns) + " |",
-            "|" + "|".join("---" if i == 1 else "---:" for i in range(len(columns))) + "|"]
-    blank = " |" * (len(columns) - 3)
-    for p in sorted(points, key=lambda p: (p["n"], p["backend"] != first, p["backend"])):
+            "|" + "|".join("---" if c in TEXT_COLUMNS else "---:" for c in columns) + "|"]
+    for p in sorted(points, key=lambda p: (p["n"], p["backend"] != first, p["backend"],
+                                           order(p) if order else 0)):
         if p["status"] != "ok":
-            rows.append(f"| {p['n']} | {p['backend']} | {p['status']}: {p['reason']} |{blank}")
+            head = lead(p) + [f"{p['status']}: {p['reason']}"]
+            rows.append("| " + " | ".join(head) + " |" + " |" * (len(columns) - len(head)))
         else:
             rows.append("| " + " | ".join(cells(p)) + " |")
     return rows
 
 
-BACKWARD_COLUMNS = ("N", "backend", "median ms", "min ms", "max ms", "calls", "GFLOP/s",
-                    "speedup vs torch", "bwd peak MiB", "bwd RSS MiB", "bwd traced MiB",
-                    "max grad err")
+BACKWARD_COLUMNS = ("N", "backend", "ISA", "median ms", "min ms", "max ms", "calls",
+                    "GFLOP/s", "speedup vs torch", "bwd peak MiB", "bwd RSS MiB",
+                    "bwd traced MiB", "max grad err")
 """The columns of the forward + backward tables, in order."""
 
 
 def _speedup_cell(torch, point):
     if point["backend"] == "torch":
         return "1×" if torch else "—"
-    ratio = speedup_over(torch, point)
+    return _ratio_cell(torch, point)
+
+
+def _ratio_cell(baseline, point):
+    """``baseline``'s median over ``point``'s, and its range: ``2× (1.5–2.67)``; 1× for the
+    baseline itself, — without one."""
+    if baseline is point:
+        return "1×"
+    ratio = speedup_over(baseline, point)
     if ratio is None:
         return "—"
     median, low, high = ratio
@@ -97,11 +127,68 @@ def _backward_table(points):
     torch = torch_points(points)
 
     def cells(p):
-        return [str(p["n"]), p["backend"], *_timing_cells(p), _number(p["gflops"]),
+        return [*_lead_with_isa(p), *_timing_cells(p), _number(p["gflops"]),
                 _speedup_cell(torch.get(p["n"]), p), _mib(p["peak_bytes"]),
                 _mib(p.get("rss_bytes")), _mib(p.get("traced_bytes")), _gradient_error_cell(p)]
 
-    return _point_table(BACKWARD_COLUMNS, points, "torch", cells)
+    return _point_table(BACKWARD_COLUMNS, points, "torch", cells, _lead_with_isa, _level_rank)
+
+
+DTYPE_COLUMNS = ("N", "backend", "ISA", "dtype", "median ms", "min ms", "max ms", "calls",
+                 "GFLOP/s", "vs float32", "vs torch")
+"""The columns of the dtype comparison tables, in order."""
+
+
+def _dtype_table(points, dtypes=DTYPES):
+    """The dtype comparison of one configuration's points, rows in the order of ``dtypes``."""
+    baselines = dtype_baselines(points)
+
+    def lead(p):
+        return [*_lead_with_isa(p), p["dtype"]]
+
+    def cells(p):
+        float32, torch = baselines[id(p)]
+        return [*lead(p), *_timing_cells(p), _number(p["gflops"]), _ratio_cell(float32, p),
+                _ratio_cell(torch, p)]
+
+    def order(p):
+        rank = dtypes.index(p["dtype"]) if p["dtype"] in dtypes else len(dtypes)
+        return _level_rank(p), rank
+
+    return _point_table(DTYPE_COLUMNS, points, "naive", cells, lead, order)
+
+
+def _dtype_title(config):
+    mask = "causal" if config["causal"] else "no mask"
+    return (f"B={config['batch']}, H={config['heads']}, D={config['head_dim']}, {mask}, "
+            f"{config['threads']} threads")
+
+
+def _dtype_lines(results):
+    """The "Dtypes" sections: each workload that ran in several dtypes, a table per shape."""
+    lines = []
+    for kind, heading in ((FORWARD, "Dtypes"), (FORWARD_BACKWARD, "Dtypes: forward + backward")):
+        groups = dtype_configurations(results, kind)
+        if not groups:
+            continue
+        lines += [f"## {heading}", "",
+                  "Each N and mask is timed in every dtype, one after the other, torch's "
+                  "SDPA on tensors of the same dtype among them. float16 and bfloat16 are "
+                  "stored in 16 bits and computed in float32 (accumulation, softmax; "
+                  "fastattn and torch alike); GFLOP/s counts the same work in every dtype. "
+                  "**vs float32** is the same backend's float32 median over this median, at "
+                  "the same N and `--isa` level (above 1×: faster than its float32); **vs "
+                  "torch** is torch's median in the same dtype over this median; in "
+                  "brackets, the least and most that a pair of timed calls gives (where "
+                  "the range includes the other side of 1×, the difference may be noise). "
+                  "**ISA** is the instruction-set level the point ran at: fastattn's Cython "
+                  "level (`fastattn._isa`), torch's ATen CPU capability, numba's LLVM host "
+                  "CPU.", ""]
+        for config, points in groups:
+            lines += [f"### {_dtype_title(config)}", ""]
+            lines += _dtype_table(points, results["settings"].get("dtypes") or DTYPES)
+            lines.append("")
+    return lines
 
 
 def _backward_lines(results):
@@ -127,13 +214,15 @@ def _backward_lines(results):
              "are not counted; the three gradients are); torch's allocations are seen by "
              "the RSS only. The max grad err is the largest difference of dq, dk or dv from "
              "the naive float64 gradient, relative to that gradient's largest entry "
-             f"(tolerance {GRADIENT_TOLERANCE.get(groups[0][0]['dtype'], 0):g}), on the "
+             f"(tolerance {_tolerances(GRADIENT_TOLERANCE, groups)}), on the "
              f"heads whose naive gradient fits in {FULL_CHECK_BYTES / 2**20:.0f} MiB: all "
              f"of them at small N, fewer as N grows, none above N ≈ {check_n} (—).", ""]
     peaks = backward_peaks(results)
+    several = len({config["dtype"] for config, _ in groups}) > 1
     if peaks:
         lines += ["**Peak memory of the backward** at the largest N:", ""]
-        lines += [f"- {_shape_title(config)}, N = {n}: " + ", ".join(
+        lines += [f"- {config['dtype'] + ', ' if several else ''}{_shape_title(config)}, "
+                  f"N = {n}: " + ", ".join(
             f"{backend} {_mib(size)} MiB" for backend, size in sorted(found.items()))
             for config, n, found in peaks]
         lines.append("")
@@ -142,6 +231,14 @@ def _backward_lines(results):
         lines += _backward_table(points)
         lines.append("")
     return lines
+
+
+def _tolerances(table, groups):
+    """``0.0001`` for one dtype, ``0.0001 in float32, 0.03 in bfloat16`` for several."""
+    dtypes = list(dict.fromkeys(config["dtype"] for config, _ in groups))
+    if len(dtypes) == 1:
+        return f"{table.get(dtypes[0], 0):g}"
+    return ", ".join(f"{table.get(dtype, 0):g} in {dtype}" for dtype in dtypes)
 
 
 MODEL_COLUMNS = ("N", "implementation", "median ms", "min ms", "max ms", "calls", "tokens/s",
@@ -229,7 +326,8 @@ def _reference_lines(results):
     if above:
         ran = {}
         for p in results["points"]:
-            if p["status"] == "ok" and workload(p) == FORWARD:
+            if (p["status"] == "ok" and workload(p) == FORWARD
+                    and p["dtype"] == reference.get("dtype", p["dtype"])):
                 ran[p["backend"]] = ran.get(p["backend"], 0) + 1
         who = "; ".join(
             f"{backend} at {len(found)} of {ran[backend]} points (up to "
@@ -243,6 +341,19 @@ def _reference_lines(results):
             lines += ["Unset `OPENBLAS_CORETYPE` (`env -u OPENBLAS_CORETYPE fastattn bench "
                       "...`) to let OpenBLAS choose its kernels for this CPU.", ""]
     return lines
+
+
+def _level_rows(machine, settings):
+    """The machine table's row on fastattn's instruction-set levels (none in old results)."""
+    levels = machine.get("isa")
+    if not levels:
+        return []
+    supported = ", ".join(levels.get("supported") or ()) or "none"
+    text = (f"{levels.get('active') or 'none (no Cython backend)'} for the Cython kernels, "
+            f"chosen at import (this build and CPU run: {supported})")
+    if settings.get("isa_levels"):
+        text += f"; `--isa` also times them at {', '.join(settings['isa_levels'])}"
+    return [f"| instruction-set level | {text} |"]
 
 
 def render_markdown(results, plots=()):
@@ -260,7 +371,7 @@ def render_markdown(results, plots=()):
     str
     """
     machine, settings = results["machine"], results["settings"]
-    reference_gflops = (results.get("reference") or {}).get("gflops")
+    reference = results.get("reference") or {}
     simd = ", ".join(machine.get("cpu_simd") or ()) or "unknown"
     lines = ["# fastattn benchmark report", "",
              f"Created {results['created']}"
@@ -268,6 +379,7 @@ def render_markdown(results, plots=()):
              + ".", "", "## Machine", "", "| | |", "|---|---|",
              f"| CPU | {machine['cpu']} |",
              f"| vector instructions | {simd} |",
+             *_level_rows(machine, settings),
              f"| cores | {machine['available_cores']} available "
              f"({machine['logical_cpus']} logical) |",
              f"| threads used | {settings['threads']} |",
@@ -289,11 +401,16 @@ def render_markdown(results, plots=()):
               "larger of the RSS rise and the tracemalloc peak of one call, measured in a "
               "fresh process; the inputs are not counted, the output is. The max abs error "
               "is against the naive float64 reference, and naive's own against an "
-              "independent float64 formula.", ""]
+              "independent float64 formula (float16 and bfloat16 results may differ by "
+              "their rounding too: the tolerance grows with the value). The ISA column "
+              "names the instruction-set level each point ran at (fastattn's Cython "
+              "level, torch's ATen CPU capability, numba's LLVM host CPU); \"% of matmul "
+              "ref\" is given in the reference's dtype only.", ""]
     for config, points in configurations(results):
         lines += [f"## {describe_configuration(config)}", ""]
-        lines += _table(points, reference_gflops)
+        lines += _table(points, reference)
         lines.append("")
+    lines += _dtype_lines(results)
     lines += _backward_lines(results)
     lines += _model_lines(results)
     if plots:

@@ -2,14 +2,16 @@
 
 The file is one JSON object::
 
-    {"schema": "fastattn-bench", "schema_version": 4, "created": ISO-8601 time,
-     "command": [...], "machine": {...}, "settings": {...},
+    {"schema": "fastattn-bench", "schema_version": 5, "created": ISO-8601 time,
+     "command": [...], "machine": {..., "isa": {"levels", "supported", "active"}},
+     "settings": {..., "dtypes": [...], "isa_levels": [...] | null},
      "reference": {"size", "dtype", "threads", "best", "gflops",
                    "libraries": [{"library", "blas", "gflops", "median_s", "min_s",
                                   "max_s", "times_s", ...}, ...]} | null,
      "points": [{"workload": "forward" | "forward+backward" | "llama-prefill"
                              | "llama-decode" | "minilm-encode", "backend", "causal", "n",
                  "dtype", "batch", "heads", "head_dim", "threads",
+                 "isa", "isa_requested",
                  "status": "ok" | "skipped" | "failed", "reason",
                  "median_s", "min_s", "max_s", "times_s", "gflops", "tokens_per_s",
                  "flops", "traced_bytes", "rss_bytes", "rss_method", "peak_bytes",
@@ -27,6 +29,13 @@ A model point (:mod:`fastattn.bench._models`) times a transformers model: its
 generates, ``tokens_per_s = tokens / median_s``, its memory fields are those of the
 first full-size call, and ``flops``, ``gflops`` are None.
 
+``dtype`` is ``"float32"``, ``"float64"``, ``"float16"`` or ``"bfloat16"`` (ml_dtypes'
+type; stored in 16 bits, computed in float32).  ``isa`` is the instruction-set level
+the point's kernels ran at, as its library names it (cython: ``fastattn._isa``'s level;
+torch: its ATen CPU capability; numba: ``"native (<LLVM host CPU>)"``; naive: None), and
+``isa_requested`` the level ``--isa`` asked the Cython kernels to run at (None: the one
+chosen at import): the Cython points of one ``N`` differ by it.
+
 ``peak_bytes`` is the larger of the RSS rise and the tracemalloc peak of one call;
 ``min_s`` and ``max_s`` are the fastest and slowest timed calls.  ``reference`` is
 the matmul reference (:mod:`fastattn.bench._reference`).  Measurements are None for
@@ -37,22 +46,28 @@ version 1 called the reference ``"ceiling"`` (a NumPy matmul only); version 2 ha
 forward points only, without ``"workload"`` (version 3 raised the number so that a
 reader that does not know the field refuses backward points rather than mixing them
 into its forward tables); version 4 added the model workloads (raised so that a
-reader that expects GFLOP/s on every point refuses them).
+reader that expects GFLOP/s on every point refuses them); version 5 added ``isa`` and
+``isa_requested`` (raised because with ``--isa`` several Cython points share the other
+key fields: a reader that does not know the field would mix them) and the half dtypes.
+Points of older versions ran at the level chosen at import, which was not recorded:
+``isa`` and ``isa_requested`` are None.
 """
 
 import json
 from pathlib import Path
 
 SCHEMA = "fastattn-bench"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 RESULTS_FILE = "results.json"
 
 FORWARD = "forward"
 FORWARD_BACKWARD = "forward+backward"
 """The two workloads a point can time (its ``"workload"`` field)."""
 
-KEY_FIELDS = ("backend", "causal", "n", "dtype", "batch", "heads", "head_dim", "workload")
-"""What identifies a point across two reports (the thread count is compared, not matched)."""
+KEY_FIELDS = ("backend", "causal", "n", "dtype", "batch", "heads", "head_dim",
+              "isa_requested", "workload")
+"""What identifies a point across two reports (the thread count is compared, not matched;
+``isa_requested`` is None in files older than version 5)."""
 
 
 def workload(point):
@@ -68,7 +83,7 @@ def workload(point):
 
 def point_key(point):
     """The tuple of :data:`KEY_FIELDS` of ``point``, used to align two reports."""
-    return tuple(workload(point) if field == "workload" else point[field]
+    return tuple(workload(point) if field == "workload" else point.get(field)
                  for field in KEY_FIELDS)
 
 
@@ -140,7 +155,7 @@ def upgrade(results):
     ...        "ceiling": {"size": 64, "dtype": "float32", "threads": 1, "gflops": 9.5}}
     >>> new = upgrade(old)
     >>> new["schema_version"], new["reference"]["best"], new["reference"]["gflops"]
-    (4, 'numpy', 9.5)
+    (5, 'numpy', 9.5)
     >>> upgrade({"schema_version": 2, "points": [{"n": 64}]})["points"]
     [{'n': 64, 'workload': 'forward'}]
     """
@@ -153,7 +168,7 @@ def upgrade(results):
     if version < 3:  # forward points only, before the workload field
         results = dict(results)
         results["points"] = [{**p, "workload": workload(p)} for p in results["points"]]
-    if version < SCHEMA_VERSION:  # version 4 only added workloads
+    if version < SCHEMA_VERSION:  # versions 4 and 5 only added workloads and fields
         results = dict(results)
         results["schema_version"] = SCHEMA_VERSION
     return results

@@ -39,6 +39,111 @@ def configurations(results, workload=FORWARD):
     return list(groups.values())
 
 
+def series_label(point):
+    """The backend of ``point``, and the ISA level ``--isa`` asked for, if it did.
+
+    Examples
+    --------
+    >>> series_label({"backend": "cython"}), series_label({"backend": "cython",
+    ...                                                   "isa_requested": "avx2"})
+    ('cython', 'cython [avx2]')
+    """
+    level = point.get("isa_requested")
+    return point["backend"] if level is None else f"{point['backend']} [{level}]"
+
+
+def isa_cell(point):
+    """The instruction-set level a point ran at (or, not run, was to run at), or ``—``.
+
+    Examples
+    --------
+    >>> isa_cell({"isa": "avx512bf16"}), isa_cell({"isa_requested": "avx2"}), isa_cell({})
+    ('avx512bf16', 'avx2', '—')
+    """
+    return point.get("isa") or point.get("isa_requested") or "—"
+
+
+def isa_summary(points):
+    """``backend level, ...`` of the default series (no ``--isa`` level) that ran, or None.
+
+    Examples
+    --------
+    >>> isa_summary([{"backend": "cython", "isa": "avx512bf16", "status": "ok"},
+    ...              {"backend": "torch", "isa": "AVX2", "status": "ok"},
+    ...              {"backend": "naive", "isa": None, "status": "ok"}])
+    'cython avx512bf16, torch AVX2'
+    """
+    found = {}
+    for point in points:
+        if point["status"] == "ok" and point.get("isa") and not point.get("isa_requested"):
+            found.setdefault(point["backend"], point["isa"])
+    return ", ".join(f"{backend} {level}" for backend, level in found.items()) or None
+
+
+def dtype_configurations(results, workload=FORWARD):
+    """Group the points of one workload by configuration *but* dtype, where several ran.
+
+    Parameters
+    ----------
+    results : dict
+    workload : {"forward", "forward+backward"}, default "forward"
+
+    Returns
+    -------
+    list of (dict, list of dict)
+        ``(configuration, points)``, the configuration having ``batch``, ``heads``,
+        ``head_dim``, ``causal`` and ``threads``; empty when the workload's points
+        have a single dtype.
+
+    Examples
+    --------
+    >>> point = dict(batch=1, heads=8, head_dim=64, threads=2, n=128, causal=False)
+    >>> groups = dtype_configurations({"points": [dict(point, dtype="float32"),
+    ...                                           dict(point, dtype="bfloat16")]})
+    >>> [(config["causal"], len(points)) for config, points in groups]
+    [(False, 2)]
+    """
+    chosen = [p for p in results["points"] if point_workload(p) == workload]
+    if len({p["dtype"] for p in chosen}) < 2:
+        return []
+    groups = {}
+    for point in chosen:
+        config = {k: point[k] for k in ("batch", "heads", "head_dim", "causal", "threads")}
+        groups.setdefault(tuple(config.items()), (config, []))[1].append(point)
+    return list(groups.values())
+
+
+def dtype_baselines(points):
+    """What each point of a dtype comparison is compared with.
+
+    Parameters
+    ----------
+    points : list of dict
+        One configuration's points in several dtypes (:func:`dtype_configurations`).
+
+    Returns
+    -------
+    dict
+        ``{id(point): (float32 point or None, torch point or None)}``: the same series'
+        float32 point at the same ``N`` (fastattn's own float32 throughput), and torch's
+        point of the same dtype and ``N``, each only where it ran.
+
+    Examples
+    --------
+    >>> f32 = dict(backend="cython", dtype="float32", n=64, status="ok")
+    >>> bf16 = dict(f32, dtype="bfloat16")
+    >>> torch = dict(bf16, backend="torch")
+    >>> found = dtype_baselines([f32, bf16, torch])
+    >>> found[id(bf16)] == (f32, torch), found[id(f32)] == (f32, None)
+    (True, True)
+    """
+    ran = [p for p in points if p["status"] == "ok"]
+    float32 = {(series_label(p), p["n"]): p for p in ran if p["dtype"] == "float32"}
+    torch = {(p["dtype"], p["n"]): p for p in ran if p["backend"] == "torch"}
+    return {id(p): (float32.get((series_label(p), p["n"])), torch.get((p["dtype"], p["n"])))
+            for p in points}
+
+
 def describe_configuration(config):
     """A one-line title such as ``float32, B=1, H=8, D=64, causal, 2 threads``.
 
@@ -135,7 +240,7 @@ def backward_peaks(results):
         ran = [p for p in points if p["status"] == "ok" and p.get("peak_bytes") is not None]
         if ran:
             largest = max(p["n"] for p in ran)
-            found.append((config, largest, {p["backend"]: p["peak_bytes"] for p in ran
+            found.append((config, largest, {series_label(p): p["peak_bytes"] for p in ran
                                             if p["n"] == largest}))
     return found
 
@@ -163,6 +268,9 @@ def timing_range(point):
 def above_reference(results):
     """``{backend: [point, ...]}`` of the forward points that ran faster than the matmul reference.
 
+    Only points of the reference's dtype count (a half-precision point is not compared
+    with a float32 matmul).
+
     Examples
     --------
     >>> points = [{"backend": "cython", "status": "ok", "n": 512, "gflops": 300.0},
@@ -172,11 +280,12 @@ def above_reference(results):
     {'cython': [512]}
     """
     reference = (results.get("reference") or {}).get("gflops")
+    dtype = (results.get("reference") or {}).get("dtype")
     found = {}
     if not reference:
         return found
     for point in results["points"]:
-        if point_workload(point) != FORWARD:
+        if point_workload(point) != FORWARD or (dtype and point.get("dtype", dtype) != dtype):
             continue
         if point["status"] == "ok" and point.get("gflops") and point["gflops"] > reference:
             found.setdefault(point["backend"], []).append(point)

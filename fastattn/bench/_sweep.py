@@ -14,8 +14,9 @@ from ._models import (DECODE_PROMPT, ENCODE_SIZES, LLAMA_DECODE, LLAMA_PREFILL,
 from ._point import RESULT_PREFIX
 from ._progress import Progress
 from ._results import FORWARD, FORWARD_BACKWARD, SCHEMA, SCHEMA_VERSION
-from ._workload import (Shape, attention_flops, backward_unavailable, naive_bytes_needed,
-                        naive_over_budget, training_flops)
+from ._summary import series_label
+from ._workload import (HALF_DTYPES, Shape, attention_flops, backward_unavailable,
+                        naive_bytes_needed, naive_over_budget, training_flops)
 
 FULL_SIZES = tuple(2**p for p in range(7, 15))   # 128 ... 16384
 QUICK_SIZES = tuple(2**p for p in range(7, 12))  # 128 ... 2048
@@ -51,6 +52,18 @@ class SweepConfig:
         fastattn backends and/or ``"torch"``.
     causal : sequence of bool, default (False, True)
     dtype : str, default "float32"
+        The dtype of the matmul reference, and of the points when ``dtypes`` is None.
+    dtypes : sequence of str, optional
+        The dtypes of the forward and forward + backward points (float32, float64,
+        float16, bfloat16), each point of one ``N`` and mask timed in every dtype, one
+        after the other, torch's among them; default ``(dtype,)``.  A backend that
+        does not take a half dtype is recorded as skipped, with its reason.
+    isa_levels : sequence of str, optional
+        Instruction-set levels (``fastattn._isa.LEVELS``) to run the Cython points at,
+        each point once per level (``fastattn._isa.use_level``), so that a portable
+        level and the best one are timed in the same run; a level this build or CPU
+        cannot run is planned as skipped.  Default: once, at the level chosen at
+        import.
     batch, heads, head_dim : int, default 1, 8, 64
     threads : int
         Threads for every backend (and BLAS, torch).
@@ -95,6 +108,7 @@ class SweepConfig:
     memory_budget_gib: float
     causal: tuple = (False, True)
     dtype: str = "float32"
+    dtypes: tuple = None
     batch: int = 1
     heads: int = 8
     head_dim: int = 64
@@ -110,7 +124,23 @@ class SweepConfig:
     models: tuple = ()
     model_sizes: dict = None
     model_config: dict = None
+    isa_levels: tuple = None
     extra: dict = field(default_factory=dict)
+
+    def point_dtypes(self):
+        """The dtypes of the forward and forward + backward points (see ``dtypes``)."""
+        return tuple(self.dtypes) if self.dtypes else (self.dtype,)
+
+    def reference_dtype(self):
+        """The dtype of the matmul reference: ``dtype``, float32 for a half one (NumPy
+        has no fast half-precision matmul)."""
+        return "float32" if self.dtype in HALF_DTYPES else self.dtype
+
+    def variants(self, backend):
+        """``(backend, isa level or None)`` of each series ``backend`` gets (see ``isa_levels``)."""
+        if backend == "cython" and self.isa_levels:
+            return [(backend, level) for level in self.isa_levels]
+        return [(backend, None)]
 
     def training_backends(self):
         """The backends of the forward + backward points (see ``backward_backends``)."""
@@ -145,32 +175,49 @@ def plan_points(config):
         and ``status`` ``"planned"`` or ``"skipped"`` (with ``reason``); the forward
         points (first) also ``naive_bytes_needed``.  The forward + backward points
         of one shape, mask and ``N`` follow each other, torch's among them, so that
-        the fastattn backends and torch are measured in the same stretch of the run.
+        the fastattn backends and torch are measured in the same stretch of the run;
+        so do the dtypes of one ``N`` and mask (each dtype's backends, torch among
+        them, then the next dtype's), and the ISA levels of the Cython points
+        (``isa_requested``: the level asked for, None for the one chosen at import).
     """
     return _forward_points(config) + _training_points(config) + _model_points(config)
 
 
-def _point(config, backend, workload, shape, flops):
+def _point(config, backend, workload, shape, flops, level=None):
     return {"workload": workload, "backend": backend, "causal": bool(shape.causal),
-            "n": int(shape.q_len), "dtype": config.dtype, "batch": shape.batch,
+            "n": int(shape.q_len), "dtype": shape.dtype, "batch": shape.batch,
             "heads": shape.heads, "head_dim": config.head_dim, "threads": config.threads,
-            "flops": flops, "status": "planned", "reason": None}
+            "isa_requested": level, "flops": flops, "status": "planned", "reason": None}
+
+
+def _level_reasons(config):
+    """``{level: why it cannot run here}`` of the ``isa_levels`` this machine cannot run."""
+    from ._levels import level_unavailable
+
+    reasons = {level: level_unavailable(level) for level in config.isa_levels or ()}
+    return {level: reason for level, reason in reasons.items() if reason}
 
 
 def _forward_points(config):
     budget_bytes = config.memory_budget_gib * 2**30
+    cannot = _level_reasons(config) if config.sizes else {}
     points = []
     for causal in config.causal:
         for n in sorted(config.sizes):
-            shape = Shape(config.batch, config.heads, n, n, config.head_dim, causal=causal,
-                          dtype=config.dtype)
-            for backend in config.backends:
-                point = _point(config, backend, FORWARD, shape, attention_flops(shape))
-                point["naive_bytes_needed"] = naive_bytes_needed(shape)
-                reason = naive_over_budget(shape, budget_bytes)
-                if backend == "naive" and reason:
-                    point.update(status="skipped", reason=reason)
-                points.append(point)
+            for dtype in config.point_dtypes():
+                shape = Shape(config.batch, config.heads, n, n, config.head_dim,
+                              causal=causal, dtype=dtype)
+                for name in config.backends:
+                    for backend, level in config.variants(name):
+                        point = _point(config, backend, FORWARD, shape,
+                                       attention_flops(shape), level)
+                        point["naive_bytes_needed"] = naive_bytes_needed(shape)
+                        reason = naive_over_budget(shape, budget_bytes)
+                        if backend == "naive" and reason:
+                            point.update(status="skipped", reason=reason)
+                        elif level in cannot:
+                            point.update(status="skipped", reason=cannot[level])
+                        points.append(point)
     return points
 
 
@@ -178,18 +225,22 @@ def _training_points(config):
     backends = config.training_backends()
     unavailable = {b: backward_unavailable(b) for b in backends} if config.backward_sizes \
         else {}
+    cannot = _level_reasons(config) if config.backward_sizes else {}
     points = []
     for batch, heads in config.training_shapes():
         for causal in config.causal:
             for n in sorted(config.backward_sizes):
-                shape = Shape(batch, heads, n, n, config.head_dim, causal=causal,
-                              dtype=config.dtype)
-                for backend in backends:
-                    point = _point(config, backend, FORWARD_BACKWARD, shape,
-                                   training_flops(shape))
-                    if unavailable[backend]:
-                        point.update(status="skipped", reason=unavailable[backend])
-                    points.append(point)
+                for dtype in config.point_dtypes():
+                    shape = Shape(batch, heads, n, n, config.head_dim, causal=causal,
+                                  dtype=dtype)
+                    for name in backends:
+                        for backend, level in config.variants(name):
+                            point = _point(config, backend, FORWARD_BACKWARD, shape,
+                                           training_flops(shape), level)
+                            reason = unavailable[backend] or cannot.get(level)
+                            if reason:
+                                point.update(status="skipped", reason=reason)
+                            points.append(point)
     return points
 
 
@@ -273,7 +324,9 @@ def _finish_point(point, measured):
 
 def _describe(point):
     mask = "causal" if point["causal"] else "full"
-    head = f"{point['backend']:<6} {mask:<6} N={point['n']:<6}"
+    head = f"{series_label(point):<6} {mask:<6} N={point['n']:<6}"
+    if point.get("dtype") not in (None, "float32"):
+        head += f" {point['dtype']}"
     if point["workload"] in MODEL_WORKLOADS:
         head = f"{point['workload']} {point['backend']:<8} N={point['n']:<6}"
         if point["status"] == "ok":
@@ -307,7 +360,7 @@ def measure_reference(config, library):
         "gflops": None, "reason"}`` when the child failed.
     """
     spec = {"kind": "matmul", "library": library, "size": config.reference_size,
-            "dtype": config.dtype, "threads": config.threads, "repeats": 3}
+            "dtype": config.reference_dtype(), "threads": config.threads, "repeats": 3}
     measured = run_child(spec, config.point_timeout_s)
     if measured.pop("status") != "ok":
         return {"library": library, "gflops": None, "reason": measured.get("reason")}
@@ -353,21 +406,22 @@ def run_sweep(config, progress=True, stream=None, command=None):
             bar.start(f"{library} matmul reference")
             measured.append(measure_reference(config, library))
             gflops = measured[-1].get("gflops")
-            bar.finish(f"{library} {config.dtype} matmul {config.reference_size}³: "
+            bar.finish(f"{library} {config.reference_dtype()} matmul "
+                       f"{config.reference_size}³: "
                        + (f"{gflops:.1f} GFLOP/s" if gflops
                           else f"failed: {measured[-1].get('reason')}"))
         if libraries:
-            results["reference"] = combine(measured, config.reference_size, config.dtype,
-                                           config.threads)
+            results["reference"] = combine(measured, config.reference_size,
+                                           config.reference_dtype(), config.threads)
         for point in points:
-            series = tuple(point[k] for k in ("workload", "backend", "causal", "batch",
-                                              "heads"))
+            series = tuple(point.get(k) for k in ("workload", "backend", "isa_requested",
+                                                  "dtype", "causal", "batch", "heads"))
             if point["status"] == "planned" and series in broken:
                 point.update(status="skipped", reason=f"failed at N={broken[series]}")
             if point["status"] == "planned":
                 spec = _child_spec(config, point)
                 bar.start({"training": "fwd+bwd ", "model": f"{point['workload']} "}.get(
-                    spec["kind"], "") + f"{point['backend']} N={point['n']}")
+                    spec["kind"], "") + f"{series_label(point)} N={point['n']}")
                 _finish_point(point, run_child(spec, config.point_timeout_s))
                 if point["status"] == "failed" and not point["reason"].startswith("exit"):
                     broken[series] = point["n"]  # timed out or killed: larger N would be too
@@ -384,7 +438,7 @@ def _child_spec(config, point):
                 "model_config": dict(config.model_config or {}),
                 **{k: point[k] for k in ("backend", "n", "threads")}}
     kind = "training" if point["workload"] == FORWARD_BACKWARD else "attention"
-    return {"kind": kind, "check": config.check, **timing,
+    return {"kind": kind, "check": config.check, "isa": point["isa_requested"], **timing,
             **{k: point[k] for k in ("backend", "causal", "n", "dtype", "batch", "heads",
                                      "head_dim", "threads")}}
 
@@ -393,6 +447,8 @@ def _settings(config):
     settings = asdict(config)
     settings.pop("extra")
     settings.update(config.extra)
+    settings["dtypes"] = list(config.point_dtypes())
+    settings["isa_levels"] = list(config.isa_levels) if config.isa_levels else None
     settings["sizes"] = sorted(settings["sizes"])
     settings["causal"] = [bool(c) for c in settings["causal"]]
     settings["backends"] = list(settings["backends"])

@@ -25,14 +25,28 @@ CHECK_ROWS = 64
 FULL_CHECK_BYTES = 256 * 2**20
 """Check every row against the naive reference while its temporaries take at most this much."""
 
-TOLERANCE = {"float32": 2e-4, "float64": 1e-9}
-"""Largest absolute difference from the float64 reference accepted, by input dtype."""
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+"""The dtypes a benchmark can run in (bfloat16: ml_dtypes' type for NumPy)."""
 
-GRADIENT_TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
+HALF_DTYPES = ("float16", "bfloat16")
+"""Stored in 16 bits, computed in float32."""
+
+TOLERANCE = {"float32": 2e-4, "float64": 1e-9, "float16": 1e-3, "bfloat16": 8e-3}
+"""Absolute part of the difference from the float64 reference accepted, by input dtype."""
+
+RELATIVE_TOLERANCE = {"float32": 0.0, "float64": 0.0, "float16": 2e-3, "bfloat16": 1.6e-2}
+"""Relative part, by input dtype: an element may differ by ``TOLERANCE + RELATIVE_TOLERANCE
+* |reference|``.  A half result is rounded to its 11 (float16) or 8 (bfloat16) bits, an
+error that grows with the value: torch's SDPA on random normal half inputs (N = 16 ...
+2048, D = 64) is off by up to 1.1e-3 (float16) and 7.7e-3 (bfloat16) where outputs
+reach 4, almost all of it that rounding."""
+
+GRADIENT_TOLERANCE = {"float32": 1e-4, "float64": 1e-9, "float16": 5e-3, "bfloat16": 3e-2}
 """Largest difference of a gradient (dq, dk or dv) from the naive float64 gradient,
 relative to that gradient's largest entry, by input dtype.  Measured on random normal
 inputs, N = 64 ... 2048, D = 64: at most 2.5e-6 in float32 (numba, cython and torch
-alike; the causal dv of the first keys, which many queries see, is the largest)."""
+alike; the causal dv of the first keys, which many queries see, is the largest); torch
+in float16 7.6e-4 and in bfloat16 7.2e-3 (N = 16 ... 1024)."""
 
 NAIVE_BACKWARD_TEMPORARIES = 8
 """Score-sized float64 arrays the naive backward can hold at once (a conservative count:
@@ -142,8 +156,56 @@ def naive_over_budget(shape, budget_bytes):
     return f"would need {needed / 2**30:.3g} GiB (memory budget {budget_bytes / 2**30:.3g} GiB)"
 
 
+def numpy_dtype(name):
+    """The NumPy dtype of a benchmark dtype name; bfloat16 is ml_dtypes'.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`DTYPES`.
+
+    Returns
+    -------
+    numpy.dtype
+
+    Raises
+    ------
+    ValueError
+        For another name.
+    ModuleNotFoundError
+        For bfloat16 without ml_dtypes (saying how to install it).
+
+    Examples
+    --------
+    >>> numpy_dtype("bfloat16").name, numpy_dtype("float16").itemsize
+    ('bfloat16', 2)
+    """
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ModuleNotFoundError as error:
+            raise ModuleNotFoundError("bfloat16 needs the package ml_dtypes, which is not "
+                                      "installed: pip install ml_dtypes",
+                                      name="ml_dtypes") from error
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _standard_normal(rng, size, dtype):
+    """Standard-normal values in ``dtype``: half dtypes round float32 draws (NumPy draws
+    float32 and float64 only), so float32 and a half dtype see the same values."""
+    dtype = numpy_dtype(dtype)
+    if dtype.name in HALF_DTYPES:
+        return rng.standard_normal(size, dtype=np.float32).astype(dtype)
+    return rng.standard_normal(size, dtype=dtype)
+
+
 def make_inputs(shape, seed=0):
     """Standard-normal ``q, k, v`` arrays for ``shape``, C-contiguous, in its dtype.
+
+    Half dtypes (float16, bfloat16) hold the float32 draws of the same seed, rounded.
 
     Parameters
     ----------
@@ -160,12 +222,13 @@ def make_inputs(shape, seed=0):
     >>> q, k, v = make_inputs(Shape(1, 4, 3, 5, 8, kv_heads=2))
     >>> q.shape, k.shape, q.dtype
     ((1, 4, 3, 8), (1, 2, 5, 8), dtype('float32'))
+    >>> make_inputs(Shape(1, 4, 3, 5, 8, dtype="bfloat16"))[0].dtype.name
+    'bfloat16'
     """
     rng = np.random.default_rng(seed)
-    dtype = np.dtype(shape.dtype)
 
     def draw(heads, length):
-        return rng.standard_normal((shape.batch, heads, length, shape.head_dim), dtype=dtype)
+        return _standard_normal(rng, (shape.batch, heads, length, shape.head_dim), shape.dtype)
 
     return draw(shape.heads, shape.q_len), draw(shape.n_kv_heads, shape.k_len), \
         draw(shape.n_kv_heads, shape.k_len)
@@ -249,19 +312,53 @@ def make_runner(backend, q, k, v, causal=False, threads=None):
     return run
 
 
+def to_torch(array):
+    """A torch tensor sharing memory with ``array``; bfloat16 arrays give torch.bfloat16.
+
+    (``torch.from_numpy`` does not know ml_dtypes' bfloat16: its bits go through int16.)
+
+    Examples
+    --------
+    >>> import torch
+    >>> to_torch(np.ones(2, numpy_dtype("bfloat16"))).dtype == torch.bfloat16
+    True
+    """
+    import torch
+
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def to_numpy(tensor):
+    """A NumPy array sharing memory with the CPU ``tensor``; torch.bfloat16 gives ml_dtypes'.
+
+    Examples
+    --------
+    >>> import torch
+    >>> to_numpy(torch.ones(2, dtype=torch.bfloat16)).dtype.name
+    'bfloat16'
+    """
+    import torch
+
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(numpy_dtype("bfloat16"))
+    return tensor.numpy()
+
+
 def _torch_runner(q, k, v, causal, threads):
     import torch
     from torch.nn.functional import scaled_dot_product_attention
 
     if threads is not None:
         torch.set_num_threads(threads)
-    tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
+    tq, tk, tv = (to_torch(x) for x in (q, k, v))
     gqa = q.shape[1] != k.shape[1]
 
     def run():
         with torch.inference_mode():
-            return scaled_dot_product_attention(tq, tk, tv, is_causal=causal,
-                                                enable_gqa=gqa).numpy()
+            return to_numpy(scaled_dot_product_attention(tq, tk, tv, is_causal=causal,
+                                                         enable_gqa=gqa))
 
     return run
 
@@ -308,7 +405,11 @@ def check_result(result, q, k, v, causal, backend):
     backend with :func:`independent_reference`.  Every query row is compared while
     the naive reference needs at most :data:`FULL_CHECK_BYTES`, else (and always for
     naive) the first :data:`CHECK_ROWS` rows, which is exact for causal attention
-    too, whose mask is aligned top-left.  The tolerance is :data:`TOLERANCE`.
+    too, whose mask is aligned top-left.  An element may differ by :data:`TOLERANCE`
+    plus :data:`RELATIVE_TOLERANCE` times the reference's magnitude (the relative part
+    is 0 for float32 and float64).  Half inputs are compared with the naive reference
+    of their float64 values (the naive backend would round its result to the half
+    dtype).
 
     Parameters
     ----------
@@ -335,6 +436,7 @@ def check_result(result, q, k, v, causal, backend):
     """
     import fastattn
 
+    dtype = q.dtype.name
     rows = min(q.shape[-2], CHECK_ROWS)
     if backend == "naive":
         expected = independent_reference(q, k, v, causal, rows)
@@ -343,13 +445,18 @@ def check_result(result, q, k, v, causal, backend):
                       kv_heads=k.shape[1])
         if naive_bytes_needed(shape) <= FULL_CHECK_BYTES:
             rows = q.shape[-2]
-        expected = fastattn.attention(q[..., :rows, :], k, v, causal=causal, backend="naive")
-    got = np.asarray(result)[..., :rows, :]
-    tolerance = TOLERANCE[np.dtype(q.dtype).name]
-    error = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.size else 0.0
-    if not error <= tolerance:
+        q = q[..., :rows, :]
+        if dtype in HALF_DTYPES:
+            q, k, v = (x.astype(np.float64) for x in (q, k, v))
+        expected = fastattn.attention(q, k, v, causal=causal, backend="naive")
+    got = np.asarray(result)[..., :rows, :].astype(np.float64)
+    difference = np.abs(got - expected)
+    absolute, relative = TOLERANCE[dtype], RELATIVE_TOLERANCE[dtype]
+    error = float(np.max(difference)) if got.size else 0.0
+    if not np.all(difference <= absolute + relative * np.abs(expected)):  # NaN fails too
+        allowed = f"{absolute:g}" + (f" + {relative:g}·|reference|" if relative else "")
         raise AssertionError(f"{backend}: result differs from the reference by {error:.3g} "
-                             f"(tolerance {tolerance:g})")
+                             f"(tolerance {allowed})")
     return error
 
 
@@ -366,8 +473,8 @@ def make_upstream_gradient(shape, seed=0):
     (1, 2, 3, 8)
     """
     rng = np.random.default_rng(seed + 1)
-    return rng.standard_normal((shape.batch, shape.heads, shape.q_len, shape.head_dim),
-                               dtype=np.dtype(shape.dtype))
+    return _standard_normal(rng, (shape.batch, shape.heads, shape.q_len, shape.head_dim),
+                            shape.dtype)
 
 
 def backward_unavailable(backend):
@@ -443,8 +550,8 @@ class _TorchStep(TrainingStep):
         if threads is not None:
             torch.set_num_threads(threads)
         # Leaves sharing memory with the arrays; their .grad is replaced on each backward.
-        self.leaves = [torch.from_numpy(x).requires_grad_() for x in (q, k, v)]
-        self.upstream = torch.from_numpy(dout)
+        self.leaves = [to_torch(x).requires_grad_() for x in (q, k, v)]
+        self.upstream = to_torch(dout)
         self.causal, self.gqa = causal, q.shape[1] != k.shape[1]
 
     def forward(self):
@@ -457,7 +564,7 @@ class _TorchStep(TrainingStep):
         for leaf in self.leaves:
             leaf.grad = None
         state.backward(self.upstream)
-        return tuple(leaf.grad.numpy() for leaf in self.leaves)
+        return tuple(to_numpy(leaf.grad) for leaf in self.leaves)
 
 
 def make_training_step(backend, q, k, v, dout, causal=False, threads=None):
@@ -556,7 +663,8 @@ def check_gradients(grads, q, k, v, dout, causal, backend):
                                            backend="naive")
     error = 0.0
     for got, reference in zip(grads, expected):
-        difference = np.max(np.abs(np.asarray(got)[:1, :heads] - reference))
+        difference = np.max(np.abs(np.asarray(got)[:1, :heads].astype(np.float64)
+                                   - reference))
         error = max(error, float(difference / max(np.max(np.abs(reference)), 1e-30)))
     tolerance = GRADIENT_TOLERANCE[np.dtype(q.dtype).name]
     if not error <= tolerance:
