@@ -14,6 +14,7 @@ The pieces, one responsibility each:
   shared with the pytest-benchmark suites in ``bench/``);
 - :mod:`._sweep` — plan the points, run the children, report progress;
 - :mod:`._machine` — CPU, vector instructions, cores, memory and versions;
+- :mod:`._levels` — the instruction-set level each point ran at, and ``--isa``'s levels;
 - :mod:`._reference` — the matmul reference (the faster of NumPy's and torch's
   matmul) and why a backend can pass it;
 - :mod:`._results` — the versioned ``results.json``;
