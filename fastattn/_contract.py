@@ -141,8 +141,11 @@ class KernelCall:
     """One kernel invocation over 4-D views; see "The kernel contract" in docs/design.md.
 
     ``q (B, Hq, Lq, D)``, ``k (B, Hk, Lk, D)``, ``v (B, Hk, Lk, Dv)``, ``out (B, Hq, Lq,
-    Dv)`` and ``lse (B, Hq, Lq)`` are arrays of the compute dtype (float32 or float64)
-    with any strides, whose last axis is contiguous (or of length 1); ``mask`` is a
+    Dv)`` and ``lse (B, Hq, Lq)`` are arrays with any strides, whose last axis is
+    contiguous (or of length 1).  ``q, k, v, out`` are in the storage dtype: the compute
+    dtype (float32 or float64), or float16 / bfloat16, which the kernels read and write
+    in place and compute in float32; ``lse``, an additive mask and the partials are
+    always in the compute dtype (float32 for half storage).  ``mask`` is a
     ``(B, Hq, Lq, Lk)`` view of any strides (zero strides included) of the kind
     ``mask_kind``.  In lse-only mode ``v`` and ``out`` are None and only ``lse`` is
     written.  ``part_out (n_parts, max_rows, Dv)`` and ``part_lse (n_parts, max_rows)``
@@ -187,8 +190,10 @@ class BackwardCall:
     """One backward kernel invocation over 4-D views (see "The backward pass" in docs/design.md).
 
     ``q, k, v, mask, mask_kind, scale`` as in :class:`KernelCall`; ``dout (B, Hq, Lq,
-    Dv)`` the upstream gradient; ``lse (B, Hq, Lq)`` the forward's log-sum-exp and
-    ``delta (B, Hq, Lq)`` = ``rowsum(dout * out)``, both in the compute dtype.  The
+    Dv)`` the upstream gradient, in the storage dtype of ``q, k, v``; ``lse (B, Hq, Lq)``
+    the forward's log-sum-exp and ``delta (B, Hq, Lq)`` = ``rowsum(dout * out)``, both in
+    the compute dtype, as are ``dq, dk, dv, part_dq`` (float32 for float16 / bfloat16
+    storage: the caller casts the gradients).  The
     kernel writes ``dk (B, Hk, Lk, D)`` and ``dv (B, Hk, Lk, Dv)`` (every key row, zeros
     for keys no query sees) and adds into ``dq (B, Hq, Lq, D)`` (zeroed by the caller)
     or ``part_dq (n_parts, group, Lq, D)`` (zeroed) as the plan's ``BWD_PART`` says.
