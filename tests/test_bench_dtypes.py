@@ -494,3 +494,21 @@ def test_a_fake_isa_module_stands_in_for_the_real_one(fake_isa):
         assert _levels.active_level() == "baseline"
     assert _levels.active_level() == "avx2"
     assert _levels.machine_levels()["supported"] == ["baseline", "avx2"]
+
+
+def test_model_points_name_the_level_of_their_attention():
+    pytest.importorskip("torch")
+    from fastattn._backends import auto_choice
+    from fastattn.bench._point import _model_isa
+    from fastattn.bench._report import _model_lines
+
+    assert _model_isa("fastattn") == _levels.backend_isa(auto_choice())
+    assert _model_isa("sdpa") == _model_isa("eager") == _levels.backend_isa("torch")
+    point = dict(workload="llama-prefill", n=512, causal=True, dtype="float32", batch=1,
+                 heads=8, head_dim=32, threads=2, flops=None, tokens=512, status="ok",
+                 reason=None, median_s=0.1, times_s=[0.1], gflops=None, tokens_per_s=5120,
+                 peak_bytes=2**20)
+    results = {"points": [dict(point, backend="fastattn", isa="avx512bf16"),
+                          dict(point, backend="sdpa", isa="AVX2")]}
+    text = "\n".join(_model_lines(results))
+    assert "Instruction-set levels: fastattn avx512bf16, sdpa AVX2." in text

@@ -34,8 +34,7 @@ EXAMPLES = [
     ("fastattn bench --backward only", "forward + backward only, N = 512 ... 16384"),
     ("fastattn bench --models only", "tiny Llama and MiniLM in transformers: fastattn, "
                                       "sdpa, eager"),
-    ("fastattn bench --sizes 4096 --causal no --backward no --dtypes float32,bfloat16,float16",
-     "half precision against float32 and torch at one N"),
+    ("fastattn bench --dtypes float32,bfloat16", "every point in both dtypes, compared"),
     ("fastattn bench compare A B", "time and GFLOP/s ratios of two saved reports"),
 ]
 """``(command, what it does)`` lines for ``fastattn --help``."""

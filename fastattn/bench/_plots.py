@@ -438,8 +438,8 @@ def plot_models(results, path):
     axes = figure.subplots(1, len(groups), squeeze=False)[0]
     threads = results["settings"].get("threads")
     plural = "" if threads == 1 else "s"
-    figure.suptitle(f"Models in transformers, float32, {threads} thread{plural}\n{BARS}",
-                    fontsize=12)
+    _suptitle(figure, "Models in transformers", f"float32, {threads} thread{plural}",
+              [p for _, points in groups for p in points], BARS)
     order = list(IMPLEMENTATIONS)
     for ax, (workload, points) in zip(axes, groups):
         order += [p["backend"] for p in points if p["backend"] not in order]

@@ -299,7 +299,9 @@ def measure_model(spec):
     -------
     dict
         ``times_s``, ``median_s``, ``min_s``, ``max_s``, ``traced_bytes``,
-        ``rss_bytes``, ``rss_method``, ``baseline_rss_bytes`` and ``threads``.
+        ``rss_bytes``, ``rss_method``, ``baseline_rss_bytes``, ``threads`` and ``isa``
+        (the instruction-set level of the attention: fastattn's backend, torch's for
+        sdpa and eager).
     """
     import torch
 
@@ -321,7 +323,16 @@ def measure_model(spec):
         del result
         _warm_up(run)
         timings = _timings(run, spec)
-    return {**timings, **memory, "baseline_rss_bytes": baseline, "threads": spec["threads"]}
+    return {**timings, **memory, "baseline_rss_bytes": baseline, "threads": spec["threads"],
+            "isa": _model_isa(spec["backend"])}
+
+
+def _model_isa(implementation):
+    """The instruction-set level of a model's attention: fastattn's "auto" backend, or torch."""
+    from .._backends import auto_choice
+    from ._levels import backend_isa
+
+    return backend_isa(auto_choice() if implementation == "fastattn" else "torch")
 
 
 def timed_calls(run, repeats, min_time_s, budget_s):

@@ -8,7 +8,7 @@ from ._reference import describe, why_above
 from ._results import FORWARD, FORWARD_BACKWARD, save_results, workload
 from ._summary import (above_reference, backward_peaks, configurations,
                        describe_configuration, dtype_baselines, dtype_configurations,
-                       isa_cell, model_groups, naive_times, ran_by_n, speedup_over,
+                       isa_cell, isa_summary, model_groups, naive_times, ran_by_n, speedup_over,
                        timing_range, torch_points)
 from ._workload import (DTYPES, FULL_CHECK_BYTES, GRADIENT_TOLERANCE,
                         NAIVE_BACKWARD_TEMPORARIES)
@@ -278,6 +278,7 @@ def _model_lines(results):
     groups = model_groups(results)
     if not groups:
         return []
+    levels = isa_summary([p for _, points in groups for p in points])
     llama = (f"hidden {LLAMA['hidden_size']}, {LLAMA['num_hidden_layers']} layers, "
              f"{LLAMA['num_attention_heads']} heads, {LLAMA['num_key_value_heads']} "
              f"key/value heads, vocabulary {LLAMA['vocab_size']}")
@@ -296,7 +297,8 @@ def _model_lines(results):
              "calls (where a range includes 1×, the difference may be noise). Speedup "
              "vs sdpa is sdpa's median over the implementation's. Peak MiB is that of "
              "the first full-size call (the weights are not counted; torch's "
-             "allocations are seen by the RSS only).", ""]
+             "allocations are seen by the RSS only)."
+             + (f" Instruction-set levels: {levels}." if levels else ""), ""]
     for workload, points in groups:
         lines += [f"### {MODEL_TITLES[workload].format(decoded=DECODED)}", ""]
         lines += _model_table(points)

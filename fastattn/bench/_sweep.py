@@ -137,7 +137,7 @@ class SweepConfig:
         return "float32" if self.dtype in HALF_DTYPES else self.dtype
 
     def variants(self, backend):
-        """``(backend, isa level or None)`` of each series ``backend`` gets (see ``isa_levels``)."""
+        """``(backend, level or None)`` of each series ``backend`` gets (see ``isa_levels``)."""
         if backend == "cython" and self.isa_levels:
             return [(backend, level) for level in self.isa_levels]
         return [(backend, None)]
