@@ -105,7 +105,8 @@ FA_INLINE uint32_t fa_bf16_pair(const uint16_t *pair)
     return word;
 }
 
-/* acc[a][v] += words[a] . x[v] (lane-wise pairs) for mr words and nv vectors. */
+/* acc[a][v] += word_a . x[v] (lane-wise pairs) for a < mr and v < nv, where word_of
+ * is an expression in a: the pair word of key (or value column) a. */
 #define FA_BF16_STEP(mr, nv, acc, x, word_of)                                               \
     for (int a = 0; a < (mr); a++) {                                                         \
         __m512bh w = fa_bf16_word(word_of);                                                  \
