@@ -53,10 +53,11 @@ def attention_backward(dout, q, k, v, out, lse, mask=None, *, causal=False, wind
     -------
     dq, dk, dv : ndarray
         Shaped and typed like ``q``, ``k`` and ``v`` (float16 and bfloat16 are
-        computed in float32 and rounded once).  Where ``k``/``v`` were broadcast over batch axes, their gradients
-        are summed over those axes; with grouped-query attention, each kv head's
-        gradient sums over its query heads.  A row whose keys are all masked
-        contributes nothing: its ``dq`` is zero.
+        computed in float32 and rounded once).  Where ``k``/``v`` were broadcast
+        over batch axes, their gradients are summed over those axes; with
+        grouped-query attention, each kv head's gradient sums over its query
+        heads.  A row whose keys are all masked contributes nothing: its ``dq``
+        is zero.
 
     Notes
     -----

@@ -5,8 +5,9 @@ leading batch axes are merged into one without copying, and where NumPy cannot
 express that as a view (some broadcast patterns), the outer axes are looped here.
 The kernel writes the caller's ``out=`` array itself when its dtype is the storage
 dtype (the result's).  Half inputs reach the kernel in their own dtype; ``lse`` and the
-split-KV partials are in the compute dtype (float32 for them).  Long calls run their tasks in rounds (see :func:`fastattn._plan.rounds`) so
-that Ctrl-C interrupts them within a fraction of a second.
+split-KV partials are in the compute dtype (float32 for them).  Long calls run their
+tasks in rounds (see :func:`fastattn._plan.rounds`) so that Ctrl-C interrupts them
+within a fraction of a second.
 """
 
 import dataclasses

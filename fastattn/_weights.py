@@ -65,10 +65,11 @@ def attention_weights(q, k, mask=None, *, causal=False, window=None, scale=None,
     Returns
     -------
     weights : ndarray, shape (..., len(heads), len(rows), len(cols))
-        In the compute dtype: float32 for float16 (and float32) inputs, float64
-        for float64.  Each full row sums to 1; masked entries are exactly 0 and a
-        row whose keys are all masked is all 0.  With 2-D ``q`` and ``k`` and
-        ``heads=None`` the head axis is dropped: ``(len(rows), len(cols))``.
+        In the compute dtype: float32 for float16, bfloat16 (and float32)
+        inputs, float64 for float64.  Each full row sums to 1; masked entries
+        are exactly 0 and a row whose keys are all masked is all 0.  With 2-D
+        ``q`` and ``k`` and ``heads=None`` the head axis is dropped:
+        ``(len(rows), len(cols))``.
 
     Examples
     --------

@@ -202,7 +202,7 @@ def _rows_converted(x, at, b, head, j0, n_k, width, scratch):
 
 @njit(**JIT)
 def _packed_rows(x, at, start, n_k, scratch):
-    """``n_k`` rows from flat index ``start`` on (row stride ``at[3]``), packed into ``scratch``."""
+    """``n_k`` rows from flat index ``start`` on (row stride ``at[3]``), packed in ``scratch``."""
     tile = scratch[:n_k]
     for j in range(n_k):
         read_row(x, start + j * at[3], tile[j])
