@@ -453,3 +453,34 @@ def test_fastattn_torch_bfloat16_without_ml_dtypes(monkeypatch):
     q = torch.randn(1, 2, 4, 8).bfloat16()
     with pytest.raises(ModuleNotFoundError, match=r"ml_dtypes.*pip install.*\.float\(\)"):
         fastattn.torch.scaled_dot_product_attention(q, q, q)
+
+
+@pytest.mark.parametrize("dtype", HALVES)
+def test_hf_llama_in_half_precision_as_close_as_sdpa(dtype):
+    """A tiny Llama in half precision: fastattn's logits are as close to the float32 model's
+    as those of transformers' "sdpa" in the same dtype (padding on the left)."""
+    transformers = pytest.importorskip("transformers")
+    import fastattn.hf
+
+    name = fastattn.hf.register()
+    config = transformers.LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        initializer_range=0.2, pad_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    ids = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+    padding = torch.ones_like(ids)
+    padding[1, :4] = 0
+
+    def logits(implementation):
+        model.set_attn_implementation(implementation)
+        with torch.no_grad():
+            return model(ids, attention_mask=padding).logits.double()[padding.bool()]
+
+    model.to(TORCH_DTYPE[dtype])
+    ours, theirs = logits(name), logits("sdpa")
+    model.float()  # the same (half) weights, exactly
+    expected = logits("sdpa")
+    ours_error, their_error = ((x - expected).abs().max().item() for x in (ours, theirs))
+    assert ours_error <= 2 * their_error + 1e-3, (ours_error, their_error)
