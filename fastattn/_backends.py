@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._config import BACKEND_NAMES
-from ._isa import IsaError
+from ._isa import IsaError, select_at_import
 from ._naive import naive_attention
 from ._tiled import run_tiled
 
@@ -74,6 +74,7 @@ def _load(name):
             from ._numba import run_kernel
         else:
             from ._cython import run_kernel
+            select_at_import()  # the best instruction-set level, or FASTATTN_ISA's
     except IsaError as error:
         return Backend(name, False, str(error), misconfigured=True)
     except ImportError as error:

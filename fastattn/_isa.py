@@ -1,11 +1,12 @@
 """Which instruction-set level the Cython tile kernels run at.
 
 One build carries the C tile kernels compiled for every level of :data:`LEVELS` that
-its compiler supports (see setup.py); at import the best one the CPU supports is
-chosen, or the one the environment variable ``FASTATTN_ISA`` names (a lower level, for
-comparison or to work around a CPU problem; a level this build or CPU cannot run is an
-error).  The two Cython extensions (forward and backward) each hold a selection: the
-functions here keep them together.
+its compiler supports (see setup.py).  When the backend registry loads the Cython
+backend (:func:`select_at_import`), the best level the CPU supports is chosen, or the
+one the environment variable ``FASTATTN_ISA`` names (a lower level, for comparison or
+to work around a CPU problem; a level this build or CPU cannot run is an error).  The
+two Cython extensions (forward and backward) each hold a selection: the functions here
+keep them together.  This module imports the extensions; they never import it.
 """
 
 import contextlib
@@ -57,10 +58,12 @@ def supported_levels(extensions=None):
 
 def active_level():
     """The level the Cython kernels run at now, or None where they are unavailable."""
-    extensions = _extensions()
-    if not extensions or not _selected:
+    try:
+        select_at_import()
+    except IsaError:
         return None
-    return LEVELS[extensions[0].active_level()]
+    extensions = _extensions()
+    return LEVELS[extensions[0].active_level()] if extensions else None
 
 
 def select(name, extensions=None):
@@ -105,17 +108,20 @@ def forced_level():
     return os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
 
 
-def select_at_import(extensions):
-    """Select ``FASTATTN_ISA``'s level, or the best supported one (called by fastattn._cython).
+def select_at_import():
+    """Once per process: select ``FASTATTN_ISA``'s level, or the best supported one.
 
-    Raises IsaError (an ImportError: the backend is then unavailable, with the reason)
-    where ``FASTATTN_ISA`` names a level that cannot run here.
+    Called by the backend registry when it loads the Cython backend.  Raises IsaError
+    (an ImportError: the backend is then unavailable, with the reason) where
+    ``FASTATTN_ISA`` names a level that cannot run here.
     """
     global _selected
-    supported = supported_levels(extensions)
+    extensions = _extensions()
+    if _selected or not extensions:
+        return
     forced = forced_level()
     try:
-        select(forced or supported[-1], extensions)
+        select(forced or supported_levels(extensions)[-1], extensions)
     except ValueError as error:
         raise IsaError(f"{ENVIRONMENT_VARIABLE}={forced}: {error}") from None
     _selected = True

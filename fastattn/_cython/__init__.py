@@ -3,11 +3,11 @@
 Each extension carries the kernel contract's constants compiled in (``_contract.pxi``);
 an extension that disagrees with :mod:`fastattn._contract` (a stale build) is refused
 at import by :func:`check_contract`, which marks the backend unavailable with the reason.
-Importing also selects the instruction-set level of the tile kernels
-(:mod:`fastattn._isa`): the best the CPU supports, or ``FASTATTN_ISA``'s.
+The instruction-set level of the tile kernels is selected by :mod:`fastattn._isa`
+when the backend registry loads this package.
 """
 
-from .. import _contract, _isa
+from .. import _contract
 
 
 def check_contract(compiled, module):
@@ -23,4 +23,4 @@ from . import _backward, _kernel  # noqa: E402  (ImportError: unavailable)
 from ._kernel import COMPILED_CONSTANTS, run_kernel  # noqa: E402,F401
 
 check_contract(COMPILED_CONSTANTS, "fastattn._cython._kernel")
-_isa.select_at_import((_kernel, _backward))
+check_contract(_backward.COMPILED_CONSTANTS, "fastattn._cython._backward")

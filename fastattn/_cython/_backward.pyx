@@ -29,8 +29,6 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uintptr_t
 
-from fastattn._cython import check_contract
-
 cnp.import_array()
 
 __all__ = ["run_backward_kernel"]
@@ -101,8 +99,6 @@ cdef extern from "_kernels.h" nogil:
 
 include "_contract.pxi"
 include "_isa.pxi"
-
-check_contract(COMPILED_CONSTANTS, __name__)
 
 cdef enum:
     N_ROW_POINTERS = 5  # per row of a query block: q, dO, S, dS and dq rows
