@@ -66,6 +66,16 @@ cdef extern from "_kernels.h" nogil:
                                      double *acct)
     bint fa_rows_finite_f32(Py_ssize_t n, Py_ssize_t width, const char *rows, Py_ssize_t stride)
     bint fa_rows_finite_f64(Py_ssize_t n, Py_ssize_t width, const char *rows, Py_ssize_t stride)
+    # bfloat16 products (vdpbf16ps), where the active level has them (fa_bf16_products()):
+    # queries as bf16 pairs qtb[(d / 2) * 2 * rp + 2 * r + d % 2], keys and values in place.
+    void fa_scores_t_bf16(Py_ssize_t n_k, Py_ssize_t dim, const char *keys,
+                          Py_ssize_t key_stride, const uint16_t *qtb, Py_ssize_t rows,
+                          Py_ssize_t rp, float scale, float *st)
+    void fa_accumulate_t_bf16(Py_ssize_t n_k, Py_ssize_t value_dim, const char *values,
+                              Py_ssize_t value_stride, const float *st, Py_ssize_t rows,
+                              Py_ssize_t rp, float *acct, uint16_t *scratch)
+    bint fa_rows_finite_bf16(Py_ssize_t n, Py_ssize_t width, const char *rows,
+                             Py_ssize_t stride)
     # Half precision: rows of bfloat16 / float16 converted to float32 (pitch in floats).
     void fa_rows_to_f32_bf16(Py_ssize_t n, Py_ssize_t width, const char *rows,
                              Py_ssize_t stride, float *dst, Py_ssize_t pitch)
@@ -87,6 +97,8 @@ cdef enum:
     STORE_NATIVE = 0
     STORE_F16 = 1
     STORE_BF16 = 2
+    # bfloat16 with the active level's vdpbf16ps products: no conversion of k and v
+    STORE_BF16_PRODUCTS = 3
 
 
 cdef struct Problem:
@@ -164,7 +176,7 @@ cdef int _storage(dtype) except -1:
     if dtype == np.float16:
         return STORE_F16
     if dtype.name == "bfloat16" and dtype.itemsize == 2:  # ml_dtypes.bfloat16
-        return STORE_BF16
+        return STORE_BF16_PRODUCTS if fa_bf16_products() else STORE_BF16
     raise TypeError(f"the Cython kernel reads float16, bfloat16, float32 or float64, not {dtype}")
 
 
@@ -207,8 +219,9 @@ cdef Problem _describe(call, int storage):
     p.at_alpha = p.at_shift + p.rp
     p.at_kv = p.at_alpha + _padded(p.rp, align)
     p.tile_size = p.at_kv
-    if storage != STORE_NATIVE:
-        p.tile_size += _padded(p.block_k * max(p.head_dim, p.value_dim), align)
+    if storage != STORE_NATIVE:  # a converted block, or the bf16 products' pairs of P and V
+        p.tile_size += _padded(max(p.block_k * max(p.head_dim, p.value_dim),
+                                   (p.block_k + 1) // 2 * (p.rp + p.value_dim)), align)
     return p
 
 
@@ -272,10 +285,14 @@ cdef void _visit_block(const Problem *p, int64_t b, int64_t kv_head, int64_t q0,
     cdef Py_ssize_t key_stride = p.k.stride[2], value_stride = p.v.stride[2]
     cdef const char *values
     cdef bint limited
-    if p.storage != STORE_NATIVE:
-        keys = _as_float(p, n_k, p.head_dim, keys, key_stride, tile)
-        key_stride = p.head_dim * sizeof(float)
-    _scores(n_k, p.head_dim, keys, key_stride, tile, rows, rp, st)
+    if p.storage == STORE_BF16_PRODUCTS:
+        fa_scores_t_bf16(n_k, p.head_dim, keys, key_stride, <uint16_t *> tile, rows, rp,
+                         <float> p.scale, <float *> st)
+    else:
+        if p.storage != STORE_NATIVE:
+            keys = _as_float(p, n_k, p.head_dim, keys, key_stride, tile)
+            key_stride = p.head_dim * sizeof(float)
+        _scores(n_k, p.head_dim, keys, key_stride, tile, rows, rp, st)
     limited = _apply_limits(p, st, b, kv_head * p.group, q0, n_q, j0, n_k, rp)
     if _softmax(st, n_k, rp, tile + p.at_m, state, tile + p.at_shift, tile + p.at_alpha,
                 state + rp):
@@ -283,6 +300,11 @@ cdef void _visit_block(const Problem *p, int64_t b, int64_t kv_head, int64_t q0,
     if p.value_dim == 0:  # lse-only
         return
     values = _row_ptr(&p.v, b, kv_head, j0)
+    if p.storage == STORE_BF16_PRODUCTS and (
+            not limited or fa_rows_finite_bf16(n_k, p.value_dim, values, value_stride)):
+        fa_accumulate_t_bf16(n_k, p.value_dim, values, value_stride, <float *> st, rows, rp,
+                             <float *> acct, <uint16_t *> (tile + p.at_kv))
+        return
     if p.storage != STORE_NATIVE:
         values = _as_float(p, n_k, p.value_dim, values, value_stride, tile)
         value_stride = p.value_dim * sizeof(float)
@@ -296,7 +318,7 @@ cdef const char *_as_float(const Problem *p, Py_ssize_t n, Py_ssize_t width, con
                            Py_ssize_t stride, real *tile) noexcept nogil:
     """``n`` half-precision rows converted into the tile's float32 block (returned)."""
     cdef float *block = <float *> (tile + p.at_kv)
-    if p.storage == STORE_BF16:
+    if p.storage == STORE_BF16 or p.storage == STORE_BF16_PRODUCTS:
         fa_rows_to_f32_bf16(n, width, rows, stride, block, width)
     else:
         fa_rows_to_f32_f16(n, width, rows, stride, block, width)
@@ -372,6 +394,9 @@ cdef void _pack_queries(const Problem *p, int64_t b, int64_t head0, int64_t q0,
     cdef Py_ssize_t rows = p.group * n_q
     cdef real factor = <real> p.scale
     cdef char *src
+    if p.storage == STORE_BF16_PRODUCTS:
+        _pack_query_pairs(p, b, head0, q0, n_q, rp, <uint16_t *> qt)
+        return
     for h in range(p.group):
         for i in range(n_q):
             src = _row_ptr(&p.q, b, head0 + h, q0 + i)
@@ -388,6 +413,23 @@ cdef void _pack_queries(const Problem *p, int64_t b, int64_t head0, int64_t q0,
     for d in range(dim):
         for r in range(rows, rp):
             qt[d * rp + r] = 0
+
+
+cdef void _pack_query_pairs(const Problem *p, int64_t b, int64_t head0, int64_t q0,
+                            Py_ssize_t n_q, Py_ssize_t rp, uint16_t *qtb) noexcept nogil:
+    """The group's bfloat16 query rows, unscaled, as pairs of dimensions (fa_scores_t_bf16):
+    element ``(d, r)`` at ``qtb[(d // 2) * 2 * rp + 2 * r + d % 2]``; padding is zero."""
+    cdef Py_ssize_t h, i, d, r, step = p.q.stride[3]
+    cdef Py_ssize_t pairs = (p.head_dim + 1) // 2
+    cdef char *src
+    for d in range(pairs * 2 * rp):
+        qtb[d] = 0
+    for h in range(p.group):
+        for i in range(n_q):
+            src = _row_ptr(&p.q, b, head0 + h, q0 + i)
+            r = h * n_q + i
+            for d in range(p.head_dim):
+                qtb[(d // 2) * 2 * rp + 2 * r + d % 2] = (<uint16_t *> (src + d * step))[0]
 
 
 cdef bint _apply_limits(const Problem *p, real *st, int64_t b, int64_t head0, int64_t q0,
@@ -493,5 +535,5 @@ cdef inline void _write_row(Py_ssize_t value_dim, const real *acct, Py_ssize_t r
         return
     for d in range(value_dim):
         x = <float> (acct[d * rp] * inv)
-        (<uint16_t *> (dst + d * step))[0] = (fa_f32_to_bf16(x) if storage == STORE_BF16
-                                              else fa_f32_to_f16(x))
+        (<uint16_t *> (dst + d * step))[0] = (fa_f32_to_f16(x) if storage == STORE_F16
+                                              else fa_f32_to_bf16(x))
