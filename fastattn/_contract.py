@@ -30,11 +30,16 @@ MASK_NONE, MASK_KEEP, MASK_ADD = 0, 1, 2
 compute dtype (a ``-inf`` entry masks the key out even where the score is NaN)."""
 
 (TASK_BATCH, TASK_KV_HEAD, TASK_Q_START, TASK_Q_STOP, TASK_K_START, TASK_K_STOP,
- TASK_PART) = range(7)
-TASK_COLUMNS = 7
+ TASK_PART, TASK_KV_BATCH, TASK_BAND_SHIFT) = range(9)
+TASK_COLUMNS = 9
 """A task: query rows ``q_start:q_stop`` of every query head of kv head ``kv_head`` in
-batch ``batch``, over keys ``k_start:k_stop``; ``part`` is -1 (write ``out``/``lse``)
-or the split-KV slot that receives the partial result."""
+batch ``batch`` (of q, ``out`` and ``lse``), over keys ``k_start:k_stop`` of batch
+``kv_batch`` (of k, v and the mask); ``part`` is -1 (write ``out``/``lse``) or the
+split-KV slot that receives the partial result.  The task's (query ``i``, key ``j``)
+pairs are tested against the plan's band moved by ``band_shift``: ``lo + band_shift <=
+j - i <= hi + band_shift``.  A plain call has ``kv_batch == batch`` and ``band_shift ==
+0``; packed variable-length sequences (each at its own offsets, with its own causal
+alignment) and a paged KV cache (a page per kv batch) use the two."""
 
 MERGE_BATCH, MERGE_KV_HEAD, MERGE_Q_START, MERGE_Q_STOP, MERGE_FIRST_PART, MERGE_N_PARTS = range(6)
 MERGE_COLUMNS = 6
@@ -147,7 +152,9 @@ class KernelCall:
     in place and compute in float32; ``lse``, an additive mask and the partials are
     always in the compute dtype (float32 for half storage).  ``mask`` is a
     ``(B, Hq, Lq, Lk)`` view of any strides (zero strides included) of the kind
-    ``mask_kind``.  In lse-only mode ``v`` and ``out`` are None and only ``lse`` is
+    ``mask_kind``.  A task reads ``q``, ``out`` and ``lse`` at its ``TASK_BATCH``, ``k``,
+    ``v`` and ``mask`` at its ``TASK_KV_BATCH`` (so their batch sizes may differ), and
+    tests the band moved by its ``TASK_BAND_SHIFT``.  In lse-only mode ``v`` and ``out`` are None and only ``lse`` is
     written.  ``part_out (n_parts, max_rows, Dv)`` and ``part_lse (n_parts, max_rows)``
     receive split-KV partials; :func:`fastattn._merge.merge_split_parts` folds them in.
     A kernel reads nothing else, validates nothing, and never reads configuration.

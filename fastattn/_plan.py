@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ._contract import (MERGE_COLUMNS, TASK_BATCH, TASK_COLUMNS, TASK_K_START, TASK_K_STOP,
-                        TASK_KV_HEAD, TASK_PART, TASK_Q_START, TASK_Q_STOP, Band)
+from ._contract import (MERGE_COLUMNS, TASK_BAND_SHIFT, TASK_BATCH, TASK_COLUMNS,
+                        TASK_K_START, TASK_K_STOP, TASK_KV_BATCH, TASK_KV_HEAD, TASK_PART,
+                        TASK_Q_START, TASK_Q_STOP, Band)
 
 TARGET_ROWS = 128
 """Query rows per task (all heads of a group together) when the caller sets no block."""
@@ -84,14 +85,31 @@ def make_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=None, blo
     Plans are cached (a decoding loop or a model's layers ask for the same shapes over
     and over); their arrays are read-only, so a cached plan cannot change.
     """
+    block_q, block_k = block_sizes(group, lq, lk, block_q, block_k)
+    rows = _row_tasks(batch, kv_heads, lq, lk, block_q, band)
+    return plan_of_tasks(rows, group, band, block_q, block_k, n_threads)
+
+
+def block_sizes(group, lq, lk, block_q=None, block_k=None):
+    """``(block_q, block_k)`` of a problem whose longest query and key ranges are ``lq``, ``lk``
+    (the caller's blocks, or the automatic ones), clipped to the problem."""
     block_q = block_q or max(1, TARGET_ROWS // max(group, 1))
     block_q = max(1, min(block_q, lq))
     if block_k is None:
         block_k = min(max(TILE_SCORES // max(group * block_q, 1), BLOCK_K_RANGE[0]),
                       BLOCK_K_RANGE[1])
-    block_k = max(1, min(block_k, max(lk, 1)))
-    rows = _row_tasks(batch, kv_heads, lq, lk, block_q, band)
-    tasks, merges, n_parts = _split_long_rows(rows)
+    return block_q, max(1, min(block_k, max(lk, 1)))
+
+
+def plan_of_tasks(rows, group, band, block_q, block_k, n_threads, parts=None):
+    """The :class:`TilingPlan` that runs the tasks ``rows`` (``TASK_*`` columns).
+
+    ``parts`` is ``(merges, n_parts)`` for tasks that already write split-KV slots;
+    without it, the tasks write their rows and long key ranges of too few tasks are
+    split (split-KV).  The tasks are cut into contiguous runs of about equal cost, one
+    per worker.  ``block_q`` bounds every task's rows; the plan's arrays are read-only.
+    """
+    tasks, merges, n_parts = _split_long_rows(rows) if parts is None else (rows, *parts)
     costs = group * (tasks[:, TASK_Q_STOP] - tasks[:, TASK_Q_START]) * (
         tasks[:, TASK_K_STOP] - tasks[:, TASK_K_START]) + block_k
     worker_starts = balanced_starts(costs, n_threads)
@@ -120,6 +138,8 @@ def _row_tasks(batch, kv_heads, lq, lk, block_q, band):
     tasks[:, TASK_KV_HEAD] = h.ravel()
     tasks[:, TASK_Q_START:TASK_K_STOP + 1] = per_block[blk.ravel()]
     tasks[:, TASK_PART] = -1
+    tasks[:, TASK_KV_BATCH] = tasks[:, TASK_BATCH]
+    tasks[:, TASK_BAND_SHIFT] = 0
     return tasks
 
 

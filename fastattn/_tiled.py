@@ -58,18 +58,18 @@ def _run_batch(run_kernel, problem, views, n_threads, block_q, block_k):
     value_dim = 0 if out is None else out.shape[3]
     call = KernelCall(q=q, k=k, v=views.get("v"), mask=views.get("mask"),
                       mask_kind=problem.mask_kind, scale=problem.scale, plan=plan, out=out,
-                      lse=lse, **_part_buffers(plan, value_dim, lse.dtype))
-    _execute(run_kernel, call)
+                      lse=lse, **part_buffers(plan, value_dim, lse.dtype))
+    execute_call(run_kernel, call)
 
 
-def _part_buffers(plan, value_dim, dtype):
+def part_buffers(plan, value_dim, dtype):
     """The split-KV slots of ``plan`` in the compute ``dtype``, zeroed: the merge reads every
     row of a slot."""
     return dict(part_out=np.zeros((plan.n_parts, plan.max_rows, value_dim), dtype),
                 part_lse=np.zeros((plan.n_parts, plan.max_rows), dtype))
 
 
-def _execute(run_kernel, call):
+def execute_call(run_kernel, call):
     """Run ``call``, in rounds when it is long, and fold its split-KV parts into its outputs.
 
     Python runs between rounds, so a pending Ctrl-C is raised there.
@@ -115,7 +115,7 @@ class RepeatedRun:
         self.compute_dtype = problem.compute_dtype
         plan = make_plan(*self.plan_arguments)
         empty = dataclasses.replace(plan, n_parts=0)
-        self.no_parts = _part_buffers(empty, self.out_shape[3], problem.compute_dtype)
+        self.no_parts = part_buffers(empty, self.out_shape[3], problem.compute_dtype)
 
     @staticmethod
     def applies(problem):
@@ -128,9 +128,9 @@ class RepeatedRun:
         plan = make_plan(*self.plan_arguments)  # cached: a dictionary look-up
         out = np.empty(self.out_shape, q.dtype)  # the storage dtype
         lse = np.empty(self.out_shape[:3], self.compute_dtype)
-        parts = (_part_buffers(plan, self.out_shape[3], self.compute_dtype) if plan.n_parts
+        parts = (part_buffers(plan, self.out_shape[3], self.compute_dtype) if plan.n_parts
                  else self.no_parts)  # empty: never written, shared
-        _execute(self.run_kernel, KernelCall(q, k, v, None, MASK_NONE, self.scale, plan, out,
+        execute_call(self.run_kernel, KernelCall(q, k, v, None, MASK_NONE, self.scale, plan, out,
                                              lse, **parts))
         return out, lse
 

@@ -249,8 +249,12 @@ cdef void _run_worker(const Problem *p, const int64_t *tasks, const int64_t *sta
 cdef void _run_task(const Problem *p, const int64_t *task, real *tile,
                     double *state) noexcept nogil:
     cdef int64_t b = task[TASK_BATCH], kv_head = task[TASK_KV_HEAD]
+    cdef int64_t kv_b = task[TASK_KV_BATCH]  # k, v and the mask: a page, a packed batch...
     cdef int64_t q0 = task[TASK_Q_START], q1 = task[TASK_Q_STOP]
     cdef int64_t j0 = task[TASK_K_START], k1 = task[TASK_K_STOP], part = task[TASK_PART]
+    # the band of this task's (query, key) pairs: a packed sequence's own alignment
+    cdef int64_t band_lo = p.band_lo + task[TASK_BAND_SHIFT]
+    cdef int64_t band_hi = p.band_hi + task[TASK_BAND_SHIFT]
     cdef Py_ssize_t n_q = q1 - q0, n_k, r
     cdef Py_ssize_t rp = _padded(p.group * n_q, FA_ROW_PAD)  # this task's row pitch
     cdef real *m = tile + p.at_m
@@ -264,16 +268,19 @@ cdef void _run_task(const Problem *p, const int64_t *task, real *tile,
     while j0 < k1:
         n_k = min(p.block_k, k1 - j0)
         if p.mask_kind != MASK_KEEP or _mask_keeps_any(
-                &p.mask, p.group, p.band_lo, p.band_hi, b, kv_head * p.group, q0, n_q, j0, n_k):
-            _visit_block(p, b, kv_head, q0, n_q, j0, n_k, rp, tile, state)
+                &p.mask, p.group, band_lo, band_hi, kv_b, kv_head * p.group, q0, n_q, j0, n_k):
+            _visit_block(p, kv_b, kv_head, q0, n_q, j0, n_k, band_lo, band_hi, rp, tile, state)
         j0 += n_k
     _write_rows(p, tile + p.at_acc, m, state, b, kv_head * p.group, q0, n_q, rp, part)
 
 
 cdef void _visit_block(const Problem *p, int64_t b, int64_t kv_head, int64_t q0,
-                       Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k, Py_ssize_t rp, real *tile,
+                       Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k, int64_t band_lo,
+                       int64_t band_hi, Py_ssize_t rp, real *tile,
                        double *state) noexcept nogil:
     """One kv block: scores, limits, online-softmax update, ``acc += P @ V``.
+
+    ``b`` is the task's kv batch (of k, v and the mask); ``band_lo``, ``band_hi`` its band.
 
     Where something was masked in the block and a value is not finite, the product
     skips zero weights: a masked key contributes exactly nothing (0 * NaN is NaN).
@@ -293,7 +300,8 @@ cdef void _visit_block(const Problem *p, int64_t b, int64_t kv_head, int64_t q0,
             keys = _as_float(p, n_k, p.head_dim, keys, key_stride, tile)
             key_stride = p.head_dim * sizeof(float)
         _scores(n_k, p.head_dim, keys, key_stride, tile, rows, rp, st)
-    limited = _apply_limits(p, st, b, kv_head * p.group, q0, n_q, j0, n_k, rp)
+    limited = _apply_limits(p, st, b, kv_head * p.group, q0, n_q, j0, n_k, band_lo, band_hi,
+                            rp)
     if _softmax(st, n_k, rp, tile + p.at_m, state, tile + p.at_shift, tile + p.at_alpha,
                 state + rp):
         _rescale(acct, p.value_dim, rp, tile + p.at_alpha)
@@ -433,24 +441,25 @@ cdef void _pack_query_pairs(const Problem *p, int64_t b, int64_t head0, int64_t 
 
 
 cdef bint _apply_limits(const Problem *p, real *st, int64_t b, int64_t head0, int64_t q0,
-                        Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k,
-                        Py_ssize_t rp) noexcept nogil:
+                        Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k, int64_t band_lo,
+                        int64_t band_hi, Py_ssize_t rp) noexcept nogil:
     """Set scores outside the band or the mask to -inf; add an additive mask.
 
     ``st`` is transposed: the score of row ``r`` and key ``j0 + j`` is ``st[j * rp + r]``.
     Returns whether anything may have been masked (False: inside the band, no mask).
     """
-    cdef bint inside_band = (j0 >= q0 + n_q - 1 + p.band_lo
-                             and j0 + n_k - 1 <= q0 + p.band_hi)
+    cdef bint inside_band = (j0 >= q0 + n_q - 1 + band_lo
+                             and j0 + n_k - 1 <= q0 + band_hi)
     if p.mask_kind != MASK_NONE:
         _apply_mask(p, st, b, head0, q0, n_q, j0, n_k, rp)
     if not inside_band:
-        _apply_band(p, st, q0, n_q, j0, n_k, rp)
+        _apply_band(p, st, q0, n_q, j0, n_k, band_lo, band_hi, rp)
     return p.mask_kind != MASK_NONE or not inside_band
 
 
 cdef void _apply_band(const Problem *p, real *st, int64_t q0, Py_ssize_t n_q, int64_t j0,
-                      Py_ssize_t n_k, Py_ssize_t rp) noexcept nogil:
+                      Py_ssize_t n_k, int64_t band_lo, int64_t band_hi,
+                      Py_ssize_t rp) noexcept nogil:
     """-inf where key ``j0 + j`` is outside the band of query ``q0 + i`` (for every head).
 
     Query ``i`` sees key ``jj`` iff ``jj - band_hi <= i <= jj - band_lo``: for each key
@@ -459,8 +468,8 @@ cdef void _apply_band(const Problem *p, real *st, int64_t q0, Py_ssize_t n_q, in
     cdef Py_ssize_t j, h, i, seen_lo, seen_hi
     cdef real *col
     for j in range(n_k):
-        seen_lo = min(max(j0 + j - p.band_hi - q0, 0), n_q)
-        seen_hi = min(max(j0 + j - p.band_lo - q0 + 1, seen_lo), n_q)  # rows [lo, hi)
+        seen_lo = min(max(j0 + j - band_hi - q0, 0), n_q)
+        seen_hi = min(max(j0 + j - band_lo - q0 + 1, seen_lo), n_q)  # rows [lo, hi)
         for h in range(p.group):
             col = st + j * rp + h * n_q
             for i in range(seen_lo):

@@ -27,9 +27,9 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
-from .._contract import (DECODE_ROWS, MASK_ADD, MASK_KEEP, MASK_NONE, TASK_BATCH,
-                         TASK_K_START, TASK_K_STOP, TASK_KV_HEAD, TASK_PART, TASK_Q_START,
-                         TASK_Q_STOP)
+from .._contract import (DECODE_ROWS, MASK_ADD, MASK_KEEP, MASK_NONE, TASK_BAND_SHIFT,
+                         TASK_BATCH, TASK_K_START, TASK_K_STOP, TASK_KV_BATCH, TASK_KV_HEAD,
+                         TASK_PART, TASK_Q_START, TASK_Q_STOP)
 from .halves import load, read_row, store
 from .rowops import JIT, exp_inplace
 
@@ -67,7 +67,10 @@ def _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, 
               q_scratch, k_scratch, v_scratch, s_scratch, pv_scratch, acc_scratch, stats,
               max_scratch, bits):
     b, kv_head, part = task[TASK_BATCH], task[TASK_KV_HEAD], task[TASK_PART]
+    kv_b = task[TASK_KV_BATCH]  # of k, v and the mask (a page of a paged cache, ...)
     q0, q1, k0, k1 = task[TASK_Q_START], task[TASK_Q_STOP], task[TASK_K_START], task[TASK_K_STOP]
+    # this task's band: the plan's, moved (a packed sequence keeps its own alignment)
+    band_lo, band_hi = band_lo + task[TASK_BAND_SHIFT], band_hi + task[TASK_BAND_SHIFT]
     n_q = q1 - q0
     rows = group * n_q
     head0 = kv_head * group
@@ -83,16 +86,16 @@ def _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, 
     for j0 in range(k0, k1, block_k):
         n_k = min(block_k, k1 - j0)
         if mask_kind == MASK_KEEP and not _block_has_keep(
-                mask, mask_at, b, head0, group, q0, n_q, j0, n_k, band_lo, band_hi):
+                mask, mask_at, kv_b, head0, group, q0, n_q, j0, n_k, band_lo, band_hi):
             continue
-        k_tile = _key_rows(k, k_at, b, kv_head, j0, n_k, head_dim, k_scratch)
+        k_tile = _key_rows(k, k_at, kv_b, kv_head, j0, n_k, head_dim, k_scratch)
         st = s_scratch[:n_k * rows].reshape(n_k, rows)
         _block_scores(k_tile, q_tile, st)
-        limited = _apply_limits(st, mask, mask_at, mask_kind, b, head0, group, q0, n_q, j0,
+        limited = _apply_limits(st, mask, mask_at, mask_kind, kv_b, head0, group, q0, n_q, j0,
                                 band_lo, band_hi)
         _softmax_block(st, running_max, running_sum, block_max, alpha, bits)
         if not lse_only:
-            v_tile = _key_rows(v, v_at, b, kv_head, j0, n_k, value_dim, v_scratch)
+            v_tile = _key_rows(v, v_at, kv_b, kv_head, j0, n_k, value_dim, v_scratch)
             if limited and not _all_finite(v_tile):
                 _accumulate_few_rows(st, v_tile, acc, alpha, skip_zero=True)
             else:
