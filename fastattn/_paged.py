@@ -1,0 +1,277 @@
+"""Decoding over a paged KV cache (vLLM / flash-attn's block tables) in one kernel call.
+
+The cache ``(num_blocks, block_size, Hk, D)`` is viewed as ``(num_blocks, Hk, block_size,
+D)`` (no copy): each block is one kv batch of the kernel contract.  A task is one
+(sequence, kv head, page): the sequence's query row against the page's visible slots,
+reading the page's block through ``TASK_KV_BATCH``; its ``TASK_BAND_SHIFT`` places the
+page's slots at their positions in the sequence, so a window is measured from the query
+(the sequence's last position).  Every page writes a split-KV slot, and the pages of a
+(sequence, kv head) are merged exactly (:mod:`fastattn._merge`); a sequence with a single
+visible page writes its rows directly.
+"""
+
+import numpy as np
+
+from ._backends import resolve
+from ._config import get_config, thread_budget
+from ._contract import (MERGE_COLUMNS, TASK_BAND_SHIFT, TASK_BATCH, TASK_COLUMNS,
+                        TASK_K_START, TASK_K_STOP, TASK_KV_BATCH, TASK_KV_HEAD, TASK_PART,
+                        TASK_Q_START, TASK_Q_STOP, Band)
+from ._plan import plan_of_tasks
+from ._validation import (as_array, check_flag, check_float_array, describe,
+                          normalise_scale, normalise_window)
+from ._varlen import check_index_array, run_plan, storage_and_compute
+
+
+def paged_attention(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, window=None,
+                    return_lse=False, backend=None):
+    """Decoding attention of one query token per sequence over a paged KV cache.
+
+    Query ``b`` attends the first ``seq_lens[b]`` tokens of its sequence, whose token
+    ``t`` is slot ``t % block_size`` of cache block ``block_table[b, t // block_size]``.
+    The query is the sequence's last position (as in KV-cache decoding: causal,
+    lower-right aligned).
+
+    Parameters
+    ----------
+    q : array_like, shape (B, Hq, D)
+        One query per sequence; dtypes as in :func:`fastattn.attention` (float16 and
+        bfloat16 included).
+    k_cache : array_like, shape (num_blocks, block_size, Hk, D)
+        Cached keys (flash-attn's paged layout); ``Hk`` divides ``Hq``.
+    v_cache : array_like, shape (num_blocks, block_size, Hk, Dv)
+    block_table : array_like of int32 or int64, shape (B, max_blocks)
+        The cache blocks of each sequence, in order.  The entries a sequence uses (its
+        first ``ceil(seq_lens[b] / block_size)``) must lie in ``[0, num_blocks)``;
+        the others are never read (padding such as -1 is fine).  Blocks may be shared.
+    seq_lens : array_like of int32 or int64, shape (B,)
+        Cached tokens per sequence, ``0 <= seq_lens[b] <= max_blocks * block_size``;
+        a sequence of length 0 gives zeros (lse -inf).
+    scale : float, optional
+        Default ``1 / sqrt(D)``.
+    window : tuple (left, right), optional
+        Sliding window measured from the query: it sees the tokens
+        ``seq_lens[b] - 1 - left .. seq_lens[b] - 1`` (``right`` reaches no token).
+    return_lse : bool, default False
+        Also return the natural log-sum-exp of each row.
+    backend : {"naive", "numba", "cython", "auto"}, optional
+        Default: the ``backend`` setting (see :func:`fastattn.config_context`).
+
+    Returns
+    -------
+    out : ndarray, shape (B, Hq, Dv), in ``np.result_type(q, k_cache, v_cache)``
+    lse : ndarray, shape (B, Hq)
+        Only with ``return_lse=True``; float32 for half inputs, else the result dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a wrong dtype, shape or value (a block id outside the cache, a length beyond
+        the table); the message names the argument.  Nothing outside the cache is read.
+
+    Examples
+    --------
+    >>> import numpy as np, fastattn
+    >>> rng = np.random.default_rng(0)
+    >>> k_cache, v_cache = rng.normal(size=(2, 6, 4, 1, 8))  # 6 blocks of 4 tokens
+    >>> q = rng.normal(size=(2, 2, 8))                      # 2 sequences, 2 heads
+    >>> table = np.array([[5, 1, 0], [2, 3, 0]], dtype=np.int32)
+    >>> lens = np.array([7, 4], dtype=np.int32)
+    >>> out = fastattn.paged_attention(q, k_cache, v_cache, table, lens)
+    >>> k0 = k_cache[[5, 1]].reshape(8, 1, 8)[:7].transpose(1, 0, 2)  # sequence 0's keys
+    >>> v0 = v_cache[[5, 1]].reshape(8, 1, 8)[:7].transpose(1, 0, 2)
+    >>> out.shape, bool(np.allclose(out[0], fastattn.attention(q[0][:, None], k0, v0)[:, 0]))
+    ((2, 2, 8), True)
+    """
+    call = _validate(q, k_cache, v_cache, block_table, seq_lens, window, scale)
+    return_lse = check_flag("return_lse", return_lse)
+    settings = get_config()
+    chosen = resolve(backend if backend is not None else settings["backend"])
+    if chosen.run_kernel is None:
+        out, lse = _naive_paged(call)
+    else:
+        out, lse = _tiled_paged(chosen.run_kernel, call, settings)
+    return (out, lse) if return_lse else out
+
+
+# ---------------------------------------------------------------- validation
+
+
+class _PagedCall:
+    """A checked call: arrays in the storage dtype, the table, the lengths, options."""
+
+    def __init__(self, q, k_cache, v_cache, table, lengths, window, scale, dtypes):
+        self.q, self.k_cache, self.v_cache = q, k_cache, v_cache
+        self.table, self.lengths = table, lengths
+        self.window, self.scale = window, scale
+        self.storage_dtype, self.compute_dtype = dtypes
+
+    @property
+    def block_size(self):
+        return self.k_cache.shape[1]
+
+    @property
+    def group(self):
+        return self.q.shape[1] // self.k_cache.shape[2]
+
+    @property
+    def used_pages(self):
+        """Pages of each sequence: ``ceil(seq_lens / block_size)``."""
+        return -(-self.lengths // self.block_size)
+
+
+def _validate(q, k_cache, v_cache, block_table, seq_lens, window, scale):
+    q, k_cache, v_cache = (as_array(name, x) for name, x in
+                           (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)))
+    _check_shapes(q, k_cache, v_cache)
+    table = check_index_array("block_table", block_table, 2, "block ids, shape (B, max_blocks)")
+    lengths = check_index_array("seq_lens", seq_lens, 1, "lengths, shape (B,)")
+    if table.shape[0] != q.shape[0] or lengths.shape[0] != q.shape[0]:
+        raise ValueError(f"q, block_table and seq_lens must have one batch size B: "
+                         f"{describe('q', q)}, {describe('block_table', table)}, "
+                         f"{describe('seq_lens', lengths)}")
+    lengths = lengths.astype(np.int64)
+    _check_lengths(lengths, table.shape[1], k_cache.shape[1])
+    _check_block_ids(table, lengths, k_cache.shape[:2])
+    dtypes = storage_and_compute(*(("q", q), ("k_cache", k_cache), ("v_cache", v_cache)))
+    return _PagedCall(*(x.astype(dtypes[0], copy=False) for x in (q, k_cache, v_cache)),
+                      table.astype(np.int64), lengths, normalise_window(window),
+                      normalise_scale(scale, q.shape[2], dtypes[1]), dtypes)
+
+
+def _check_shapes(q, k_cache, v_cache):
+    for name, x, ndim, axes in (("q", q, 3, "(B, Hq, D)"),
+                                ("k_cache", k_cache, 4, "(num_blocks, block_size, Hk, D)"),
+                                ("v_cache", v_cache, 4, "(num_blocks, block_size, Hk, Dv)")):
+        check_float_array(name, x)
+        if x.ndim != ndim:
+            raise ValueError(f"{describe(name, x)}: expected {ndim} dimensions {axes}")
+    if k_cache.shape[:3] != v_cache.shape[:3]:
+        raise ValueError(f"k_cache and v_cache must have the same (num_blocks, block_size, "
+                         f"Hk): {describe('k_cache', k_cache)}, {describe('v_cache', v_cache)}")
+    if q.shape[2] != k_cache.shape[3]:
+        raise ValueError(f"q and k_cache must have the same feature size D: "
+                         f"{describe('q', q)}, {describe('k_cache', k_cache)}")
+    if q.shape[2] == 0:
+        raise ValueError(f"{describe('q', q)}: the feature size D must be at least 1")
+    if k_cache.shape[1] == 0:
+        raise ValueError(f"{describe('k_cache', k_cache)}: the block size must be at least 1")
+    heads, kv_heads = q.shape[1], k_cache.shape[2]
+    if kv_heads == 0 or heads % kv_heads:
+        raise ValueError(f"the kv heads Hk={kv_heads} must divide the query heads "
+                         f"Hq={heads} (grouped-query attention): {describe('q', q)}, "
+                         f"{describe('k_cache', k_cache)}")
+
+
+def _check_lengths(lengths, max_blocks, block_size):
+    bad = np.flatnonzero((lengths < 0) | (lengths > max_blocks * block_size))
+    if len(bad):
+        b = int(bad[0])
+        raise ValueError(f"seq_lens[{b}] = {lengths[b]} is outside [0, {max_blocks * block_size}]"
+                         f" (block_table has {max_blocks} blocks of {block_size} tokens per "
+                         f"sequence)")
+
+
+def _check_block_ids(table, lengths, cache_shape):
+    """Every block id a sequence uses lies in the cache: nothing outside it is ever read."""
+    num_blocks, block_size = cache_shape
+    used = np.arange(table.shape[1])[None, :] < (-(-lengths // block_size))[:, None]
+    bad = np.argwhere(used & ((table < 0) | (table >= num_blocks)))
+    if len(bad):
+        b, p = (int(x) for x in bad[0])
+        raise ValueError(f"block_table[{b}, {p}] = {table[b, p]} is not a block of the cache "
+                         f"(num_blocks = {num_blocks}, from k_cache.shape[0]); sequence {b} "
+                         f"uses its first {-(-lengths[b] // block_size)} entries")
+
+
+# ---------------------------------------------------------------- running
+
+
+def _tiled_paged(run_kernel, call, settings):
+    batch, heads = call.q.shape[:2]
+    out = np.empty((batch, heads, call.v_cache.shape[3]), call.storage_dtype)
+    if batch * heads == 0:
+        return out, np.empty((batch, heads), call.compute_dtype)
+    band = Band.from_alignment(1, 1, "upper_left", call.window)  # the query: position 0
+    rows, merges, n_parts = page_tasks(call, band)
+    plan = plan_of_tasks(rows, call.group, band, 1, call.block_size,
+                         thread_budget(settings["num_threads"]), parts=(merges, n_parts))
+    lse = run_plan(run_kernel, plan, call.q[:, :, None], call.k_cache.transpose(0, 2, 1, 3),
+                   call.v_cache.transpose(0, 2, 1, 3), call.scale, out[:, :, None],
+                   call.compute_dtype)
+    return out, lse[..., 0]
+
+
+def page_tasks(call, band):
+    """Tasks ``(sequence, kv head, page)`` in that order, the merge table and the slots.
+
+    A page's task reads its visible slots ``k0:k1`` of its block; its band shift
+    ``seq_len - 1 - page * block_size`` makes ``j - i`` the key's position relative to
+    the query.  A sequence of length 0 gets one empty task (zeros, lse -inf).
+    """
+    size, lengths = call.block_size, call.lengths
+    first_seen = np.maximum(lengths - 1 + band.lo, 0)  # the window's first position
+    first_page = np.minimum(first_seen // size, call.used_pages)
+    n_pages = np.maximum(call.used_pages - first_page, 1)
+    seq = np.repeat(np.arange(len(lengths)), n_pages)
+    page = first_page[seq] + np.arange(len(seq)) - (np.cumsum(n_pages) - n_pages)[seq]
+    start = page * size
+    per_page = np.zeros((len(seq), TASK_COLUMNS), np.int64)
+    per_page[:, TASK_BATCH] = seq
+    per_page[:, TASK_Q_STOP] = 1
+    per_page[:, TASK_K_START] = np.clip(first_seen[seq] - start, 0, size)
+    per_page[:, TASK_K_STOP] = np.clip(lengths[seq] - start, per_page[:, TASK_K_START], size)
+    used = page < call.used_pages[seq]  # False only for the empty task of a length 0
+    safe_page = np.minimum(page, max(call.table.shape[1] - 1, 0))
+    per_page[used, TASK_KV_BATCH] = call.table[seq[used], safe_page[used]]
+    per_page[:, TASK_BAND_SHIFT] = np.where(used, lengths[seq] - 1 - start, 0)
+
+    kv_heads = call.k_cache.shape[2]
+    tasks = np.repeat(per_page[None], kv_heads, axis=0)
+    tasks[:, :, TASK_KV_HEAD] = np.arange(kv_heads)[:, None]
+    order = np.lexsort((np.tile(np.arange(len(seq)), kv_heads),  # last key sorts first
+                        np.repeat(np.arange(kv_heads), len(seq)), np.tile(seq, kv_heads)))
+    tasks = np.ascontiguousarray(tasks.reshape(-1, TASK_COLUMNS)[order])
+    return _with_parts(tasks, np.repeat(n_pages, kv_heads))
+
+
+def _with_parts(tasks, group_sizes):
+    """Give the tasks of every (sequence, kv head) of several pages consecutive slots.
+
+    ``group_sizes`` are the numbers of consecutive tasks of each (sequence, kv head).
+    Returns the tasks, the merge table and the number of slots.
+    """
+    split = group_sizes > 1
+    in_split = np.repeat(split, group_sizes)
+    tasks[:, TASK_PART] = np.where(in_split, np.cumsum(in_split) - 1, -1)
+    firsts = (np.cumsum(group_sizes) - group_sizes)[split]
+    merges = np.zeros((len(firsts), MERGE_COLUMNS), np.int64)
+    if len(firsts):
+        merges[:] = np.stack([tasks[firsts, TASK_BATCH], tasks[firsts, TASK_KV_HEAD],
+                              tasks[firsts, TASK_Q_START], tasks[firsts, TASK_Q_STOP],
+                              tasks[firsts, TASK_PART], group_sizes[split]], axis=1)
+    return tasks, merges, int(in_split.sum())
+
+
+# ---------------------------------------------------------------- naive
+
+
+def _naive_paged(call):
+    """Each sequence's gathered cache through the naive reference of :func:`attention`."""
+    from ._api import attention
+
+    batch, heads = call.q.shape[:2]
+    out = np.zeros((batch, heads, call.v_cache.shape[3]), call.storage_dtype)
+    lse = np.full((batch, heads), -np.inf, call.compute_dtype)
+    for b in range(batch):
+        length = int(call.lengths[b])
+        if length == 0:
+            continue
+        pages = call.table[b, :call.used_pages[b]]
+        k, v = (cache[pages].reshape((-1,) + cache.shape[2:])[:length].transpose(1, 0, 2)
+                for cache in (call.k_cache, call.v_cache))
+        rows, row_lse = attention(call.q[b][:, None], k, v, causal="lower_right",
+                                  window=call.window, scale=call.scale, return_lse=True,
+                                  backend="naive")
+        out[b], lse[b] = rows[:, 0], row_lse[:, 0]
+    return out, lse
