@@ -69,6 +69,9 @@ def active_level():
 def select(name, extensions=None):
     """Make ``name`` the level of both extensions; ValueError where it cannot run here."""
     extensions = _extensions() if extensions is None else extensions
+    if not extensions:
+        raise ValueError(f"instruction-set level {name!r}: the Cython backend is not "
+                         "available (see fastattn.show_config())")
     supported = supported_levels(extensions)
     if name not in supported:
         known = "" if name in LEVELS else f" (the levels are {', '.join(LEVELS)})"

@@ -44,6 +44,7 @@ def block_partial(call, q, k, v, mask):
     problem = dataclasses.replace(problem, band=call.band)
     settings = dict(call.settings)
     out, lse = resolve(settings["backend"], problem).run(problem, settings)
+    out = out.astype(problem.compute_dtype, copy=False)  # half outputs merge in float32
     rows = q.shape[-2]
     if (r0, r1) == (0, rows):
         return out, lse
