@@ -154,8 +154,8 @@ class KernelCall:
     ``(B, Hq, Lq, Lk)`` view of any strides (zero strides included) of the kind
     ``mask_kind``.  A task reads ``q``, ``out`` and ``lse`` at its ``TASK_BATCH``, ``k``,
     ``v`` and ``mask`` at its ``TASK_KV_BATCH`` (so their batch sizes may differ), and
-    tests the band moved by its ``TASK_BAND_SHIFT``.  In lse-only mode ``v`` and ``out`` are None and only ``lse`` is
-    written.  ``part_out (n_parts, max_rows, Dv)`` and ``part_lse (n_parts, max_rows)``
+    tests the band moved by its ``TASK_BAND_SHIFT``.  In lse-only mode ``v`` and ``out``
+    are None and only ``lse`` is written.  ``part_out (n_parts, max_rows, Dv)`` and ``part_lse (n_parts, max_rows)``
     receive split-KV partials; :func:`fastattn._merge.merge_split_parts` folds them in.
     A kernel reads nothing else, validates nothing, and never reads configuration.
     """
