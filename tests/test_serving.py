@@ -6,13 +6,22 @@ over each sequence's gathered cache.  Both run as one plan of tasks with the con
 ``TASK_KV_BATCH`` and ``TASK_BAND_SHIFT`` columns, so the plan's shapes are checked too.
 """
 
+import dataclasses
+import importlib
+
 import ml_dtypes
 import numpy as np
 import pytest
 
 import fastattn
 from fastattn import _paged, _varlen
-from fastattn._contract import TASK_KV_BATCH
+from fastattn._contract import (MASK_KEEP, TASK_BAND_SHIFT, TASK_BATCH, TASK_COLUMNS,
+                                TASK_K_START, TASK_K_STOP, TASK_KV_BATCH, TASK_KV_HEAD,
+                                TASK_PART, TASK_Q_START, TASK_Q_STOP, Band, KernelCall)
+from fastattn._merge import merge_split_parts
+from fastattn._naive import naive_attention
+from fastattn._plan import plan_of_tasks
+from fastattn._validation import validate
 from helpers import BACKENDS, COMPILED_BACKENDS
 from oracle import attention_oracle
 
@@ -63,6 +72,39 @@ def assert_matches(out, lse, ref_out, ref_lse, dtype):
     np.testing.assert_allclose(lse[finite].astype(np.float64), ref_lse[finite],
                                rtol=max(tol, 1e-6), atol=max(tol, 1e-6))
     np.testing.assert_allclose(out.astype(np.float64), ref_out, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", COMPILED_BACKENDS)
+def test_kernels_read_the_kv_batch_and_shift_the_band(rng, backend):
+    """A hand-made task table: query batch b reads k, v and the mask of batch ``KV[b]`` and
+    sees the band moved by ``SHIFT[b]``; the expected value is the naive reference of each
+    pair on its own."""
+    kv_of, shift_of, band = [2, 0], [5, -7], Band(-4, 3)
+    q = rng.standard_normal((2, 4, 23, 8)).astype(np.float32)
+    k = rng.standard_normal((3, 2, 31, 8)).astype(np.float32)
+    v = rng.standard_normal((3, 2, 31, 6)).astype(np.float32)
+    keep = rng.random((3, 4, 23, 31)) < 0.7
+    tasks = []
+    for b in range(2):
+        for h in range(2):
+            for q0 in range(0, 23, 5):
+                task = np.zeros(TASK_COLUMNS, np.int64)
+                task[[TASK_BATCH, TASK_KV_HEAD, TASK_Q_START, TASK_Q_STOP, TASK_K_START,
+                      TASK_K_STOP, TASK_PART, TASK_KV_BATCH, TASK_BAND_SHIFT]] = \
+                    b, h, q0, min(q0 + 5, 23), 0, 31, -1, kv_of[b], shift_of[b]
+                tasks.append(task)
+    plan = plan_of_tasks(np.array(tasks), 2, band, 5, 8, 2)
+    out, lse = np.full((2, 4, 23, 6), 7.0, np.float32), np.full((2, 4, 23), 7.0, np.float32)
+    call = KernelCall(q, k, v, keep.view(np.uint8), MASK_KEEP, 0.3, plan, out, lse,
+                      np.zeros((0, 10, 6), np.float32), np.zeros((0, 10), np.float32))
+    importlib.import_module(f"fastattn._{backend}").run_kernel(call)
+    merge_split_parts(plan, call.part_out, call.part_lse, out, lse)
+    for b in range(2):
+        kvb = kv_of[b]
+        problem = dataclasses.replace(validate(q[b], k[kvb], v[kvb], keep[kvb], scale=0.3),
+                                      band=Band(band.lo + shift_of[b], band.hi + shift_of[b]))
+        ref_out, ref_lse = naive_attention(problem)
+        assert_matches(out[b], lse[b], ref_out, ref_lse, np.dtype(np.float32))
 
 
 # lengths: empty sequences, one query, more queries than keys, no keys, a long one
