@@ -47,6 +47,19 @@ _AVX512 = _AVX2 + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]
 ISA_LEVELS = [("baseline", []), ("avx2", _AVX2), ("avx512", _AVX512),
               ("avx512bf16", _AVX512 + ["-mavx512bf16"])]
 
+# Tests only: FASTATTN_EMULATE_AVX512=1 builds the two AVX-512 levels for AVX2 CPUs, with
+# the AVX-512 intrinsics in software (tests/emulation) and 64-byte GNU vectors lowered
+# to AVX2, and makes the dispatch believe the CPU has AVX-512 BF16; .ci/run uses it to
+# test those levels' code on a machine without AVX-512.  Never for a real build.
+if os.environ.get("FASTATTN_EMULATE_AVX512", "").strip() == "1":
+    _EMULATED = _AVX2 + ["-Itests/emulation", "-D__AVX512F__", "-D__AVX512BW__",
+                         "-Wno-psabi"]
+    ISA_LEVELS = ISA_LEVELS[:2] + [("avx512", _EMULATED),
+                                   ("avx512bf16", _EMULATED + ["-D__AVX512BF16__"])]
+    EMULATED_CPU_LEVEL = [("FA_EMULATED_CPU_LEVEL", "3")]
+else:
+    EMULATED_CPU_LEVEL = []
+
 OPENMP_TEST = r"""
 #include <omp.h>
 int main(void) {
@@ -97,7 +110,7 @@ class OptionalBuildExt(build_ext):
             ext.extra_link_args = list(ext.extra_link_args or []) + link_flags
             ext.extra_objects = list(ext.extra_objects or []) + tables
             ext.define_macros = list(ext.define_macros or []) + [
-                (f"FA_BUILT_{name}", "1") for name in levels]
+                (f"FA_BUILT_{name}", "1") for name in levels] + EMULATED_CPU_LEVEL
             try:
                 self.build_extension(ext)
                 built.append(ext)

@@ -43,7 +43,9 @@ static const struct fa_kernel_table *fa_active = &fa_table_baseline;
 /* The best level this CPU (and its OS, for the wide registers) supports. */
 int fa_cpu_level(void)
 {
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#if defined(FA_EMULATED_CPU_LEVEL) /* tests only: see FASTATTN_EMULATE_AVX512 in setup.py */
+    return FA_EMULATED_CPU_LEVEL;
+#elif (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
         return FA_LEVEL_BASELINE;
