@@ -5,8 +5,8 @@ Attention's counted work is two matrix products, so the GFLOP/s of one square
 backends: the faster of NumPy's (its BLAS, usually OpenBLAS) and, when torch is
 installed, torch's (the BLAS torch was built with, MKL on x86).  It is called a
 *reference*, not a ceiling, because it is not a bound on the CPU: the Cython kernels
-are compiled for the build machine (``-march=native``) and may use wider vectors than
-the BLAS libraries run there, e.g. when ``OPENBLAS_CORETYPE`` forces OpenBLAS onto
+run the best instruction-set level the CPU supports (``fastattn._isa``) and may use
+wider vectors than the BLAS libraries run there, e.g. when ``OPENBLAS_CORETYPE`` forces OpenBLAS onto
 its AVX2 kernels, or MKL runs on a non-Intel CPU.  Then a backend passes the
 reference, and :func:`why_above` says why, in the report itself.
 """
@@ -315,9 +315,9 @@ def why_above(reference, machine, backends):
         reasons.append("torch's matmul goes through Intel MKL, which chooses its kernels by "
                        f"CPU vendor and does not run its AVX-512 ones on this {vendor} CPU")
     if "cython" in backends and avx512:
-        reasons.append("the Cython kernels are compiled for this CPU (`-march=native`, unless "
-                       "built with `FASTATTN_PORTABLE=1`), and their hand-written tiles use "
-                       "its AVX-512 (512-bit) vectors")
+        reasons.append("the Cython kernels run their AVX-512 level on this CPU (the best it "
+                       "supports, chosen at import), whose hand-written tiles use 512-bit "
+                       "vectors")
     if not reasons:
         reasons.append("one large matmul is a yardstick, not a bound: the BLAS may not use "
                        "all of this CPU's vector width, and medians of a few calls are "
