@@ -268,7 +268,8 @@ def _naive_paged(call):
         if length == 0:
             continue
         pages = call.table[b, :call.used_pages[b]]
-        k, v = (cache[pages].reshape((-1,) + cache.shape[2:])[:length].transpose(1, 0, 2)
+        tokens = (len(pages) * call.block_size,)
+        k, v = (cache[pages].reshape(tokens + cache.shape[2:])[:length].transpose(1, 0, 2)
                 for cache in (call.k_cache, call.v_cache))
         rows, row_lse = attention(call.q[b][:, None], k, v, causal="lower_right",
                                   window=call.window, scale=call.scale, return_lse=True,

@@ -208,7 +208,7 @@ def run_plan(run_kernel, plan, q, k, v, scale, out, compute_dtype):
 def _tiled_varlen(run_kernel, call, settings):
     total_q, heads = call.q.shape[:2]
     out = np.empty((total_q, heads, call.v.shape[2]), call.storage_dtype)
-    if out.size == 0 or total_q * heads == 0:
+    if total_q * heads == 0:
         return out, np.full((total_q, heads), -np.inf, call.compute_dtype)
     plan = varlen_plan(call, settings)
     lse = run_plan(run_kernel, plan, head_major(call.q), head_major(call.k),

@@ -339,3 +339,19 @@ def test_paged_errors_name_the_argument(change, error, message):
     arguments.update(change)
     with pytest.raises(error, match=message):
         fastattn.paged_attention(**arguments)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_values_of_width_zero_still_give_the_lse(rng, backend):
+    q, k, _, cu_q, cu_k = packed(rng, [3, 4], [4, 5], hq=2, hk=2, d=4)
+    v = np.zeros((9, 2, 0))
+    out, lse = fastattn.varlen_attention(q, k, v, cu_q, cu_k, causal=True, return_lse=True,
+                                         backend=backend)
+    assert out.shape == (7, 2, 0)
+    assert_matches(out, lse, *per_sequence(q, k, v, cu_q, cu_k, causal=True), np.float64)
+    k_cache, _, table, lengths = cache_and_table(rng, [6, 3], hk=2, d=4)
+    v_cache = np.zeros(k_cache.shape[:3] + (0,))
+    out, lse = fastattn.paged_attention(q[:2], k_cache, v_cache, table, lengths,
+                                        return_lse=True, backend=backend)
+    assert out.shape == (2, 2, 0)
+    assert_matches(out, lse, *gathered(q[:2], k_cache, v_cache, table, lengths), np.float64)
