@@ -253,9 +253,10 @@ def gathered(q, k_cache, v_cache, table, lengths, window=None):
     for b, length in enumerate(lengths):
         if length == 0:
             continue
-        k, v = (cache[table[b, :-(-length // cache.shape[1])]].astype(np.float64)
-                .reshape((-1,) + cache.shape[2:])[:length].transpose(1, 0, 2)
-                for cache in (k_cache, v_cache))
+        pages = table[b, :-(-length // k_cache.shape[1])]
+        tokens = (len(pages) * k_cache.shape[1],)
+        k, v = (cache[pages].astype(np.float64).reshape(tokens + cache.shape[2:])[:length]
+                .transpose(1, 0, 2) for cache in (k_cache, v_cache))
         o, l = fastattn.attention(q[b].astype(np.float64)[:, None], k, v, causal="lower_right",
                                   window=window, return_lse=True, backend="naive")
         out[b], lse[b] = o[:, 0], l[:, 0]
