@@ -5,6 +5,7 @@ and FASTATTN_ISA selects or refuses a level clearly."""
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -24,10 +25,13 @@ except ImportError:  # pragma: no cover - ml_dtypes is in the test extra
 
 
 def _run(code, **env):
-    """Run ``code`` in a fresh interpreter with ``env`` added; its stdout."""
+    """Run ``code`` in a fresh interpreter with ``env`` added; its stdout.
+
+    It runs in a temporary folder, so it imports the fastattn these tests import (the
+    installed package in CI), not a source checkout in the working directory."""
     environment = {**os.environ, **env}
     done = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=tempfile.gettempdir())
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
