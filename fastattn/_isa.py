@@ -19,6 +19,9 @@ AVX-512 F/BW/VL/DQ; AVX-512 with BF16 (``vdpbf16ps`` bfloat16 products)."""
 ENVIRONMENT_VARIABLE = "FASTATTN_ISA"
 
 
+_selected = False  # whether select_at_import has chosen the level of this process
+
+
 class IsaError(ImportError):
     """``FASTATTN_ISA`` names a level that this build or CPU cannot run."""
 
@@ -101,9 +104,6 @@ def use_level(name):
         yield name
     finally:
         select(previous)
-
-
-_selected = False
 
 
 def forced_level():
