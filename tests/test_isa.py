@@ -27,9 +27,12 @@ except ImportError:  # pragma: no cover - ml_dtypes is in the test extra
 def _run(code, **env):
     """Run ``code`` in a fresh interpreter with ``env`` added; its stdout.
 
-    It runs in a temporary folder, so it imports the fastattn these tests import (the
-    installed package in CI), not a source checkout in the working directory."""
-    environment = {**os.environ, **env}
+    The interpreter imports the fastattn these tests import (the installed package in
+    CI, an in-place build in a checkout): it runs outside the working directory, with
+    that package's folder first on its path."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastattn.__file__)))
+    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    environment = {**os.environ, **env, "PYTHONPATH": path}
     done = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True,
                           text=True, timeout=120, cwd=tempfile.gettempdir())
     assert done.returncode == 0, done.stderr
