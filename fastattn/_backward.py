@@ -221,7 +221,7 @@ def _run_batch(run_kernel, problem, views, n_threads, block_q, block_k):
     call = BackwardCall(q=q, k=k, v=views["v"], dout=views["dout"], lse=views["lse"],
                         delta=views["delta"], mask=views.get("mask"),
                         mask_kind=problem.mask_kind, scale=problem.scale, plan=plan, dq=dq,
-                        dk=views["dk"], dv=views["dv"],
+                        dk=views["dk"], dv=views["dv"], modifiers=problem.modifiers,
                         part_dq=np.zeros((plan.n_parts, plan.group) + q.shape[2:], dq.dtype))
     for part in rounds(plan):  # Python runs between rounds: a pending Ctrl-C is raised
         call.plan = part

@@ -11,8 +11,8 @@ never what it computes, so gradients are bit-identical for any number of threads
 
 import numpy as np
 
-from ._contract import (BWD_BATCH, BWD_COLUMNS, BWD_K_START, BWD_K_STOP, BWD_KV_HEAD, BWD_PART,
-                        BWD_Q_START, BWD_Q_STOP, Band)
+from ._contract import (BWD_BAND_SHIFT, BWD_BATCH, BWD_COLUMNS, BWD_K_START, BWD_K_STOP,
+                        BWD_KV_HEAD, BWD_PART, BWD_Q_START, BWD_Q_STOP, Band)
 from ._plan import MIN_PARALLEL_TASKS, WorkPlan, balanced_starts
 
 TARGET_ROWS = 256
@@ -70,6 +70,7 @@ def make_backward_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=
     tasks[:, [BWD_Q_START, BWD_Q_STOP]] = np.tile(chunk_rows, (n_heads, 1))
     split = n_chunks > 1
     tasks[:, BWD_PART] = np.arange(len(tasks)) if split else -1
+    tasks[:, BWD_BAND_SHIFT] = 0
     costs = np.tile(chunk_costs, n_heads).astype(np.int64)
     return WorkPlan(block_q, block_k, group, band, tasks, costs,
                     balanced_starts(costs, n_threads), len(tasks) if split else 0)

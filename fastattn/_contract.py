@@ -8,8 +8,10 @@ reference, :func:`fastattn.attention_weights` and :mod:`fastattn.dask` share:
   ``MASK_ADD`` (added to the scaled scores);
 * the columns of the task table (``TASK_*``) and of the split-KV merge table
   (``MERGE_*``);
-* :class:`KernelCall` -- one kernel invocation: 4-D views, mask kind, scale, plan,
-  partial buffers, and an lse-only mode.
+* the score modifiers (:class:`ScoreModifiers`: softcap and ALiBi, applied inside the
+  kernels; sinks, folded into the finished rows by :func:`fastattn._merge.fold_sinks`);
+* :class:`KernelCall` -- one kernel invocation: 4-D views, mask kind, scale, modifiers,
+  plan, partial buffers, and an lse-only mode.
 
 Both compiled backends expose ``run_kernel(call)``; the Cython extension checks at
 import that its compiled constants equal the ones here.  The online-softmax
@@ -141,6 +143,37 @@ class Band:
         return r0, r1, c0, c1, self.shifted(r0, c0)
 
 
+@dataclass(frozen=True)
+class ScoreModifiers:
+    """What changes a scaled score ``s = q·k * scale`` before the softmax, in this order.
+
+    * ``softcap`` (0: none): ``s <- softcap * tanh(s / softcap)`` (Gemma 2, Grok), before
+      masks and ALiBi; its derivative ``1 - tanh²`` enters the backward;
+    * ``alibi_slopes`` (None, or ``(Hq,)`` in the compute dtype, contiguous): adds
+      ``-slope[h] * |j - i - diagonal - band_shift|`` for query ``i``, key ``j`` (task
+      coordinates): the distance from the diagonal the band's window is measured
+      from (``diagonal`` is ``Lk - Lq`` for "lower_right", else 0; a task's band shift
+      moves it with the band);
+    * ``sinks`` (None, or ``(Hq,)``): a logit per head that joins every row's softmax
+      denominator with no value (gpt-oss).  Kernels never see it: the drivers fold it
+      into the finished ``(out, lse)`` (:func:`fastattn._merge.fold_sinks`), so a row
+      with no visible key gives zeros and ``lse = sink``.
+    """
+
+    softcap: float = 0.0
+    alibi_slopes: object = None
+    diagonal: int = 0
+    sinks: object = None
+
+    @property
+    def in_kernel(self):
+        """Whether a kernel has anything to apply (softcap or ALiBi)."""
+        return self.softcap != 0.0 or self.alibi_slopes is not None
+
+
+NO_MODIFIERS = ScoreModifiers()
+
+
 @dataclass
 class KernelCall:
     """One kernel invocation over 4-D views; see "The kernel contract" in docs/design.md.
@@ -157,7 +190,9 @@ class KernelCall:
     tests the band moved by its ``TASK_BAND_SHIFT``.  In lse-only mode ``v`` and ``out``
     are None and only ``lse`` is written.  ``part_out (n_parts, max_rows, Dv)`` and ``part_lse (n_parts, max_rows)``
     receive split-KV partials; :func:`fastattn._merge.merge_split_parts` folds them in.
-    A kernel reads nothing else, validates nothing, and never reads configuration.
+    ``modifiers`` (:class:`ScoreModifiers`) change the scaled scores; the kernel ignores
+    their ``sinks``.  A kernel reads nothing else, validates nothing, and never reads
+    configuration.
     """
 
     q: np.ndarray
@@ -171,6 +206,7 @@ class KernelCall:
     lse: np.ndarray
     part_out: object = None
     part_lse: object = None
+    modifiers: ScoreModifiers = NO_MODIFIERS
 
     @property
     def lse_only(self):
@@ -182,14 +218,15 @@ class KernelCall:
 
 
 (BWD_BATCH, BWD_KV_HEAD, BWD_K_START, BWD_K_STOP, BWD_Q_START, BWD_Q_STOP,
- BWD_PART) = range(7)
-BWD_COLUMNS = 7
+ BWD_PART, BWD_BAND_SHIFT) = range(8)
+BWD_COLUMNS = 8
 """A backward task: keys ``k_start:k_stop`` of kv head ``kv_head`` in batch ``batch``
 (their ``dk``/``dv`` rows belong to this task alone), against the query rows
 ``q_start:q_stop`` of every query head of the group (the rows the band lets see those
 keys).  Its ``dq`` contributions are added to ``dq`` itself when ``part`` is -1 (the
-task is the only one of its (batch, kv head)), else to the zeroed partial slot
-``part_dq[part]``, which the driver sums into ``dq`` in a fixed order."""
+task is the only one that reaches those rows), else to the zeroed partial slot
+``part_dq[part]``, which the driver sums into ``dq`` in a fixed order.  As in a
+forward task, the band is moved by ``band_shift`` (packed variable-length sequences)."""
 
 
 @dataclass
@@ -204,6 +241,9 @@ class BackwardCall:
     kernel writes ``dk (B, Hk, Lk, D)`` and ``dv (B, Hk, Lk, Dv)`` (every key row, zeros
     for keys no query sees) and adds into ``dq (B, Hq, Lq, D)`` (zeroed by the caller)
     or ``part_dq (n_parts, group, Lq, D)`` (zeroed) as the plan's ``BWD_PART`` says.
+    ``modifiers`` as in :class:`KernelCall`: the probabilities are recomputed with them,
+    and with a softcap the score gradient is multiplied by ``1 - tanh²`` of the capped
+    score; ``lse`` (and ``delta``) already include any sink.
     """
 
     q: np.ndarray
@@ -220,3 +260,4 @@ class BackwardCall:
     dk: np.ndarray
     dv: np.ndarray
     part_dq: np.ndarray
+    modifiers: ScoreModifiers = NO_MODIFIERS

@@ -11,12 +11,15 @@ The semantics, in full-matrix form (the tiled kernels keep the same invariant, s
   contributes nothing, even if its score or value is NaN;
 * a row with no visible key is zeros with lse ``-inf``;
 * otherwise IEEE arithmetic: a NaN score or value that a row sees makes it NaN, and
-  a ``+inf`` score gives NaN (``inf - inf``), never an empty row.
+  a ``+inf`` score gives NaN (``inf - inf``), never an empty row;
+* score modifiers (:class:`fastattn._contract.ScoreModifiers`): the softcap bends the
+  scaled scores first, then ALiBi and an additive mask add to them; a sink joins each
+  row's denominator as one more logit with no value (an empty row: zeros, lse = sink).
 """
 
 import numpy as np
 
-from ._contract import MASK_ADD, MASK_KEEP
+from ._contract import MASK_ADD, MASK_KEEP, NO_MODIFIERS
 
 ROW_CHUNK = 64
 """Query rows per step of the weighted sum when some value is not finite."""
@@ -36,9 +39,7 @@ def naive_attention(problem, lse_only=False):
 
 def _weights_and_lse(problem):
     """Normalised weights (zeros where invisible or the row is empty) and the lse."""
-    q = problem.q.astype(np.float64)
-    k = np.repeat(problem.k.astype(np.float64), problem.group, axis=-3)
-    scores = (q @ np.swapaxes(k, -1, -2)) * problem.scale
+    scores, _ = _modified_scores(problem)
     lq, lk = scores.shape[-2:]
     visible = problem.band.visible(np.arange(lq), np.arange(lk))
     if problem.mask_kind == MASK_KEEP:
@@ -48,14 +49,45 @@ def _weights_and_lse(problem):
         scores = scores + np.where(np.isneginf(problem.mask), 0.0, problem.mask)
     scores = np.where(visible, scores, -np.inf)
 
+    sinks = _per_head(problem, "sinks", lq)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         row_max = scores.max(axis=-1, keepdims=True, initial=-np.inf)  # NaN if a NaN is seen
         empty = ~visible.any(axis=-1, keepdims=True)
-        weights = np.exp(scores - np.where(empty, 0.0, row_max))
+        if sinks is not None:  # a finite sink: no row is empty
+            row_max, empty = np.maximum(row_max, sinks), np.zeros_like(empty)
+        top = np.where(empty, 0.0, row_max)
+        weights = np.exp(scores - top)
         total = weights.sum(axis=-1, keepdims=True)
-        lse = np.where(empty, -np.inf, row_max + np.log(total))[..., 0]
+        if sinks is not None:
+            total = total + np.exp(sinks - top)
+        lse = np.where(empty, -np.inf, top + np.log(total))[..., 0]
         weights = np.where(visible, weights / np.where(empty, 1.0, total), 0.0)
     return weights, lse
+
+
+def _modified_scores(problem):
+    """The scaled scores with the softcap and ALiBi applied, in float64, and the
+    softcap's derivative ``1 - tanh²`` (None without a softcap)."""
+    modifiers = getattr(problem, "modifiers", NO_MODIFIERS)
+    q = problem.q.astype(np.float64)
+    k = np.repeat(problem.k.astype(np.float64), problem.group, axis=-3)
+    scores = (q @ np.swapaxes(k, -1, -2)) * problem.scale
+    lq, lk = scores.shape[-2:]
+    slope = None
+    if modifiers.softcap:
+        bent = np.tanh(scores / modifiers.softcap)
+        scores, slope = modifiers.softcap * bent, 1.0 - bent * bent
+    slopes = _per_head(problem, "alibi_slopes", lq)
+    if slopes is not None:
+        distance = np.abs(np.arange(lk)[None, :] - np.arange(lq)[:, None] - modifiers.diagonal)
+        scores = scores - slopes * distance
+    return scores, slope
+
+
+def _per_head(problem, name, lq):
+    """A per-head modifier as float64 ``(Hq, 1, 1)`` (None when absent)."""
+    values = getattr(getattr(problem, "modifiers", NO_MODIFIERS), name)
+    return None if values is None else np.asarray(values, np.float64)[:, None, None]
 
 
 def _weighted_sum(weights, v):
@@ -79,9 +111,12 @@ def naive_backward(problem, dout):
     ``delta = rowsum(dout * out)``: ``dV = Wᵀ dO``, ``dS = W (dO Vᵀ - delta)`` (0 where
     ``W`` is 0), ``dQ = dS K scale``, ``dK = dSᵀ Q scale``.  A zero weight contributes
     nothing to any product, even against a NaN, so masked keys and fully masked rows
-    (zero ``dq``) stay out of every gradient; the mask itself is a constant.
+    (zero ``dq``) stay out of every gradient; the mask itself is a constant.  A softcap
+    multiplies ``dS`` by its derivative; ALiBi slopes and sinks get no gradient here
+    (see :func:`fastattn._sinks.sink_gradient`).
     """
     weights, _ = _weights_and_lse(problem)
+    _, softcap_slope = _modified_scores(problem)
     group = problem.group
     q = problem.q.astype(np.float64)
     k, v = (np.repeat(x.astype(np.float64), group, axis=-3) for x in (problem.k, problem.v))
@@ -90,6 +125,8 @@ def naive_backward(problem, dout):
         delta = np.sum(dout * _weighted_sum(weights, v), axis=-1, keepdims=True)
         d_scores = dout @ np.swapaxes(v, -1, -2) - delta
         d_scores = np.where(weights != 0, weights * d_scores, 0.0)
+        if softcap_slope is not None:
+            d_scores = d_scores * softcap_slope
     dq = _weighted_sum(d_scores, k) * problem.scale
     dk = _weighted_sum(np.swapaxes(d_scores, -1, -2), q) * problem.scale
     dv = _weighted_sum(np.swapaxes(weights, -1, -2), dout)

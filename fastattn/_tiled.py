@@ -19,6 +19,7 @@ from ._config import thread_budget
 from ._contract import MASK_NONE, KernelCall
 from ._merge import merge_split_parts
 from ._plan import in_one_round, make_plan, rounds
+from ._sinks import fold_sinks
 
 
 def run_tiled(run_kernel, problem, settings, out=None, lse_only=False):
@@ -58,7 +59,8 @@ def _run_batch(run_kernel, problem, views, n_threads, block_q, block_k):
     value_dim = 0 if out is None else out.shape[3]
     call = KernelCall(q=q, k=k, v=views.get("v"), mask=views.get("mask"),
                       mask_kind=problem.mask_kind, scale=problem.scale, plan=plan, out=out,
-                      lse=lse, **part_buffers(plan, value_dim, lse.dtype))
+                      lse=lse, modifiers=problem.modifiers,
+                      **part_buffers(plan, value_dim, lse.dtype))
     execute_call(run_kernel, call)
 
 
@@ -70,7 +72,8 @@ def part_buffers(plan, value_dim, dtype):
 
 
 def execute_call(run_kernel, call):
-    """Run ``call``, in rounds when it is long, and fold its split-KV parts into its outputs.
+    """Run ``call``, in rounds when it is long, and fold its split-KV parts and then its
+    sinks into its outputs.
 
     Python runs between rounds, so a pending Ctrl-C is raised there.
     """
@@ -84,6 +87,8 @@ def execute_call(run_kernel, call):
         call.plan = plan
     if plan.n_parts:
         merge_split_parts(plan, call.part_out, call.part_lse, call.out, call.lse)
+    if call.modifiers.sinks is not None:
+        fold_sinks(call.out, call.lse, call.modifiers.sinks, head_axis=1)
 
 
 def _plan_arguments(problem, q, k, n_threads, block_q, block_k):

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._contract import MASK_ADD, MASK_KEEP, MASK_NONE, Band
+from ._contract import (MASK_ADD, MASK_KEEP, MASK_NONE, NO_MODIFIERS, Band,
+                        ScoreModifiers)
 from ._half import INSTALL_HINT, bfloat16, compute_dtype_of, is_float, result_type
 
 CAUSAL_MODES = ("upper_left", "lower_right")
@@ -116,7 +117,8 @@ class AttentionProblem(HeadShapes):
     ``q``, ``k`` and ``v`` are in the storage dtype (the result dtype: float16 and
     bfloat16 stay half precision); ``mask`` is None (``mask_kind`` MASK_NONE), a uint8
     keep-mask (MASK_KEEP) or an additive mask in the compute dtype (MASK_ADD), broadcast
-    (as a view) to ``(*batch, Hq, Lq, Lk)``; ``band`` holds the causal and window limits.
+    (as a view) to ``(*batch, Hq, Lq, Lk)``; ``band`` holds the causal and window limits;
+    ``modifiers`` the softcap, ALiBi slopes and sinks.
     """
 
     q: np.ndarray
@@ -130,6 +132,7 @@ class AttentionProblem(HeadShapes):
     compute_dtype: np.dtype
     result_dtype: np.dtype
     squeeze_heads: bool
+    modifiers: ScoreModifiers = NO_MODIFIERS
 
     @property
     def storage_dtype(self):
@@ -147,14 +150,19 @@ def describe(name, array):
     return f"{name} (shape {tuple(array.shape)}, dtype {array.dtype})"
 
 
-def validate(q, k, v, mask=None, causal=False, window=None, scale=None):
+def validate(q, k, v, mask=None, causal=False, window=None, scale=None, softcap=None,
+             alibi_slopes=None, sinks=None):
     """Return the :class:`AttentionProblem` for these arguments, or raise."""
     q, k, v = (as_array(name, x) for name, x in zip("qkv", (q, k, v)))
     mask = None if mask is None else as_array("mask", mask)
     spec = check_call(q, k, v, mask, causal, window, scale)
+    heads, lq, lk = spec.scores_shape[-3:]
+    diagonal = lk - lq if normalise_causal(causal) == "lower_right" else 0
+    modifiers = check_modifiers(softcap, alibi_slopes, sinks, heads, spec.compute_dtype,
+                                diagonal)
     q, k, v = (_prepared(x, spec) for x in (q, k, v))
     return AttentionProblem(q=q, k=k, v=v, mask=prepare_mask(mask, spec),
-                            **spec.problem_fields())
+                            modifiers=modifiers, **spec.problem_fields())
 
 
 def check_call(q, k, v, mask=None, causal=False, window=None, scale=None):
@@ -368,6 +376,58 @@ def normalise_scale(scale, head_dim, compute_dtype):
         raise ValueError(f"scale={scale!r} overflows the compute dtype {compute_dtype} "
                          f"(largest finite value {largest:g})")
     return value
+
+
+# ---------------------------------------------------------------- score modifiers
+def check_modifiers(softcap, alibi_slopes, sinks, heads, compute_dtype, diagonal=0):
+    """The :class:`ScoreModifiers` of a call with ``heads`` query heads.
+
+    ``diagonal`` is the key index minus the query index on the diagonal that ALiBi
+    distances are measured from (``Lk - Lq`` for "lower_right", else 0).
+    """
+    if softcap is None and alibi_slopes is None and sinks is None:
+        return NO_MODIFIERS
+    return ScoreModifiers(softcap=_check_softcap(softcap, compute_dtype),
+                          alibi_slopes=_per_head("alibi_slopes", alibi_slopes, heads,
+                                                 compute_dtype),
+                          diagonal=int(diagonal),
+                          sinks=_per_head("sinks", sinks, heads, compute_dtype))
+
+
+def _check_softcap(softcap, compute_dtype):
+    """``softcap`` as a positive float (0.0 for None)."""
+    if softcap is None:
+        return 0.0
+    if isinstance(softcap, np.ndarray) and softcap.ndim == 0:
+        softcap = softcap[()]
+    if not isinstance(softcap, numbers.Real) or isinstance(softcap, (bool, np.bool_)):
+        raise TypeError(f"softcap must be a positive real number or None, got "
+                        f"{type(softcap).__name__} {softcap!r}")
+    value = float(softcap)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"softcap must be positive and finite (scores become "
+                         f"softcap * tanh(score / softcap)); got {softcap!r}")
+    if value > float(np.finfo(compute_dtype).max):
+        raise ValueError(f"softcap={softcap!r} overflows the compute dtype {compute_dtype}")
+    return value
+
+
+def _per_head(name, values, heads, compute_dtype):
+    """A per-query-head array ``(heads,)`` of finite values, contiguous, in the compute dtype."""
+    if values is None:
+        return None
+    array = as_array(name, values)
+    if not is_float(array.dtype) and array.dtype.kind not in "iu":
+        raise TypeError(f"{describe(name, array)}: expected real numbers, one per query head")
+    if array.shape != (heads,):
+        raise ValueError(f"{describe(name, array)} must have shape ({heads},): one value "
+                         f"per query head (Hq = {heads})")
+    with np.errstate(over="ignore"):
+        cast = np.ascontiguousarray(array, dtype=compute_dtype)
+    if not np.isfinite(cast).all():
+        raise ValueError(f"{describe(name, array)} must be finite in the compute dtype "
+                         f"{compute_dtype}")
+    return cast
 
 
 def check_flag(name, value):
