@@ -14,7 +14,8 @@ from ._validation import (as_array, check_flag, check_out, describe, explain_tor
 
 @explain_torch_keywords
 def attention(q, k, v, mask=None, *, causal=False, window=None, scale=None,
-              return_lse=False, backend=None, out=None):
+              softcap=None, alibi_slopes=None, sinks=None, return_lse=False, backend=None,
+              out=None):
     """Exact scaled dot-product attention, ``softmax(q kᵀ · scale + mask) v``.
 
     Parameters
@@ -48,6 +49,17 @@ def attention(q, k, v, mask=None, *, causal=False, window=None, scale=None,
     scale : float, optional
         Multiplies ``q kᵀ``; default ``1 / sqrt(D)``.  A real number (not a
         bool or a string), finite in the compute dtype.
+    softcap : float, optional
+        Caps the scaled scores smoothly: ``s -> softcap * tanh(s / softcap)``
+        (Gemma 2, Grok), before the mask and ALiBi.  Positive and finite.
+    alibi_slopes : array_like, shape (Hq,), optional
+        ALiBi: adds ``-alibi_slopes[h] * |j - c|`` to the scores of query head
+        ``h``, where ``c`` is the causal diagonal of query ``i`` (as for
+        ``window``).  Computed inside the kernels: no ``Lq x Lk`` bias.
+    sinks : array_like, shape (Hq,), optional
+        Attention sinks (gpt-oss): one logit per query head that joins every
+        row's softmax denominator and adds no value.  The lse includes it; a row
+        with no visible key gives zeros and ``lse = sink``.
     return_lse : bool, default False
         Also return the natural log-sum-exp of each row's scaled scores.
     backend : {"naive", "numba", "cython", "auto"}, optional
@@ -98,13 +110,14 @@ def attention(q, k, v, mask=None, *, causal=False, window=None, scale=None,
     """
     settings = get_config()
     key = None
-    if mask is None and out is None:
+    plain = softcap is None and alibi_slopes is None and sinks is None
+    if mask is None and out is None and plain:
         key = _call_key(q, k, v, causal, window, scale, return_lse, backend, settings)
         repeated = _repeated.get(key) if key is not None else None
         if repeated is not None and repeated[0] is _backends._load:  # the same registry
             result, lse = repeated[1](q, k, v)
             return (result, lse) if return_lse else result
-    problem = validate(q, k, v, mask, causal, window, scale)
+    problem = validate(q, k, v, mask, causal, window, scale, softcap, alibi_slopes, sinks)
     return_lse = check_flag("return_lse", return_lse)
     if out is not None:
         check_out(out, problem)

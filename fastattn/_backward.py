@@ -21,12 +21,13 @@ from ._config import get_config
 from ._contract import BWD_BATCH, BWD_KV_HEAD, BWD_PART, BWD_Q_START, BWD_Q_STOP, BackwardCall
 from ._naive import naive_backward
 from ._plan import rounds
+from ._sinks import sink_gradient
 from ._tiled import run_batches
 from ._half import is_bfloat16, is_float
 from ._validation import as_array, describe, validate
 
 def attention_backward(dout, q, k, v, out, lse, mask=None, *, causal=False, window=None,
-                       scale=None, backend=None):
+                       scale=None, softcap=None, alibi_slopes=None, sinks=None, backend=None):
     """Gradients of :func:`attention` with respect to ``q``, ``k`` and ``v``.
 
     For the forward ``out = attention(q, k, v, mask, causal=..., window=...,
@@ -39,9 +40,9 @@ def attention_backward(dout, q, k, v, out, lse, mask=None, *, causal=False, wind
     ----------
     dout : array_like, shape (..., Hq, Lq, Dv) or (Lq, Dv)
         Upstream gradient, the shape of ``out``.
-    q, k, v, mask, causal, window, scale
-        As given to :func:`attention`.  The mask (bool or additive) is a constant:
-        it gets no gradient.
+    q, k, v, mask, causal, window, scale, softcap, alibi_slopes, sinks
+        As given to :func:`attention`.  The mask (bool or additive) and the ALiBi
+        slopes are constants: they get no gradient.
     out : array_like, shape (..., Hq, Lq, Dv) or (Lq, Dv)
         The forward's output.
     lse : array_like, shape (..., Hq, Lq) or (Lq,)
@@ -58,6 +59,9 @@ def attention_backward(dout, q, k, v, out, lse, mask=None, *, causal=False, wind
         grouped-query attention, each kv head's gradient sums over its query
         heads.  A row whose keys are all masked contributes nothing: its ``dq``
         is zero.
+    dsinks : ndarray, shape (Hq,)
+        Only when ``sinks`` is given: the gradient with respect to the sinks (in
+        the compute dtype), summed over the batch and the rows.
 
     Notes
     -----
@@ -86,7 +90,7 @@ def attention_backward(dout, q, k, v, out, lse, mask=None, *, causal=False, wind
     True
     """
     q, k, v = (as_array(name, x) for name, x in zip("qkv", (q, k, v)))
-    problem = validate(q, k, v, mask, causal, window, scale)
+    problem = validate(q, k, v, mask, causal, window, scale, softcap, alibi_slopes, sinks)
     dout, out, lse = _gradient_inputs(problem, dout, out, lse)
     settings = get_config()
     runner = backward_runner(backend if backend is not None else settings["backend"], problem)
@@ -95,7 +99,12 @@ def attention_backward(dout, q, k, v, out, lse, mask=None, *, causal=False, wind
                       (problem.q, problem.k, problem.v))
     else:
         grads = runner(problem, dout, out, lse, settings)
-    return tuple(_like_input(grad, x) for grad, x in zip(grads, (q, k, v)))
+    grads = tuple(_like_input(grad, x) for grad, x in zip(grads, (q, k, v)))
+    if problem.modifiers.sinks is None:
+        return grads
+    delta = row_dots(dout, out, problem.compute_dtype)
+    dsinks = sink_gradient(problem.modifiers.sinks, lse, delta, head_axis=-2)
+    return grads + (dsinks.astype(problem.compute_dtype),)
 
 
 def _gradient_inputs(problem, dout, out, lse):

@@ -16,15 +16,17 @@ from ._backends import resolve
 from ._config import get_config, thread_budget
 from ._contract import (MERGE_COLUMNS, TASK_BAND_SHIFT, TASK_BATCH, TASK_COLUMNS,
                         TASK_K_START, TASK_K_STOP, TASK_KV_BATCH, TASK_KV_HEAD, TASK_PART,
-                        TASK_Q_START, TASK_Q_STOP, Band)
+                        TASK_Q_START, TASK_Q_STOP, NO_MODIFIERS, Band)
 from ._plan import plan_of_tasks
-from ._validation import (as_array, check_flag, check_float_array, describe,
-                          normalise_scale, normalise_window)
-from ._varlen import check_index_array, run_plan, storage_and_compute
+from ._validation import (as_array, check_flag, check_float_array, check_modifiers,
+                          describe, normalise_scale, normalise_window)
+from ._varlen import (check_index_array, empty_rows_lse, modifier_options, run_plan,
+                      storage_and_compute)
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, window=None,
-                    return_lse=False, backend=None):
+                    softcap=None, alibi_slopes=None, sinks=None, return_lse=False,
+                    backend=None):
     """Decoding attention of one query token per sequence over a paged KV cache.
 
     Query ``b`` attends the first ``seq_lens[b]`` tokens of its sequence, whose token
@@ -52,6 +54,15 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, w
     window : tuple (left, right), optional
         Sliding window measured from the query: it sees the tokens
         ``seq_lens[b] - 1 - left .. seq_lens[b] - 1`` (``right`` reaches no token).
+    softcap : float, optional
+        ``s -> softcap * tanh(s / softcap)`` on the scaled scores, as in
+        :func:`fastattn.attention`.
+    alibi_slopes : array_like, shape (Hq,), optional
+        ALiBi, as in :func:`fastattn.attention`: ``-alibi_slopes[h] * |j - c|``,
+        ``j`` a token's position and ``c = seq_lens[b] - 1`` the query's.
+    sinks : array_like, shape (Hq,), optional
+        One logit per query head in every row's denominator, with no value (gpt-oss);
+        the lse includes it.
     return_lse : bool, default False
         Also return the natural log-sum-exp of each row.
     backend : {"naive", "numba", "cython", "auto"}, optional
@@ -84,6 +95,8 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, w
     ((2, 2, 8), True)
     """
     call = _validate(q, k_cache, v_cache, block_table, seq_lens, window, scale)
+    call.modifiers = check_modifiers(softcap, alibi_slopes, sinks, call.q.shape[1],
+                                     call.compute_dtype)
     return_lse = check_flag("return_lse", return_lse)
     settings = get_config()
     chosen = resolve(backend if backend is not None else settings["backend"])
@@ -104,6 +117,7 @@ class _PagedCall:
         self.q, self.k_cache, self.v_cache = q, k_cache, v_cache
         self.table, self.lengths = table, lengths
         self.window, self.scale = window, scale
+        self.modifiers = NO_MODIFIERS  # the task's band shift carries the diagonal
         self.storage_dtype, self.compute_dtype = dtypes
 
     @property
@@ -197,8 +211,7 @@ def _tiled_paged(run_kernel, call, settings):
     plan = plan_of_tasks(rows, call.group, band, 1, call.block_size,
                          thread_budget(settings["num_threads"]), parts=(merges, n_parts))
     lse = run_plan(run_kernel, plan, call.q[:, :, None], call.k_cache.transpose(0, 2, 1, 3),
-                   call.v_cache.transpose(0, 2, 1, 3), call.scale, out[:, :, None],
-                   call.compute_dtype)
+                   call.v_cache.transpose(0, 2, 1, 3), call, out[:, :, None])
     return out, lse[..., 0]
 
 
@@ -262,7 +275,7 @@ def _naive_paged(call):
 
     batch, heads = call.q.shape[:2]
     out = np.zeros((batch, heads, call.v_cache.shape[3]), call.storage_dtype)
-    lse = np.full((batch, heads), -np.inf, call.compute_dtype)
+    lse = empty_rows_lse((batch, heads), call)
     for b in range(batch):
         length = int(call.lengths[b])
         if length == 0:
@@ -273,6 +286,6 @@ def _naive_paged(call):
                 for cache in (call.k_cache, call.v_cache))
         rows, row_lse = attention(call.q[b][:, None], k, v, causal="lower_right",
                                   window=call.window, scale=call.scale, return_lse=True,
-                                  backend="naive")
+                                  backend="naive", **modifier_options(call.modifiers))
         out[b], lse[b] = rows[:, 0], row_lse[:, 0]
     return out, lse

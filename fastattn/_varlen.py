@@ -17,16 +17,17 @@ from ._backends import resolve
 from ._config import get_config, thread_budget
 from ._contract import (TASK_BAND_SHIFT, TASK_BATCH, TASK_COLUMNS, TASK_K_START,
                         TASK_K_STOP, TASK_KV_BATCH, TASK_KV_HEAD, TASK_PART, TASK_Q_START,
-                        TASK_Q_STOP, MASK_NONE, Band, KernelCall)
+                        TASK_Q_STOP, MASK_NONE, NO_MODIFIERS, Band, KernelCall)
 from ._half import compute_dtype_of, result_type
 from ._plan import block_sizes, plan_of_tasks
 from ._tiled import execute_call, part_buffers
-from ._validation import (as_array, check_flag, check_float_array, describe,
-                          normalise_causal, normalise_scale, normalise_window)
+from ._validation import (as_array, check_flag, check_float_array, check_modifiers,
+                          describe, normalise_causal, normalise_scale, normalise_window)
 
 
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal=False, window=None,
-                     scale=None, return_lse=False, backend=None):
+                     scale=None, softcap=None, alibi_slopes=None, sinks=None,
+                     return_lse=False, backend=None):
     """Attention over a packed batch of sequences of different lengths (no padding).
 
     Each sequence attends only its own keys, with the semantics of
@@ -52,6 +53,15 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal=False, windo
         Per sequence, measured from the causal diagonal, as in :func:`fastattn.attention`.
     scale : float, optional
         Default ``1 / sqrt(D)``.
+    softcap : float, optional
+        ``s -> softcap * tanh(s / softcap)`` on the scaled scores, as in
+        :func:`fastattn.attention`.
+    alibi_slopes : array_like, shape (Hq,), optional
+        ALiBi, as in :func:`fastattn.attention`: ``-alibi_slopes[h] * |j - c|``,
+        ``c`` the causal diagonal of the query within its sequence.
+    sinks : array_like, shape (Hq,), optional
+        One logit per query head in every row's denominator, with no value (gpt-oss);
+        the lse includes it.
     return_lse : bool, default False
         Also return the natural log-sum-exp of each row.
     backend : {"naive", "numba", "cython", "auto"}, optional
@@ -81,6 +91,8 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal=False, windo
     ((8, 2, 4), True)
     """
     call = _validate(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, window, scale)
+    call.modifiers = check_modifiers(softcap, alibi_slopes, sinks, call.q.shape[1],
+                                     call.compute_dtype)
     return_lse = check_flag("return_lse", return_lse)
     settings = get_config()
     chosen = resolve(backend if backend is not None else settings["backend"])
@@ -102,6 +114,7 @@ class _VarlenCall:
         self.starts_q, self.starts_k = starts_q, starts_k
         self.causal, self.window, self.scale = causal, window, scale
         self.storage_dtype, self.compute_dtype = dtypes
+        self.modifiers = NO_MODIFIERS  # the task's band shift carries each diagonal
 
     @property
     def group(self):
@@ -195,12 +208,14 @@ def head_major(x):
     return x.transpose(1, 0, 2)[None]
 
 
-def run_plan(run_kernel, plan, q, k, v, scale, out, compute_dtype):
-    """Run ``plan`` over 4-D views ``q``, ``k``, ``v`` and ``out``; returns the lse
-    ``(B, Hq, Lq)`` in ``compute_dtype`` (``out`` written in place)."""
-    lse = np.empty(out.shape[:3], compute_dtype)
-    call = KernelCall(q=q, k=k, v=v, mask=None, mask_kind=MASK_NONE, scale=scale, plan=plan,
-                      out=out, lse=lse, **part_buffers(plan, out.shape[3], compute_dtype))
+def run_plan(run_kernel, plan, q, k, v, call, out):
+    """Run ``plan`` over 4-D views ``q``, ``k``, ``v`` and ``out`` with the scale, modifiers
+    and compute dtype of ``call``; returns the lse ``(B, Hq, Lq)`` (``out`` written in
+    place)."""
+    lse = np.empty(out.shape[:3], call.compute_dtype)
+    call = KernelCall(q=q, k=k, v=v, mask=None, mask_kind=MASK_NONE, scale=call.scale,
+                      plan=plan, out=out, lse=lse, modifiers=call.modifiers,
+                      **part_buffers(plan, out.shape[3], call.compute_dtype))
     execute_call(run_kernel, call)
     return lse
 
@@ -209,10 +224,10 @@ def _tiled_varlen(run_kernel, call, settings):
     total_q, heads = call.q.shape[:2]
     out = np.empty((total_q, heads, call.v.shape[2]), call.storage_dtype)
     if total_q * heads == 0:
-        return out, np.full((total_q, heads), -np.inf, call.compute_dtype)
+        return out, np.empty((total_q, heads), call.compute_dtype)
     plan = varlen_plan(call, settings)
     lse = run_plan(run_kernel, plan, head_major(call.q), head_major(call.k),
-                   head_major(call.v), call.scale, head_major(out), call.compute_dtype)
+                   head_major(call.v), call, head_major(out))
     return out, np.ascontiguousarray(lse[0].T)
 
 
@@ -267,13 +282,28 @@ def sequence_tasks(starts_q, starts_k, kv_heads, block_q, band, lower_right):
 # ---------------------------------------------------------------- naive
 
 
+def modifier_options(modifiers):
+    """The keywords of :func:`fastattn.attention` that give ``modifiers``."""
+    return dict(softcap=modifiers.softcap or None, alibi_slopes=modifiers.alibi_slopes,
+                sinks=modifiers.sinks)
+
+
+def empty_rows_lse(shape, call):
+    """The lse ``(tokens, Hq)`` of rows that see no key: -inf, or the head's sink."""
+    sinks = call.modifiers.sinks
+    lse = np.full(shape, -np.inf, call.compute_dtype)
+    if sinks is not None:
+        lse[...] = sinks
+    return lse
+
+
 def _naive_varlen(call):
     """Each sequence through the naive reference of :func:`fastattn.attention`."""
     from ._api import attention
 
     total_q, heads = call.q.shape[:2]
     out = np.zeros((total_q, heads, call.v.shape[2]), call.storage_dtype)
-    lse = np.full((total_q, heads), -np.inf, call.compute_dtype)
+    lse = empty_rows_lse((total_q, heads), call)
     for s in range(len(call.starts_q) - 1):
         q0, q1 = call.starts_q[s], call.starts_q[s + 1]
         k0, k1 = call.starts_k[s], call.starts_k[s + 1]
@@ -282,6 +312,7 @@ def _naive_varlen(call):
         rows, row_lse = attention(*(x[a:b].transpose(1, 0, 2) for x, a, b in
                                     ((call.q, q0, q1), (call.k, k0, k1), (call.v, k0, k1))),
                                   causal=call.causal or False, window=call.window,
-                                  scale=call.scale, return_lse=True, backend="naive")
+                                  scale=call.scale, return_lse=True, backend="naive",
+                                  **modifier_options(call.modifiers))
         out[q0:q1], lse[q0:q1] = rows.transpose(1, 0, 2), row_lse.T
     return out, lse
