@@ -90,7 +90,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal=False, windo
     >>> out.shape, bool(np.allclose(out[3:8], second.transpose(1, 0, 2)))
     ((8, 2, 4), True)
     """
-    call = _validate(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, window, scale)
+    call = check_varlen_call(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, window, scale)
     call.modifiers = check_modifiers(softcap, alibi_slopes, sinks, call.q.shape[1],
                                      call.compute_dtype)
     return_lse = check_flag("return_lse", return_lse)
@@ -121,7 +121,7 @@ class _VarlenCall:
         return self.q.shape[1] // self.k.shape[1]
 
 
-def _validate(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, window, scale):
+def check_varlen_call(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, window, scale):
     q, k, v = (as_array(name, x) for name, x in zip("qkv", (q, k, v)))
     check_token_arrays(("q", q), ("k", k), ("v", v), "total_q", "total_k")
     starts_q = check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], "q")

@@ -1,0 +1,193 @@
+"""Gradients of :func:`fastattn.varlen_attention`: one backward kernel call over every
+packed sequence.
+
+The packed arrays, viewed as ``(1, H, total, D)``, are one batch of the backward
+contract (``BWD_*`` in :mod:`fastattn._contract`): a task owns one sequence's keys for
+one kv head, walks that sequence's query rows, and carries the sequence's band shift
+(``BWD_BAND_SHIFT``), as the forward's tasks do.  Sequences never share query rows, so
+every task adds straight into ``dq`` (no partial slots); the tasks are balanced across
+the workers by cost.  A single sequence with few kv heads therefore runs on few
+threads: its keys are not split.
+"""
+
+import numpy as np
+
+from ._backends import resolve
+from ._backward import backward_runners, row_dots
+from ._backward_plan import BLOCK_K, TARGET_ROWS
+from ._config import get_config, thread_budget
+from ._contract import (BWD_BAND_SHIFT, BWD_BATCH, BWD_COLUMNS, BWD_K_START, BWD_K_STOP,
+                        BWD_KV_HEAD, BWD_PART, BWD_Q_START, BWD_Q_STOP, MASK_NONE, Band,
+                        BackwardCall)
+from ._half import is_float
+from ._plan import WorkPlan, balanced_starts, rounds
+from ._sinks import sink_gradient
+from ._validation import as_array, check_modifiers, describe
+from ._varlen import check_varlen_call, head_major, modifier_options
+
+
+def varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *,
+                              causal=False, window=None, scale=None, softcap=None,
+                              alibi_slopes=None, sinks=None, backend=None):
+    """Gradients of :func:`fastattn.varlen_attention` with respect to ``q``, ``k``, ``v``.
+
+    For the forward ``out, lse = varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k,
+    ..., return_lse=True)`` and the gradient ``dout`` of a scalar loss with respect to
+    ``out``, returns the gradients of that loss.  The tiled backends recompute the
+    probabilities block by block from ``lse``: no ``Lq x Lk`` buffer.
+
+    Parameters
+    ----------
+    dout : array_like, shape (total_q, Hq, Dv)
+        Upstream gradient, the shape of ``out``.
+    q, k, v, cu_seqlens_q, cu_seqlens_k, causal, window, scale, softcap, alibi_slopes, sinks
+        As given to :func:`fastattn.varlen_attention`.
+    out : array_like, shape (total_q, Hq, Dv)
+        The forward's output.
+    lse : array_like, shape (total_q, Hq)
+        The forward's log-sum-exp.
+    backend : {"naive", "numba", "cython", "auto"}, optional
+        Default: the ``backend`` setting (see :func:`fastattn.config_context`).
+
+    Returns
+    -------
+    dq, dk, dv : ndarray
+        Shaped and typed like ``q``, ``k``, ``v`` (half precision computed in float32
+        and rounded once); each kv head's gradient sums over its query heads.
+    dsinks : ndarray, shape (Hq,)
+        Only when ``sinks`` is given: their gradient, summed over every row.
+
+    Examples
+    --------
+    >>> import numpy as np, fastattn
+    >>> rng = np.random.default_rng(0)
+    >>> cu = np.array([0, 3, 8])
+    >>> q, k, v = rng.normal(size=(3, 8, 2, 4))
+    >>> out, lse = fastattn.varlen_attention(q, k, v, cu, cu, causal=True, return_lse=True)
+    >>> dout = rng.normal(size=out.shape)
+    >>> dq, dk, dv = fastattn.varlen_attention_backward(dout, q, k, v, out, lse, cu, cu,
+    ...                                                 causal=True)
+    >>> t = lambda x: x[3:8].transpose(1, 0, 2)  # the second sequence, head-major
+    >>> ref = fastattn.attention_backward(t(dout), t(q), t(k), t(v), t(out),
+    ...                                   lse[3:8].T, causal=True)
+    >>> bool(np.allclose(dk[3:8], ref[1].transpose(1, 0, 2)))
+    True
+    """
+    call = check_varlen_call(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, window, scale)
+    call.modifiers = check_modifiers(softcap, alibi_slopes, sinks, call.q.shape[1],
+                                     call.compute_dtype)
+    dout, out, lse = _gradient_inputs(call, dout, out, lse)
+    settings = get_config()
+    chosen = resolve(backend if backend is not None else settings["backend"])
+    if chosen.run_kernel is None:
+        grads = _naive_backward(call, dout, out, lse)
+    else:
+        grads = _tiled_backward(_backward_kernel(chosen.name), call, dout, out, lse, settings)
+    grads = tuple(g.astype(x.dtype, copy=False) for g, x in zip(grads, (call.q, call.k, call.v)))
+    if call.modifiers.sinks is None:
+        return grads
+    delta = row_dots(dout, out, call.compute_dtype)
+    dsinks = sink_gradient(call.modifiers.sinks, lse, delta, head_axis=1)
+    return grads + (dsinks.astype(call.compute_dtype),)
+
+
+def _backward_kernel(name):
+    """The compiled backend ``name``'s backward kernel (its error if it has none)."""
+    runner, reason = backward_runners()[name]
+    if runner is None:
+        raise ValueError(f"backend {name!r} has no backward here: {reason}")
+    if name == "numba":
+        from ._numba.backward import run_backward_kernel
+    else:
+        from ._cython._backward import run_backward_kernel
+    return run_backward_kernel
+
+
+def _gradient_inputs(call, dout, out, lse):
+    """``dout`` in the storage dtype, ``out`` in the storage or the compute dtype and ``lse``
+    in the compute dtype, checked: each a cast that rounds nothing."""
+    total_q, heads = call.q.shape[:2]
+    shape = (total_q, heads, call.v.shape[2])
+    checked = []
+    for name, x, expected, dtype in (("dout", dout, shape, call.storage_dtype),
+                                     ("out", out, shape, call.compute_dtype),
+                                     ("lse", lse, shape[:2], call.compute_dtype)):
+        array = as_array(name, x)
+        if not is_float(array.dtype):
+            raise TypeError(f"{describe(name, array)}: expected a float array")
+        if array.shape != expected:
+            raise ValueError(f"{describe(name, array)} must have shape {expected}, that of "
+                             f"varlen_attention's {'lse' if name == 'lse' else 'output'}")
+        if name == "out" and array.dtype == call.storage_dtype:
+            dtype = array.dtype  # only delta reads it, in the compute dtype
+        if not np.can_cast(array.dtype, dtype, "safe"):
+            raise TypeError(f"{describe(name, array)}: q, k and v are computed in {dtype}, "
+                            f"which would round {name}; pass the forward's own {name}")
+        checked.append(np.ascontiguousarray(array, dtype=dtype))
+    return checked
+
+
+def _tiled_backward(run_kernel, call, dout, out, lse, settings):
+    """``(dq, dk, dv)`` in the compute dtype; the kernel writes head-major C-contiguous
+    gradients ``(1, H, tokens, D)``, transposed back to ``(tokens, H, D)`` at the end."""
+    dtype = call.compute_dtype
+    dq, dk, dv = (np.zeros((1, x.shape[1], x.shape[0], x.shape[2]), dtype)
+                  for x in (call.q, call.k, call.v))
+    if min(x.size for x in (call.q, call.k, call.v)) > 0:
+        plan = varlen_backward_plan(call, settings)
+        backward = BackwardCall(
+            q=head_major(call.q), k=head_major(call.k), v=head_major(call.v),
+            dout=head_major(dout), lse=np.ascontiguousarray(lse.T)[None],
+            delta=np.ascontiguousarray(row_dots(dout, out, dtype).T)[None], mask=None,
+            mask_kind=MASK_NONE, scale=call.scale, plan=plan, dq=dq, dk=dk, dv=dv,
+            part_dq=np.zeros((0, plan.group) + dq.shape[2:], dtype), modifiers=call.modifiers)
+        for part in rounds(plan):  # Python runs between rounds: a pending Ctrl-C is raised
+            backward.plan = part
+            run_kernel(backward)
+    return tuple(np.ascontiguousarray(g[0].transpose(1, 0, 2)) for g in (dq, dk, dv))
+
+
+def varlen_backward_plan(call, settings):
+    """One task per (sequence, kv head): the sequence's keys against its query rows."""
+    starts_q, starts_k = call.starts_q, call.starts_k
+    lengths_q, lengths_k = np.diff(starts_q), np.diff(starts_k)
+    diagonal = lengths_k - lengths_q if call.causal == "lower_right" else 0
+    kv_heads, n_seqs = call.k.shape[1], len(lengths_q)
+    tasks = np.zeros((n_seqs, kv_heads, BWD_COLUMNS), np.int64)
+    tasks[..., BWD_BATCH] = 0
+    tasks[..., BWD_KV_HEAD] = np.arange(kv_heads)
+    tasks[..., BWD_K_START] = starts_k[:-1, None]
+    tasks[..., BWD_K_STOP] = starts_k[1:, None]
+    tasks[..., BWD_Q_START] = starts_q[:-1, None]
+    tasks[..., BWD_Q_STOP] = starts_q[1:, None]
+    tasks[..., BWD_PART] = -1
+    tasks[..., BWD_BAND_SHIFT] = (starts_k[:-1] - starts_q[:-1] + diagonal)[:, None]
+    tasks = tasks.reshape(-1, BWD_COLUMNS)
+    block_k = max(1, min(settings["block_k"] or BLOCK_K, int(lengths_k.max(initial=1))))
+    block_q = max(1, min(settings["block_q"] or max(1, TARGET_ROWS // call.group),
+                         int(lengths_q.max(initial=1))))
+    costs = (call.group * np.repeat(lengths_q * lengths_k, kv_heads) + block_k).astype(np.int64)
+    band = Band.from_alignment(0, 0, call.causal, call.window)
+    return WorkPlan(block_q, block_k, call.group, band, tasks, costs,
+                    balanced_starts(costs, thread_budget(settings["num_threads"])), 0)
+
+
+def _naive_backward(call, dout, out, lse):
+    """Each sequence through the naive :func:`fastattn.attention_backward`."""
+    from ._backward import attention_backward
+
+    grads = [np.zeros(x.shape, np.float64) for x in (call.q, call.k, call.v)]
+    options = modifier_options(call.modifiers)
+    for s in range(len(call.starts_q) - 1):
+        q0, q1 = call.starts_q[s], call.starts_q[s + 1]
+        k0, k1 = call.starts_k[s], call.starts_k[s + 1]
+        rows = (slice(q0, q1), slice(k0, k1), slice(k0, k1))
+        t = (lambda x, r: x[r].transpose(1, 0, 2))
+        result = attention_backward(t(dout, rows[0]), *(t(x, r) for x, r in
+                                                         zip((call.q, call.k, call.v), rows)),
+                                    t(out, rows[0]), lse[q0:q1].T, causal=call.causal or False,
+                                    window=call.window, scale=call.scale, backend="naive",
+                                    **options)
+        for grad, part, r in zip(grads, result[:3], rows):
+            grad[r] = part.transpose(1, 0, 2)
+    return grads
