@@ -38,19 +38,38 @@ def run_kernel(call):
                np.empty((workers, rows, value_dim), dtype),
                np.empty((workers, 3, rows)),  # running max, running sum, rescale factor
                np.empty((workers, rows), dtype),  # max of the current block
-               np.empty((workers, rows * block_k), dtype=np.int64))  # exp scratch
+               np.empty((workers, rows * block_k), dtype=np.int64),  # exp scratch
+               softcap_scratch(call.modifiers, workers, rows * block_k, dtype))
     arguments = (*flat_view(q), *flat_view(as_kernel_array(call.k)), *flat_view(v),
                  *flat_view(mask),
                  call.mask_kind, *flat_view(out, writeable=True), call.lse, part_out,
                  call.part_lse, _writeable(plan.tasks), _writeable(plan.worker_starts),
                  plan.group, block_k, plan.band.lo, plan.band.hi, dtype.type(call.scale),
-                 call.out is None, *scratch)
+                 call.out is None, *modifier_arguments(call.modifiers, dtype), *scratch)
     # Workers call BLAS (np.dot) from inside the loop: one BLAS thread each.
     with single_threaded():
         if workers == 1:  # no thread team: also what a forked child runs
             run_worker(0, *arguments)
         else:
             run_parallel(run_tasks_parallel, workers, arguments)
+
+
+def modifier_arguments(modifiers, dtype):
+    """``(softcap, alibi, diagonal)`` for the kernels, of the same types with or without them.
+
+    ``softcap`` is a scalar of the compute dtype (0: none), ``alibi`` the slopes as a
+    writeable contiguous array of the compute dtype (empty: none), ``diagonal`` an int64:
+    one compiled signature per dtype either way.
+    """
+    slopes = modifiers.alibi_slopes
+    alibi = (np.zeros(0, dtype) if slopes is None
+             else _writeable(np.ascontiguousarray(slopes, dtype)))
+    return dtype.type(modifiers.softcap), alibi, np.int64(modifiers.diagonal)
+
+
+def softcap_scratch(modifiers, workers, size, dtype):
+    """Per-worker tiles of the softcap's derivative: ``size`` each, none without a softcap."""
+    return np.empty((workers, size if modifiers.softcap else 0), dtype)
 
 
 def _writeable(array):

@@ -19,6 +19,11 @@ a row would need reassociation).  ``acc += stᵀ V`` is the second BLAS call; ro
 normalised once, at the end.  One worker's run is :func:`run_worker`; with several
 workers :func:`run_tasks_parallel` runs them in a ``prange`` (a single worker, as in a
 forked child, needs no thread team at all).
+
+The score modifiers arrive as ``softcap`` (a scalar of the compute dtype, 0 for none),
+``alibi`` (the slopes, empty for none) and ``diagonal``, always of the same types, so a
+call without modifiers runs the same compiled code as before they existed; they bend
+each score tile (:func:`modify_scores`) before the band and the mask set -inf.
 """
 
 import math
@@ -31,46 +36,52 @@ from .._contract import (DECODE_ROWS, MASK_ADD, MASK_KEEP, MASK_NONE, TASK_BAND_
                          TASK_BATCH, TASK_K_START, TASK_K_STOP, TASK_KV_BATCH, TASK_KV_HEAD,
                          TASK_PART, TASK_Q_START, TASK_Q_STOP)
 from .halves import load, read_row, store
-from .rowops import JIT, exp_inplace
+from .rowops import JIT, exp_inplace, like, softcap_inplace
 
 
 @njit(parallel=True, **JIT)
 def run_tasks_parallel(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, lse,
                        part_out, part_lse, tasks, worker_starts, group, block_k, band_lo,
-                       band_hi, scale, lse_only, q_tiles, k_tiles, v_tiles, score_tiles,
-                       pv_tiles, acc_tiles, row_stats, row_maxes, exp_bits):
+                       band_hi, scale, lse_only, softcap, alibi, diagonal, q_tiles, k_tiles,
+                       v_tiles, score_tiles, pv_tiles, acc_tiles, row_stats, row_maxes,
+                       exp_bits, softcap_tiles):
     """Run every worker's tasks (:func:`run_worker`), workers in parallel."""
     for worker in prange(len(worker_starts) - 1):
         run_worker(worker, q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at,
                    lse, part_out, part_lse, tasks, worker_starts, group, block_k, band_lo,
-                   band_hi, scale, lse_only, q_tiles, k_tiles, v_tiles, score_tiles, pv_tiles,
-                   acc_tiles, row_stats, row_maxes, exp_bits)
+                   band_hi, scale, lse_only, softcap, alibi, diagonal, q_tiles, k_tiles,
+                   v_tiles, score_tiles, pv_tiles, acc_tiles, row_stats, row_maxes, exp_bits,
+                   softcap_tiles)
 
 
 @njit(**JIT)
 def run_worker(worker, q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, lse,
                part_out, part_lse, tasks, worker_starts, group, block_k, band_lo, band_hi,
-               scale, lse_only, q_tiles, k_tiles, v_tiles, score_tiles, pv_tiles, acc_tiles,
-               row_stats, row_maxes, exp_bits):
+               scale, lse_only, softcap, alibi, diagonal, q_tiles, k_tiles, v_tiles,
+               score_tiles, pv_tiles, acc_tiles, row_stats, row_maxes, exp_bits,
+               softcap_tiles):
     """Run the tasks of one worker, with that worker's scratch."""
     for t in range(worker_starts[worker], worker_starts[worker + 1]):
         _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, lse,
                   part_out, part_lse, tasks[t], group, block_k, band_lo, band_hi, scale,
-                  lse_only, q_tiles[worker], k_tiles[worker], v_tiles[worker],
-                  score_tiles[worker], pv_tiles[worker], acc_tiles[worker],
-                  row_stats[worker], row_maxes[worker], exp_bits[worker])
+                  lse_only, softcap, alibi, diagonal, q_tiles[worker], k_tiles[worker],
+                  v_tiles[worker], score_tiles[worker], pv_tiles[worker], acc_tiles[worker],
+                  row_stats[worker], row_maxes[worker], exp_bits[worker],
+                  softcap_tiles[worker])
 
 
 @njit(**JIT)
 def _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, lse, part_out,
-              part_lse, task, group, block_k, band_lo, band_hi, scale, lse_only,
-              q_scratch, k_scratch, v_scratch, s_scratch, pv_scratch, acc_scratch, stats,
-              max_scratch, bits):
+              part_lse, task, group, block_k, band_lo, band_hi, scale, lse_only, softcap,
+              alibi, diagonal, q_scratch, k_scratch, v_scratch, s_scratch, pv_scratch,
+              acc_scratch, stats, max_scratch, bits, softcap_scratch):
     b, kv_head, part = task[TASK_BATCH], task[TASK_KV_HEAD], task[TASK_PART]
     kv_b = task[TASK_KV_BATCH]  # of k, v and the mask (a page of a paged cache, ...)
     q0, q1, k0, k1 = task[TASK_Q_START], task[TASK_Q_STOP], task[TASK_K_START], task[TASK_K_STOP]
     # this task's band: the plan's, moved (a packed sequence keeps its own alignment)
     band_lo, band_hi = band_lo + task[TASK_BAND_SHIFT], band_hi + task[TASK_BAND_SHIFT]
+    modified = softcap != 0.0 or alibi.shape[0] > 0  # tested once per task, not per score
+    alibi_diagonal = diagonal + task[TASK_BAND_SHIFT]  # ALiBi's diagonal moves with the band
     n_q = q1 - q0
     rows = group * n_q
     head0 = kv_head * group
@@ -91,6 +102,9 @@ def _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, 
         k_tile = _key_rows(k, k_at, kv_b, kv_head, j0, n_k, head_dim, k_scratch)
         st = s_scratch[:n_k * rows].reshape(n_k, rows)
         _block_scores(k_tile, q_tile, st)
+        if modified:
+            modify_scores(st, softcap, alibi, head0, q0, n_q, j0, alibi_diagonal,
+                          softcap_scratch, bits)
         limited = _apply_limits(st, mask, mask_at, mask_kind, kv_b, head0, group, q0, n_q, j0,
                                 band_lo, band_hi)
         _softmax_block(st, running_max, running_sum, block_max, alpha, bits)
@@ -221,6 +235,35 @@ def _pack_queries(q, q_at, b, head0, group, q0, n_q, scale, q_tile):
             dst = q_tile[h * n_q + i]
             for d in range(width):
                 dst[d] = load(q[start + d]) * scale
+
+
+@njit(**JIT)
+def modify_scores(st, softcap, alibi, head0, q0, n_q, j0, diagonal, derivative, bits):
+    """Apply the softcap, then ALiBi, to a key-major score tile of rows ``q0 .. q0 + n_q``
+    of heads ``head0 ...`` (``st[jj, h * n_q + i]``) and keys ``j0 ...``.
+
+    ``softcap`` 0 and an empty ``alibi`` skip theirs; with a softcap, ``derivative``
+    receives ``1 - tanh²`` of each score (the backward's chain-rule factor).
+    """
+    n_k, rows = st.shape
+    if softcap != 0.0:
+        softcap_inplace(st.reshape(n_k * rows), softcap, derivative, bits, n_k * rows)
+    if alibi.shape[0] > 0:
+        _alibi_tile(st, alibi, head0, q0, n_q, j0, diagonal)
+
+
+@njit(**JIT)
+def _alibi_tile(st, alibi, head0, q0, n_q, j0, diagonal):
+    """``st[jj, h * n_q + i] -= alibi[head0 + h] * |j0 + jj - (q0 + i) - diagonal|``."""
+    n_k, rows = st.shape
+    for jj in range(n_k):
+        scores = st[jj]
+        offset = j0 + jj - q0 - diagonal
+        for h in range(rows // n_q):
+            slope, r0 = alibi[head0 + h], h * n_q
+            for i in range(n_q):
+                # int32 -> float converts in vectors on AVX2; distances are far below 2**31
+                scores[r0 + i] -= slope * like(st, np.int32(abs(offset - i)))
 
 
 @njit(**JIT)

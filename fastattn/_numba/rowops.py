@@ -9,7 +9,13 @@ one ulp of truncation error); ``2**n`` written straight into the exponent bits o
 scratch buffer that a second loop multiplies in.  Arguments below -88 (float32) or
 -709 (float64), -inf included, give exactly 0; NaN gives NaN.  No fast-math flags:
 the arithmetic keeps IEEE semantics for inf and NaN.
+
+The softcap of the score modifiers (:func:`softcap_inplace`) is built on the same exp,
+and :func:`like` casts a scalar to a tile's dtype (Numba would promote a float32 tile's
+arithmetic with a float64 or integer scalar to float64).
 """
+
+import math
 
 import numpy as np
 from numba import njit, types
@@ -32,6 +38,37 @@ def exp_inplace(x, bits, n):
 @overload(exp_inplace, jit_options=JIT)
 def _exp_inplace_typed(x, bits, n):
     return _exp_f32 if x.dtype == types.float32 else _exp_f64
+
+
+def like(tile, value):
+    """``value`` as a scalar of ``tile``'s dtype (float32 or float64)."""
+    raise NotImplementedError  # only callable from jitted code, through the overload
+
+
+@overload(like, jit_options=JIT)
+def _like_typed(tile, value):
+    if tile.dtype == types.float32:
+        return lambda tile, value: np.float32(value)
+    return lambda tile, value: np.float64(value)
+
+
+@njit(**JIT)
+def softcap_inplace(x, softcap, derivative, bits, n):
+    """``x[j] = softcap * tanh(x[j] / softcap)`` and ``derivative[j] = 1 - tanh²``, ``j < n``.
+
+    ``tanh(y) = sign(y) (1 - e) / (1 + e)`` with ``e = exp(-2|y|)``: the exp above, vectorised,
+    and never of a positive argument (which could overflow).  ``±inf`` gives ``±softcap``
+    (derivative 0), NaN stays NaN.  ``derivative`` (``n`` elements) is also the scratch.
+    """
+    factor, one, cap = like(x, -2.0 / softcap), like(x, 1.0), like(x, softcap)
+    for j in range(n):
+        derivative[j] = abs(x[j]) * factor
+    exp_inplace(derivative, bits, n)
+    for j in range(n):
+        e = derivative[j]
+        t = (one - e) / (one + e)
+        x[j] = math.copysign(cap * t, x[j])  # NaN keeps NaN: t is NaN
+        derivative[j] = one - t * t
 
 
 def _exp_f32(x, bits, n):
