@@ -119,6 +119,10 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         Must be 0 (evaluation, or a model configured without attention dropout).
     scaling : float, optional
         Default ``1 / sqrt(D)``.
+    **kwargs
+        ``softcap`` (Gemma 2's logit softcapping) and ``s_aux`` (gpt-oss's learned
+        sinks, shape ``(Hq,)``, differentiable) are computed in the kernels; other
+        model-specific options are ignored, as transformers' "sdpa" does.
 
     Returns
     -------
@@ -130,15 +134,16 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         raise ValueError(f"dropout={dropout}: fastattn has no attention dropout; train with "
                          f"attention dropout 0 in the model's config, or use "
                          f"attn_implementation='sdpa'")
-    for option in ("softcap", "position_bias", "s_aux"):
-        if kwargs.get(option) is not None:
-            raise NotImplementedError(f"{option} is not supported by fastattn; use "
-                                      f"attn_implementation='eager' or 'sdpa'")
+    if kwargs.get("position_bias") is not None:
+        raise NotImplementedError("position_bias is not supported by fastattn; use "
+                                  "attn_implementation='eager' or 'sdpa'")
+    modifiers = dict(softcap=kwargs.get("softcap"), sinks=kwargs.get("s_aux"))
     if attention_mask is None:
         if is_causal is None:
             is_causal = getattr(module, "is_causal", True)
         causal = "lower_right" if is_causal and query.shape[2] > 1 else False
     else:
         causal = "lower_right" if getattr(attention_mask, _CAUSAL_TAG, False) else False
-    out = _attention(query, key, value, attention_mask, causal=causal, scale=scaling)
+    out = _attention(query, key, value, attention_mask, causal=causal, scale=scaling,
+                     **modifiers)
     return out.transpose(1, 2).contiguous(), None

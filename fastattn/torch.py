@@ -84,13 +84,14 @@ def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _forward(query, key, value, mask, causal, window_left, window_right, scale, want_lse):
+def _forward(query, key, value, mask, causal, window_left, window_right, scale, want_lse,
+             softcap=None, alibi_slopes=None, sinks=None):
     """``(out, lse)`` (``lse`` None unless ``want_lse``) as tensors: the operator's body."""
     causal, window = _options(causal, window_left, window_right)
     result = _attention_arrays(
         _as_numpy(query), _as_numpy(key), _as_numpy(value),
         None if mask is None else _as_numpy(mask), causal=causal, window=window, scale=scale,
-        return_lse=want_lse)
+        return_lse=want_lse, **_modifier_arrays(softcap, alibi_slopes, sinks))
     out, lse = result if want_lse else (result, None)
     out = _as_tensor(out)
     if out.dtype is not query.dtype:  # mixed dtypes: the operator returns the query's dtype
@@ -98,17 +99,28 @@ def _forward(query, key, value, mask, causal, window_left, window_right, scale, 
     return out, None if lse is None else torch.from_numpy(lse)
 
 
+def _modifier_arrays(softcap, alibi_slopes, sinks):
+    """The score modifiers as :func:`fastattn.attention` takes them (tensors as arrays)."""
+    return dict(softcap=softcap,
+                alibi_slopes=None if alibi_slopes is None else _as_numpy(alibi_slopes),
+                sinks=None if sinks is None else _as_numpy(sinks))
+
+
 # --------------------------------------------------------------------------- the operator
 
 @torch.library.custom_op("fastattn::attention", mutates_args=())
 def _attention_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   mask: torch.Tensor | None, causal: str, window_left: int, window_right: int,
-                  scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(query, key, value, mask, causal, window_left, window_right, scale, True)
+                  scale: float | None, softcap: float | None = None,
+                  alibi_slopes: torch.Tensor | None = None, sinks: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(query, key, value, mask, causal, window_left, window_right, scale, True,
+                    softcap, alibi_slopes, sinks)
 
 
 @_attention_op.register_fake
-def _attention_fake(query, key, value, mask, causal, window_left, window_right, scale):
+def _attention_fake(query, key, value, mask, causal, window_left, window_right, scale,
+                    softcap=None, alibi_slopes=None, sinks=None):
     if query.dim() == 2:
         out_shape = (query.shape[0], value.shape[-1])
     else:
@@ -119,10 +131,11 @@ def _attention_fake(query, key, value, mask, causal, window_left, window_right, 
 
 
 def _setup_context(ctx, inputs, output):
-    query, key, value, mask, causal, window_left, window_right, scale = inputs
+    query, key, value, mask, causal, window_left, window_right, scale, *modifiers = inputs
+    softcap, alibi_slopes, sinks = modifiers + [None] * (3 - len(modifiers))
     out, lse = output
-    ctx.save_for_backward(query, key, value, mask, out, lse)
-    ctx.options = (causal, window_left, window_right, scale)
+    ctx.save_for_backward(query, key, value, mask, out, lse, alibi_slopes, sinks)
+    ctx.options = (causal, window_left, window_right, scale, softcap)
     ctx.mark_non_differentiable(lse)
 
 
@@ -130,30 +143,38 @@ def _setup_context(ctx, inputs, output):
 def _attention_backward_op(dout: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
                            value: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                            mask: torch.Tensor | None, causal: str, window_left: int,
-                           window_right: int, scale: float | None
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           window_right: int, scale: float | None, softcap: float | None,
+                           alibi_slopes: torch.Tensor | None, sinks: torch.Tensor | None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     causal, window = _options(causal, window_left, window_right)
     if dout.dim() and dout.stride(-1) != 1:  # e.g. the zero strides of sum()'s gradient
         dout = dout.contiguous()
     grads = _numpy_backward(
         _as_numpy(dout), _as_numpy(query), _as_numpy(key), _as_numpy(value), _as_numpy(out),
         _as_numpy(lse), None if mask is None else _as_numpy(mask), causal=causal,
-        window=window, scale=scale)
-    return tuple(_as_tensor(g).to(x.dtype) for g, x in zip(grads, (query, key, value)))
+        window=window, scale=scale, **_modifier_arrays(softcap, alibi_slopes, sinks))
+    tensors = [_as_tensor(g).to(x.dtype) for g, x in zip(grads, (query, key, value))]
+    dsinks = (torch.from_numpy(grads[3]).to(sinks.dtype) if sinks is not None
+              else query.new_empty(0))  # the schema's fourth tensor: empty without sinks
+    return (*tensors, dsinks)
 
 
 @_attention_backward_op.register_fake
 def _attention_backward_fake(dout, query, key, value, out, lse, mask, causal, window_left,
-                             window_right, scale):
-    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format)
-                 for x in (query, key, value))
+                             window_right, scale, softcap, alibi_slopes, sinks):
+    grads = tuple(torch.empty_like(x, memory_format=torch.contiguous_format)
+                  for x in (query, key, value))
+    return (*grads, torch.empty_like(sinks) if sinks is not None else query.new_empty(0))
 
 
 def _backward(ctx, dout, _dlse):
-    query, key, value, mask, out, lse = ctx.saved_tensors
-    dq, dk, dv = torch.ops.fastattn.attention_backward(dout, query, key, value, out, lse, mask,
-                                                       *ctx.options)
-    return dq, dk, dv, None, None, None, None, None
+    query, key, value, mask, out, lse, alibi_slopes, sinks = ctx.saved_tensors
+    causal, left, right, scale, softcap = ctx.options
+    dq, dk, dv, dsinks = torch.ops.fastattn.attention_backward(
+        dout, query, key, value, out, lse, mask, causal, left, right, scale, softcap,
+        alibi_slopes, sinks)
+    return dq, dk, dv, None, None, None, None, None, None, None, \
+        dsinks if sinks is not None else None
 
 
 _attention_op.register_autograd(_backward, setup_context=_setup_context)
@@ -173,20 +194,29 @@ def _use_operator(tensors):
     return False
 
 
-def _run(query, key, value, mask, causal, window, scale, want_lse):
+def _run(query, key, value, mask, causal, window, scale, want_lse, softcap=None,
+         alibi_slopes=None, sinks=None):
     """Check the tensors, then compute directly or through the operator."""
     tensors = (query, key, value) if mask is None else (query, key, value, mask)
     _check_tensors(tensors)
+    for name, tensor in (("alibi_slopes", alibi_slopes), ("sinks", sinks)):
+        if tensor is not None and not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor of shape (Hq,), got "
+                            f"{type(tensor).__name__}")
+    if sinks is not None:
+        tensors += (sinks,)  # a learned sink needs the operator's autograd
     left, right = (NO_LIMIT, NO_LIMIT) if window is None else (
         NO_LIMIT if side is None else int(side) for side in window)
     code = _CAUSAL_CODES.get(causal) if isinstance(causal, (bool, str)) else None
     if code is None:
         raise ValueError(f"causal={causal!r}: expected False, True, 'upper_left' or "
                          f"'lower_right'")
+    modifiers = (softcap, alibi_slopes, sinks)
     if _use_operator(tensors):
-        out, lse = torch.ops.fastattn.attention(query, key, value, mask, code, left, right, scale)
+        out, lse = torch.ops.fastattn.attention(query, key, value, mask, code, left, right, scale,
+                                                *modifiers)
         return (out, lse) if want_lse else out
-    out, lse = _forward(query, key, value, mask, code, left, right, scale, want_lse)
+    out, lse = _forward(query, key, value, mask, code, left, right, scale, want_lse, *modifiers)
     return (out, lse) if want_lse else out
 
 
@@ -332,7 +362,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 
 
 def attention(query, key, value, mask=None, *, causal=False, window=None, scale=None,
-              return_lse=False):
+              softcap=None, alibi_slopes=None, sinks=None, return_lse=False):
     """:func:`fastattn.attention` on CPU tensors, differentiable and traceable.
 
     Parameters
@@ -347,6 +377,11 @@ def attention(query, key, value, mask=None, *, causal=False, window=None, scale=
     window : tuple (left, right), optional
     scale : float, optional
         As in :func:`fastattn.attention`.
+    softcap : float, optional
+    alibi_slopes : torch.Tensor, shape (Hq,), optional
+    sinks : torch.Tensor, shape (Hq,), optional
+        Score modifiers, as in :func:`fastattn.attention`.  The sinks are
+        differentiable (gpt-oss learns them); the slopes are constants.
     return_lse : bool, default False
         Also return the log-sum-exp of each row (float32, or float64 for float64
         inputs).  It carries no gradient.
@@ -368,7 +403,8 @@ def attention(query, key, value, mask=None, *, causal=False, window=None, scale=
     >>> out.shape, lse.shape
     (torch.Size([1, 2, 1, 8]), torch.Size([1, 2, 1]))
     """
-    return _run(query, key, value, mask, causal, window, scale, return_lse)
+    return _run(query, key, value, mask, causal, window, scale, return_lse, softcap,
+                alibi_slopes, sinks)
 
 
 # --------------------------------------------------------------------------- override

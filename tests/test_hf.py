@@ -133,3 +133,47 @@ def test_attention_dropout_is_refused(llama):
     with pytest.raises(ValueError, match="attention dropout 0"):
         fastattn.hf.attention_forward(llama.model.layers[0].self_attn, query, key, key, None,
                                       dropout=0.1)
+
+
+def tiny_model(architecture):
+    """A 2-layer gpt-oss (learned sinks, a sliding-window layer) or Gemma 2 (logit
+    softcapping, a sliding-window layer), random weights."""
+    shared = dict(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4)
+    torch.manual_seed(0)
+    if architecture == "gpt-oss":
+        config = transformers.GptOssConfig(
+            num_local_experts=2, num_experts_per_tok=1,
+            layer_types=["sliding_attention", "full_attention"], **shared)
+        model = transformers.GptOssForCausalLM(config)
+        for layer in model.model.layers:  # zeros at init: make them matter
+            torch.nn.init.normal_(layer.self_attn.sinks)
+    else:
+        config = transformers.Gemma2Config(attn_logit_softcapping=2.0,
+                                           final_logit_softcapping=None, **shared)
+        model = transformers.Gemma2ForCausalLM(config)
+    return model
+
+
+@pytest.mark.parametrize("architecture", ["gpt-oss", "gemma2"])
+def test_sinks_and_softcap_models_match_eager_with_gradients(architecture):
+    model = tiny_model(architecture)
+    ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(2))
+
+    def loss_and_gradients(implementation):
+        model.set_attn_implementation(implementation)
+        model.zero_grad()
+        output = model(ids, labels=ids)
+        output.loss.backward()
+        return output.logits.detach(), {name: p.grad.clone()
+                                        for name, p in model.named_parameters()
+                                        if p.grad is not None}
+
+    logits, ours = loss_and_gradients(NAME)
+    expected_logits, expected = loss_and_gradients("eager")
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
+    assert ours.keys() == expected.keys()
+    if architecture == "gpt-oss":
+        assert any(name.endswith("sinks") for name in ours)
+    for name, grad in ours.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)

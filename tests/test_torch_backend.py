@@ -231,3 +231,33 @@ def test_the_plain_path_gives_the_bits_of_the_full_path(dtype, is_causal):
     assert torch.equal(plain, full) and plain.dtype == dtype
     with pytest.raises(ValueError, match="enable_gqa"):  # still refused on the fast path
         fastattn.torch.scaled_dot_product_attention(q, k[:, :2], v[:, :2])
+
+
+def modified_reference(q, k, v, softcap, slopes, sinks):
+    """Causal attention with softcap, ALiBi and sinks in torch's own autograd (one kv head
+    per query head): the sinks as one more score column, dropped after the softmax."""
+    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    scores = softcap * torch.tanh(scores / softcap)
+    lq, lk = scores.shape[-2:]
+    distance = (torch.arange(lk)[None, :] - torch.arange(lq)[:, None]).to(q.dtype)
+    scores = scores - slopes[:, None, None] * distance.abs()
+    scores = scores.masked_fill(distance > 0, float("-inf"))
+    column = sinks[:, None, None].expand(*scores.shape[:-1], 1)
+    weights = torch.softmax(torch.cat([scores, column], dim=-1), dim=-1)[..., :-1]
+    return weights @ v
+
+
+def test_modifiers_and_sink_gradients_against_torch_autograd():
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 7, 8, dtype=torch.float64, generator=generator,
+                           requires_grad=True) for _ in range(3))
+    slopes = torch.tensor([0.5, 0.1, 0.0], dtype=torch.float64)
+    sinks = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    out = ft.attention(q, k, v, causal=True, softcap=1.5, alibi_slopes=slopes, sinks=sinks)
+    expected = modified_reference(q, k, v, 1.5, slopes, sinks)
+    torch.testing.assert_close(out, expected)
+    upstream = torch.randn(out.shape, dtype=torch.float64, generator=generator)
+    ours = torch.autograd.grad(out, (q, k, v, sinks), upstream)
+    theirs = torch.autograd.grad(expected, (q, k, v, sinks), upstream)
+    for name, a, b in zip(("q", "k", "v", "sinks"), ours, theirs):
+        torch.testing.assert_close(a, b, msg=name)
