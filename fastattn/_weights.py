@@ -17,7 +17,7 @@ import numpy as np
 
 from ._backends import resolve
 from ._config import get_config
-from ._contract import MASK_ADD, MASK_KEEP
+from ._contract import MASK_ADD, MASK_KEEP, NO_MODIFIERS
 from ._validation import validate
 
 BLOCK_ROWS = 256
@@ -28,7 +28,8 @@ BLOCK_COLS = 1024
 
 
 def attention_weights(q, k, mask=None, *, causal=False, window=None, scale=None,
-                      heads=None, rows=None, cols=None):
+                      softcap=None, alibi_slopes=None, sinks=None, heads=None, rows=None,
+                      cols=None):
     """Exact attention probabilities ``softmax(q kᵀ · scale + mask)`` of a block.
 
     The arguments mean what they mean in :func:`fastattn.attention` (values are
@@ -53,6 +54,9 @@ def attention_weights(q, k, mask=None, *, causal=False, window=None, scale=None,
         As in :func:`fastattn.attention`: measured from the causal diagonal.
     scale : float, optional
         Default ``1 / sqrt(D)``.
+    softcap, alibi_slopes, sinks : optional
+        Score modifiers, as in :func:`fastattn.attention`.  With sinks, a full
+        row sums to less than 1: the sink takes the rest.
     heads : sequence of int, optional
         Query heads to return, in this order (negative indices count from the
         end); default all.  A single int is taken as ``[int]``: the head axis is
@@ -92,7 +96,7 @@ def attention_weights(q, k, mask=None, *, causal=False, window=None, scale=None,
     >>> bool(np.all(np.triu(w, 1) == 0))               # keys after the query: 0
     True
     """
-    problem = validate(q, k, k, mask, causal, window, scale)
+    problem = validate(q, k, k, mask, causal, window, scale, softcap, alibi_slopes, sinks)
     n_heads, lq, lk = problem.heads, problem.q.shape[-2], problem.k.shape[-2]
     head_idx = _indices("heads", heads, n_heads)
     row_idx = _indices("rows", rows, lq)
@@ -150,13 +154,25 @@ def _row_lse(problem, head_idx, row_idx):
         q_sub = q_sub[..., head_idx, :, :]  # one kv head per selected query head
         k_sub = k_sub[..., head_idx // problem.group, :, :]
     sub = dataclasses.replace(problem, q=q_sub, k=k_sub, v=k_sub, band=band,
-                              mask=_sub_mask(problem, head_idx, r0, r1, c0, c1))
+                              mask=_sub_mask(problem, head_idx, r0, r1, c0, c1),
+                              modifiers=_sub_modifiers(problem.modifiers, head_idx, c0 - r0))
     settings = get_config()
     _, sub_lse = resolve(settings["backend"], sub).run(sub, settings, lse_only=True)
 
     inside = (row_idx >= r0) & (row_idx < r1)
     lse[..., inside] = sub_lse[..., row_idx[inside] - r0]
     return lse
+
+
+def _sub_modifiers(modifiers, head_idx, offset):
+    """The modifiers of the selected heads, in coordinates whose keys start ``offset`` later
+    than their rows (the ALiBi diagonal moves by ``-offset``)."""
+    if modifiers == NO_MODIFIERS:
+        return modifiers
+    pick = (lambda values: None if values is None else np.ascontiguousarray(values[head_idx]))
+    return dataclasses.replace(modifiers, alibi_slopes=pick(modifiers.alibi_slopes),
+                               sinks=pick(modifiers.sinks),
+                               diagonal=modifiers.diagonal - offset)
 
 
 def _sub_mask(problem, head_idx, r0, r1, c0, c1):
@@ -189,7 +205,8 @@ def _fill_weights(problem, head_idx, row_idx, col_idx, lse, weights):
                 alive = ~np.isneginf(row_lse)[:, None]
                 for c in range(0, len(col_idx), BLOCK_COLS):
                     cols = col_idx[c:c + BLOCK_COLS]
-                    scores = q_block @ k[cols].astype(np.float64).T
+                    scores = _modified(problem.modifiers, q_block @ k[cols].astype(np.float64).T,
+                                       head, rows, cols)
                     keep = problem.band.visible(rows, cols) & alive
                     if problem.mask_kind == MASK_KEEP:
                         keep &= mask[np.ix_(rows, cols)].astype(bool)
@@ -202,3 +219,13 @@ def _fill_weights(problem, head_idx, row_idx, col_idx, lse, weights):
                     weights[batch + (position, slice(r, r + BLOCK_ROWS),
                                      slice(c, c + BLOCK_COLS))] = np.where(
                         keep, tile_weights, 0.0)
+
+
+def _modified(modifiers, scores, head, rows, cols):
+    """A tile of scaled scores with the softcap and ALiBi of query head ``head`` applied."""
+    if modifiers.softcap:
+        scores = modifiers.softcap * np.tanh(scores / modifiers.softcap)
+    if modifiers.alibi_slopes is not None:
+        distance = np.abs(cols[None, :] - rows[:, None] - modifiers.diagonal)
+        scores = scores - float(modifiers.alibi_slopes[head]) * distance
+    return scores

@@ -257,3 +257,20 @@ def test_sinks_backend_agreement_in_float32(rng):
     ref = fastattn.attention(q, k, v, backend="naive", **options)
     for backend in BACKENDS:
         assert_close(fastattn.attention(q, k, v, backend=backend, **options), ref, np.float32)
+
+
+@pytest.mark.parametrize("selection", [dict(), dict(heads=[3, 0], rows=slice(5, 30),
+                                                    cols=slice(2, 40))])
+def test_attention_weights_with_modifiers(backend, rng, selection):
+    q, k, v = heads_qkv(rng, hq=4, hk=2, lq=33, lk=41, d=8)
+    options = dict(causal="lower_right", softcap=1.5, alibi_slopes=[0.2, 0.1, 0.05, 0.4],
+                   sinks=[0.0, 1.0, -1.0, 2.0])
+    with fastattn.config_context(backend=backend):
+        weights = fastattn.attention_weights(q, k, **options, **selection)
+    if not selection:  # whole rows: the weights times v are the output
+        out = fastattn.attention(q, k, v, backend="naive", **options)
+        assert_close(weights @ np.repeat(v, 2, axis=0), out)
+        return
+    with fastattn.config_context(backend="naive"):
+        full = fastattn.attention_weights(q, k, **options)
+    assert_close(weights, full[selection["heads"]][:, selection["rows"], selection["cols"]])
