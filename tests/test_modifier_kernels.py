@@ -47,7 +47,7 @@ def backend_name(request):
 
 
 def settings_of(overrides):
-    return dict(num_threads=2, block_q=None, block_k=None, **overrides)
+    return {**dict(num_threads=2, block_q=None, block_k=None), **overrides}
 
 
 def make_problem(rng, q_shape, k_shape, options, dtype):

@@ -58,6 +58,12 @@ cdef extern from "_kernels.h" nogil:
                           const float *alpha)
     void fa_rescale_t_f64(double *acct, Py_ssize_t value_dim, Py_ssize_t rp,
                           const double *alpha)
+    # Softcap (cap != 0) and ALiBi (slope != NULL) on a block of scores, before masks:
+    # s -= slope[r] * |key0 + j - row[r]| for key j of the block.
+    void fa_modify_t_f32(float *st, Py_ssize_t n_k, Py_ssize_t rp, float cap,
+                         const float *slope, const float *row, int64_t key0)
+    void fa_modify_t_f64(double *st, Py_ssize_t n_k, Py_ssize_t rp, double cap,
+                         const double *slope, const double *row, int64_t key0)
     void fa_accumulate_visible_t_f32(Py_ssize_t n_k, Py_ssize_t value_dim, const char *values,
                                      Py_ssize_t value_stride, const float *st, Py_ssize_t rp,
                                      float *acct)
@@ -108,11 +114,19 @@ cdef struct Problem:
     Py_ssize_t group, block_k, head_dim, value_dim  # value_dim 0: lse-only
     int64_t band_lo, band_hi
     double scale
+    # Score modifiers (ScoreModifiers): softcap 0 is none; ALiBi's slopes (Hq,) in the
+    # compute dtype, and the diagonal its distances are measured from.
+    double softcap
+    bint alibi
+    View slopes
+    int64_t diagonal
     # A worker's scratch row, in elements of the compute dtype (rp = max rows padded):
     # qt (head_dim x rp) | st (block_k x rp) | acct (value_dim x rp) | m | shift | alpha
-    # | kv (half storage: one key or value block in float32, block_k x max(D, Dv));
-    # and in its float64 row: l | block_sum.
-    Py_ssize_t rp, at_st, at_acc, at_m, at_shift, at_alpha, at_kv, tile_size
+    # | slope | row (ALiBi: each row's slope, and its query index within the task plus
+    # the task's diagonal) | kv (half storage: one key or value block in float32,
+    # block_k x max(D, Dv)); and in its float64 row: l | block_sum.
+    Py_ssize_t rp, at_st, at_acc, at_m, at_shift, at_alpha, at_slope, at_row, at_kv
+    Py_ssize_t tile_size
 
 
 # ---------------------------------------------------------------------------
@@ -147,6 +161,7 @@ def run_kernel(call):
     dtype = call.lse.dtype  # the compute dtype
     cdef int type_num = (<cnp.dtype> dtype).type_num
     cdef Problem problem = _describe(call, storage)
+    slopes = _describe_modifiers(&problem, getattr(call, "modifiers", None), dtype)
     plan = call.plan
     cdef cnp.ndarray tasks = _int64_rows(plan.tasks)
     cdef cnp.ndarray starts = _int64_rows(plan.worker_starts)
@@ -217,12 +232,30 @@ cdef Problem _describe(call, int storage):
     p.at_m = p.at_acc + _padded(p.value_dim * p.rp, align)
     p.at_shift = p.at_m + p.rp
     p.at_alpha = p.at_shift + p.rp
-    p.at_kv = p.at_alpha + _padded(p.rp, align)
+    p.at_slope = p.at_alpha + _padded(p.rp, align)
+    p.at_row = p.at_slope + p.rp
+    p.at_kv = p.at_row + _padded(p.rp, align)
     p.tile_size = p.at_kv
     if storage != STORE_NATIVE:  # a converted block, or the bf16 products' pairs of P and V
         p.tile_size += _padded(max(p.block_k * max(p.head_dim, p.value_dim),
                                    (p.block_k + 1) // 2 * (p.rp + p.value_dim)), align)
     return p
+
+
+cdef object _describe_modifiers(Problem *p, modifiers, dtype):
+    """Put the softcap and ALiBi of ``modifiers`` (None: none) into ``p``; returns the
+    slopes array that ``p`` points into (the caller keeps it alive), or None."""
+    p.softcap, p.alibi, p.diagonal = 0.0, False, 0
+    p.slopes.data = NULL
+    if modifiers is None:
+        return None
+    p.softcap = modifiers.softcap
+    slopes = modifiers.alibi_slopes
+    if slopes is None:
+        return None
+    slopes = np.ascontiguousarray(slopes, dtype=dtype)  # already so (ScoreModifiers)
+    p.alibi, p.slopes, p.diagonal = True, _view(slopes), modifiers.diagonal
+    return slopes
 
 
 # ---------------------------------------------------------------------------
@@ -265,6 +298,8 @@ cdef void _run_task(const Problem *p, const int64_t *task, real *tile,
     for r in range(rp):
         m[r] = -INFINITY
         state[r] = 0.0  # l
+    if p.alibi:
+        _alibi_rows(p, kv_head * p.group, n_q, p.diagonal + task[TASK_BAND_SHIFT], rp, tile)
     while j0 < k1:
         n_k = min(p.block_k, k1 - j0)
         if p.mask_kind != MASK_KEEP or _mask_keeps_any(
@@ -300,6 +335,9 @@ cdef void _visit_block(const Problem *p, int64_t b, int64_t kv_head, int64_t q0,
             keys = _as_float(p, n_k, p.head_dim, keys, key_stride, tile)
             key_stride = p.head_dim * sizeof(float)
         _scores(n_k, p.head_dim, keys, key_stride, tile, rows, rp, st)
+    if p.softcap != 0 or p.alibi:  # before the limits: masked scores must stay -inf
+        _modify(st, n_k, rp, <real> p.softcap, tile + p.at_slope if p.alibi else NULL,
+                tile + p.at_row, j0 - q0)
     limited = _apply_limits(p, st, b, kv_head * p.group, q0, n_q, j0, n_k, band_lo, band_hi,
                             rp)
     if _softmax(st, n_k, rp, tile + p.at_m, state, tile + p.at_shift, tile + p.at_alpha,
@@ -388,6 +426,14 @@ cdef inline void _rescale(real *acct, Py_ssize_t dim, Py_ssize_t rp,
         fa_rescale_t_f64(acct, dim, rp, alpha)
 
 
+cdef inline void _modify(real *st, Py_ssize_t n_k, Py_ssize_t rp, real cap, const real *slope,
+                         const real *row, int64_t key0) noexcept nogil:
+    if real is float:
+        fa_modify_t_f32(st, n_k, rp, cap, slope, row, key0)
+    else:
+        fa_modify_t_f64(st, n_k, rp, cap, slope, row, key0)
+
+
 # ---------------------------------------------------------------------------
 # Steps of a task that touch the caller's arrays
 
@@ -438,6 +484,23 @@ cdef void _pack_query_pairs(const Problem *p, int64_t b, int64_t head0, int64_t 
             r = h * n_q + i
             for d in range(p.head_dim):
                 qtb[(d // 2) * 2 * rp + 2 * r + d % 2] = (<uint16_t *> (src + d * step))[0]
+
+
+cdef void _alibi_rows(const Problem *p, int64_t head0, Py_ssize_t n_q, int64_t diagonal,
+                      Py_ssize_t rp, real *tile) noexcept nogil:
+    """Each row's ALiBi slope and ``i + diagonal`` (``i``: its query index within the task),
+    so that key ``j0 + j`` of a block is ``|j0 - q0 + j - row|`` from the row's diagonal;
+    zeros for the padding rows."""
+    cdef Py_ssize_t h, i, r
+    cdef real *slope = tile + p.at_slope
+    cdef real *row = tile + p.at_row
+    for r in range(rp):
+        slope[r] = row[r] = 0
+    for h in range(p.group):
+        for i in range(n_q):
+            slope[h * n_q + i] = (<const real *> (p.slopes.data
+                                                  + (head0 + h) * p.slopes.stride[0]))[0]
+            row[h * n_q + i] = <real> (i + diagonal)
 
 
 cdef bint _apply_limits(const Problem *p, real *st, int64_t b, int64_t head0, int64_t q0,

@@ -27,6 +27,10 @@
       (st, n_k, rp, m, l, shift, alpha, block_sum))                                      \
     X(void, fa_rescale_t_##S, (R *acct, ptrdiff_t value_dim, ptrdiff_t rp, const R *alpha), \
       (acct, value_dim, rp, alpha))                                                      \
+    X(void, fa_modify_t_##S,                                                             \
+      (R *st, ptrdiff_t n_k, ptrdiff_t rp, R cap, const R *slope, const R *row,           \
+       int64_t key0),                                                                    \
+      (st, n_k, rp, cap, slope, row, key0))                                              \
     X(void, fa_accumulate_visible_t_##S,                                                 \
       (ptrdiff_t n_k, ptrdiff_t value_dim, const char *values, ptrdiff_t value_stride,    \
        const R *st, ptrdiff_t rp, R *acct),                                              \

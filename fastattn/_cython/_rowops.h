@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <stddef.h>
+#include <math.h>
 
 #define FA_LOG2E 1.4426950408889634
 #define FA_LN2_HI 0.693145751953125 /* ln 2 split so that n * FA_LN2_HI is exact */
@@ -75,6 +76,88 @@ static inline double fa_exp_f64(double x)
     double two_n;
     memcpy(&two_n, &bits, sizeof two_n);
     return p * two_n;
+}
+
+/* max(x, lo) where NaN stays NaN, as a bit select: gcc 12 vectorises that, but not the
+ * plain `x < lo ? lo : x` when floating-point work follows it (it moves that work into
+ * the branches, where it may trap, and gives up on the loop). */
+static inline float fa_at_least_f32(float x, float lo)
+{
+    int32_t xi, li, below = -(int32_t)(x < lo);
+    memcpy(&xi, &x, sizeof xi);
+    memcpy(&li, &lo, sizeof li);
+    xi = (xi & ~below) | (li & below);
+    memcpy(&x, &xi, sizeof x);
+    return x;
+}
+
+static inline double fa_at_least_f64(double x, double lo)
+{
+    int64_t xi, li, below = -(int64_t)(x < lo);
+    memcpy(&xi, &x, sizeof xi);
+    memcpy(&li, &lo, sizeof li);
+    xi = (xi & ~below) | (li & below);
+    memcpy(&x, &xi, sizeof x);
+    return x;
+}
+
+/* tanh for the softcap, vectorisable like the exp above: tanh|x| = -m / (2 + m) with
+ * m = expm1(-2|x|), from the exp's range reduction, e^y - 1 = 2^n (e^t - 1) + (2^n - 1),
+ * where e^t - 1 is the Taylor series without its constant term: no cancellation, so
+ * the result is within a few ulp for small |x| too.  Below the clamp m = -1 exactly
+ * (tanh = +-1, infinities included); NaN stays NaN. */
+static inline float fa_tanh_f32(float x)
+{
+    float y = fa_at_least_f32(-2.0f * fabsf(x), -88.0f);
+    float shifted = y * (float)FA_LOG2E + 12582912.0f;
+    float nf = shifted - 12582912.0f;
+    int32_t n;
+    memcpy(&n, &shifted, sizeof n);
+    n -= 0x4B400000;
+    float t = y - nf * (float)FA_LN2_HI - nf * (float)FA_LN2_LO;
+    float p = 1.0f / 5040.0f;
+    p = p * t + 1.0f / 720.0f;
+    p = p * t + 1.0f / 120.0f;
+    p = p * t + 1.0f / 24.0f;
+    p = p * t + 1.0f / 6.0f;
+    p = p * t + 0.5f;
+    p = p * t + 1.0f;
+    p = p * t; /* e^t - 1 */
+    int32_t bits = (n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    float m = two_n * p + (two_n - 1.0f);
+    return copysignf(-m / (2.0f + m), x);
+}
+
+static inline double fa_tanh_f64(double x)
+{
+    double y = fa_at_least_f64(-2.0 * fabs(x), -709.0);
+    double shifted = y * FA_LOG2E + 6755399441055744.0;
+    double nf = shifted - 6755399441055744.0;
+    int64_t n;
+    memcpy(&n, &shifted, sizeof n);
+    n -= INT64_C(0x4338000000000000);
+    double t = y - nf * FA_LN2_HI - nf * FA_LN2_LO;
+    double p = 1.0 / 6227020800.0;
+    p = p * t + 1.0 / 479001600.0;
+    p = p * t + 1.0 / 39916800.0;
+    p = p * t + 1.0 / 3628800.0;
+    p = p * t + 1.0 / 362880.0;
+    p = p * t + 1.0 / 40320.0;
+    p = p * t + 1.0 / 5040.0;
+    p = p * t + 1.0 / 720.0;
+    p = p * t + 1.0 / 120.0;
+    p = p * t + 1.0 / 24.0;
+    p = p * t + 1.0 / 6.0;
+    p = p * t + 0.5;
+    p = p * t + 1.0;
+    p = p * t; /* e^t - 1 */
+    int64_t bits = (n + 1023) << 52;
+    double two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    double m = two_n * p + (two_n - 1.0);
+    return copysign(-m / (2.0 + m), x);
 }
 
 #endif

@@ -19,6 +19,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include "_rowops.h"
 #include "_kernel_list.h" /* FA_ROW_PAD */
 
@@ -54,21 +55,29 @@ FA_VECTOR(fa_vec_f64, double);
 #define REAL float
 #define VEC fa_vec_f32
 #define EXP fa_exp_f32
+#define TANH fa_tanh_f32
+#define ABS fabsf
 #define FN(name) fa_##name##_f32
 #include "_tiles.inc"
 #undef REAL
 #undef VEC
 #undef EXP
+#undef TANH
+#undef ABS
 #undef FN
 
 #define REAL double
 #define VEC fa_vec_f64
 #define EXP fa_exp_f64
+#define TANH fa_tanh_f64
+#define ABS fabs
 #define FN(name) fa_##name##_f64
 #include "_tiles.inc"
 #undef REAL
 #undef VEC
 #undef EXP
+#undef TANH
+#undef ABS
 #undef FN
 
 #endif
