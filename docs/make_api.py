@@ -11,7 +11,7 @@ import inspect
 
 SECTIONS = {
     "fastattn": ["attention", "attention_backward", "attention_weights", "merge_attention",
-                 "varlen_attention", "paged_attention",
+                 "varlen_attention", "varlen_attention_backward", "paged_attention",
                  "config_context", "get_config", "show_config"],
     "fastattn.viz": ["heatmap", "heatmap_grid", "rollout", "to_bertviz", "save",
                      "demo_figures", "worked_example"],
