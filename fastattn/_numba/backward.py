@@ -17,17 +17,24 @@ contiguous tiles.  The band and mask rules are the forward kernel's own function
 Half ``q``, ``k``, ``v`` and ``dout`` arrive as their 16-bit words and are converted to
 float32 as their tiles are packed (:mod:`fastattn._numba.halves`); ``lse``, ``delta``,
 the mask and the gradients are float32.
+
+Score modifiers (the forward's :func:`~fastattn._numba.kernel.modify_scores`) bend ``Sᵀ``
+before the band and mask, so ``P`` is recomputed as the forward made it; a softcap keeps
+its derivative ``1 - tanh²`` per score in a tile and multiplies ``dSᵀ`` by it (the chain
+rule through the cap).  A task's ``BWD_BAND_SHIFT`` moves the band (and ALiBi's
+diagonal) for that task, as ``TASK_BAND_SHIFT`` does in the forward.
 """
 
 import numpy as np
 from numba import njit, prange
 
 from .._blas import single_threaded
-from .._contract import (BWD_BATCH, BWD_K_START, BWD_K_STOP, BWD_KV_HEAD, BWD_PART,
-                         BWD_Q_START, BWD_Q_STOP, MASK_KEEP, MASK_NONE)
-from . import flat_view, run_parallel
+from .._contract import (BWD_BAND_SHIFT, BWD_BATCH, BWD_K_START, BWD_K_STOP, BWD_KV_HEAD,
+                         BWD_PART, BWD_Q_START, BWD_Q_STOP, MASK_KEEP, MASK_NONE)
+from . import flat_view, modifier_arguments, run_parallel, softcap_scratch
 from .halves import as_kernel_array, load, read_row
-from .kernel import _all_finite, _apply_limits, _block_has_keep, _key_rows, _row_start
+from .kernel import (_all_finite, _apply_limits, _block_has_keep, _key_rows, _row_start,
+                     modify_scores)
 from .rowops import JIT, exp_inplace
 
 __all__ = ["run_backward_kernel"]
@@ -55,13 +62,14 @@ def run_backward_kernel(call):
                np.empty((workers, block_k, value_dim), dtype),  # one query block's dV
                np.empty((workers, rows, head_dim), dtype),  # one query block's dQ
                np.empty((workers, 3, rows), dtype),  # lse shift, delta, NaN flag per row
-               np.empty((workers, block_k * rows), dtype=np.int64))  # exp scratch
+               np.empty((workers, block_k * rows), dtype=np.int64),  # exp scratch
+               softcap_scratch(call.modifiers, workers, block_k * rows, dtype))
     arguments = (*flat_view(as_kernel_array(call.q)), *flat_view(as_kernel_array(call.k)),
                  *flat_view(as_kernel_array(call.v)), *flat_view(as_kernel_array(call.dout)),
                  *flat_view(mask), call.mask_kind, call.lse, call.delta,
                  call.dq, call.dk, call.dv, call.part_dq, plan.tasks, plan.worker_starts,
                  plan.group, plan.block_q, block_k, plan.band.lo, plan.band.hi,
-                 dtype.type(call.scale), *scratch)
+                 dtype.type(call.scale), *modifier_arguments(call.modifiers, dtype), *scratch)
     with single_threaded():  # workers call BLAS (np.dot): one BLAS thread each
         if workers == 1:  # no thread team: also what a forked child runs
             run_backward_worker(0, *arguments)
@@ -72,35 +80,39 @@ def run_backward_kernel(call):
 @njit(parallel=True, **JIT)
 def run_backward_parallel(q, q_at, k, k_at, v, v_at, dout, dout_at, mask, mask_at, mask_kind,
                           lse, delta, dq, dk, dv, part_dq, tasks, worker_starts, group,
-                          block_q, block_k, band_lo, band_hi, scale, q_tiles, do_tiles,
-                          k_tiles, v_tiles, p_tiles, ds_tiles, dk_accs, dv_accs, dk_prods,
-                          dv_prods, dq_tiles, row_stats, exp_bits):
+                          block_q, block_k, band_lo, band_hi, scale, softcap, alibi,
+                          diagonal, q_tiles, do_tiles, k_tiles, v_tiles, p_tiles, ds_tiles,
+                          dk_accs, dv_accs, dk_prods, dv_prods, dq_tiles, row_stats, exp_bits,
+                          softcap_tiles):
     """Run every worker's tasks (:func:`run_backward_worker`), workers in parallel."""
     for worker in prange(len(worker_starts) - 1):
         run_backward_worker(worker, q, q_at, k, k_at, v, v_at, dout, dout_at, mask, mask_at,
                             mask_kind, lse, delta, dq, dk, dv, part_dq, tasks, worker_starts,
-                            group, block_q, block_k, band_lo, band_hi, scale, q_tiles,
-                            do_tiles, k_tiles, v_tiles, p_tiles, ds_tiles, dk_accs, dv_accs,
-                            dk_prods, dv_prods, dq_tiles, row_stats, exp_bits)
+                            group, block_q, block_k, band_lo, band_hi, scale, softcap, alibi,
+                            diagonal, q_tiles, do_tiles, k_tiles, v_tiles, p_tiles, ds_tiles,
+                            dk_accs, dv_accs, dk_prods, dv_prods, dq_tiles, row_stats,
+                            exp_bits, softcap_tiles)
 
 
 @njit(**JIT)
 def run_backward_worker(worker, q, q_at, k, k_at, v, v_at, dout, dout_at, mask, mask_at,
                         mask_kind, lse, delta, dq, dk, dv, part_dq, tasks, worker_starts, group,
-                        block_q, block_k, band_lo, band_hi, scale, q_tiles, do_tiles, k_tiles,
-                        v_tiles, p_tiles, ds_tiles, dk_accs, dv_accs, dk_prods, dv_prods,
-                        dq_tiles, row_stats, exp_bits):
+                        block_q, block_k, band_lo, band_hi, scale, softcap, alibi, diagonal,
+                        q_tiles, do_tiles, k_tiles, v_tiles, p_tiles, ds_tiles, dk_accs,
+                        dv_accs, dk_prods, dv_prods, dq_tiles, row_stats, exp_bits,
+                        softcap_tiles):
     """Run the tasks of one worker, with that worker's scratch."""
     for t in range(worker_starts[worker], worker_starts[worker + 1]):
         task = tasks[t]
-        b, kv_head = task[BWD_BATCH], task[BWD_KV_HEAD]
+        b, kv_head, shift = task[BWD_BATCH], task[BWD_KV_HEAD], task[BWD_BAND_SHIFT]
+        lo, hi = band_lo + shift, band_hi + shift  # this task's band (a packed sequence's)
         for j0 in range(task[BWD_K_START], task[BWD_K_STOP], block_k):
             n_k = min(block_k, task[BWD_K_STOP] - j0)
             dk_acc, dv_acc = dk_accs[worker, :n_k], dv_accs[worker, :n_k]
             dk_acc[:, :] = 0.0
             dv_acc[:, :] = 0.0
-            r0 = max(task[BWD_Q_START], j0 - band_hi)  # the rows that see some key of the block
-            r1 = min(task[BWD_Q_STOP], j0 + n_k - band_lo)
+            r0 = max(task[BWD_Q_START], j0 - hi)  # the rows that see some key of the block
+            r1 = min(task[BWD_Q_STOP], j0 + n_k - lo)
             if r0 < r1:
                 ks = _scaled_rows(k, k_at, b, kv_head, j0, n_k, scale, k_tiles[worker])
                 vt = _key_rows(v, v_at, b, kv_head, j0, n_k, v_tiles.shape[2],
@@ -110,24 +122,28 @@ def run_backward_worker(worker, q, q_at, k, k_at, v, v_at, dout, dout_at, mask, 
                     n_q = min(block_q, r1 - i0)
                     if mask_kind == MASK_KEEP and not _block_has_keep(
                             mask, mask_at, b, kv_head * group, group, i0, n_q, j0, n_k,
-                            band_lo, band_hi):
+                            lo, hi):
                         continue
                     _query_block(q, q_at, dout, dout_at, mask, mask_at, mask_kind, lse, delta,
                                  dq, part_dq, b, kv_head, group, i0, n_q, j0, task[BWD_PART],
-                                 band_lo, band_hi, ks, vt, keys_finite, dk_acc, dv_acc,
-                                 q_tiles[worker], do_tiles[worker], p_tiles[worker],
-                                 ds_tiles[worker], dk_prods[worker, :n_k],
+                                 lo, hi, softcap, alibi, diagonal + shift, ks, vt, keys_finite,
+                                 dk_acc, dv_acc, q_tiles[worker], do_tiles[worker],
+                                 p_tiles[worker], ds_tiles[worker], dk_prods[worker, :n_k],
                                  dv_prods[worker, :n_k], dq_tiles[worker], row_stats[worker],
-                                 exp_bits[worker])
+                                 exp_bits[worker], softcap_tiles[worker])
             _write_key_rows(dk, dv, dk_acc, dv_acc, b, kv_head, j0, scale)
 
 
 @njit(**JIT)
 def _query_block(q, q_at, dout, dout_at, mask, mask_at, mask_kind, lse, delta, dq, part_dq,
-                 b, kv_head, group, i0, n_q, j0, part, band_lo, band_hi, ks, vt, keys_finite,
-                 dk_acc, dv_acc, q_scratch, do_scratch, p_scratch, ds_scratch, dk_prod, dv_prod,
-                 dq_scratch, stats, bits):
-    """One (key block, query block) step: accumulate ``dK``, ``dV`` and add the block's ``dQ``."""
+                 b, kv_head, group, i0, n_q, j0, part, band_lo, band_hi, softcap, alibi,
+                 alibi_diagonal, ks, vt, keys_finite, dk_acc, dv_acc, q_scratch, do_scratch,
+                 p_scratch, ds_scratch, dk_prod, dv_prod, dq_scratch, stats, bits,
+                 softcap_scratch):
+    """One (key block, query block) step: accumulate ``dK``, ``dV`` and add the block's ``dQ``.
+
+    ``alibi_diagonal`` is the modifiers' diagonal moved by the task's band shift.
+    """
     n_k, rows, head0 = ks.shape[0], group * n_q, kv_head * group
     qt = _group_rows(q, q_at, b, head0, group, i0, n_q, q_scratch)
     dot = _group_rows(dout, dout_at, b, head0, group, i0, n_q, do_scratch)
@@ -135,12 +151,17 @@ def _query_block(q, q_at, dout, dout_at, mask, mask_at, mask_kind, lse, delta, d
 
     pt = p_scratch[:n_k * rows].reshape(n_k, rows)
     np.dot(ks, qt.T, pt)
+    if softcap != 0.0 or alibi.shape[0] > 0:
+        modify_scores(pt, softcap, alibi, head0, i0, n_q, j0, alibi_diagonal, softcap_scratch,
+                      bits)
     limited = _apply_limits(pt, mask, mask_at, mask_kind, b, head0, group, i0, n_q, j0,
                             band_lo, band_hi)
     _probabilities(pt, stats[0, :rows], stats[2, :rows], nan_rows, bits)
     dst = ds_scratch[:n_k * rows].reshape(n_k, rows)
     np.dot(vt, dot.T, dst)
     _score_gradients(pt, dst, stats[1, :rows])
+    if softcap != 0.0:
+        _through_softcap(dst.reshape(n_k * rows), softcap_scratch)
 
     dq_tile = dq_scratch[:rows]
     if limited and not (keys_finite and _all_finite(qt) and _all_finite(dot)):
@@ -235,6 +256,14 @@ def _score_gradients(pt, dst, row_delta):
         p, ds = pt[jj], dst[jj]
         for r in range(rows):
             ds[r] = p[r] * (ds[r] - row_delta[r]) if p[r] != 0.0 else 0.0
+
+
+@njit(**JIT)
+def _through_softcap(ds, derivative):
+    """``dS *= 1 - tanh²`` (the softcap's derivative); a zero stays zero even where a
+    masked score was NaN (its derivative NaN)."""
+    for x in range(ds.shape[0]):
+        ds[x] = ds[x] * derivative[x] if ds[x] != 0.0 else ds[x]
 
 
 @njit(**JIT)
