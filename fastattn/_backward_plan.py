@@ -48,7 +48,7 @@ def make_backward_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=
     >>> plan = make_backward_plan(1, 1, 1, 2048, 2048, Band(hi=0), n_threads=2)
     >>> plan.tasks[:, 2:4].tolist()  # k_start, k_stop
     [[0, 256], [256, 512], [512, 1024], [1024, 2048]]
-    >>> plan.tasks[:, 4:].tolist()  # q_start, q_stop (the rows that see the keys), part
+    >>> plan.tasks[:, 4:7].tolist()  # q_start, q_stop (the rows that see the keys), part
     [[0, 2048, 0], [256, 2048, 1], [512, 2048, 2], [1024, 2048, 3]]
     >>> plan.worker_starts.tolist()  # two tasks each
     [0, 2, 4]
