@@ -8,14 +8,18 @@ with :func:`fastattn._naive.naive_attention` / :func:`naive_backward`, whose mod
 are checked against independent references in tests/test_modifiers.py.
 """
 
+import dataclasses
 import importlib
 
 import numpy as np
 import pytest
 
-from fastattn._backward import run_backward_tiled
+from fastattn._backward import run_backward_tiled, sum_partial_dq
+from fastattn._backward_plan import make_backward_plan
+from fastattn._contract import BWD_BAND_SHIFT, TASK_BAND_SHIFT, BackwardCall, Band, KernelCall
 from fastattn._naive import naive_attention, naive_backward
-from fastattn._tiled import run_tiled
+from fastattn._plan import make_plan
+from fastattn._tiled import execute_call, part_buffers, run_tiled
 from fastattn._validation import validate
 from helpers import COMPILED_BACKENDS
 
@@ -93,3 +97,123 @@ def test_backward_matches_naive(backend_name, case, dtype):
         scale = max(1.0, float(np.abs(ref).max()))
         np.testing.assert_allclose(grad, ref, rtol=10 * TOLERANCE[dtype],
                                    atol=10 * TOLERANCE[dtype] * scale)
+
+
+# ------------------------------------------------------------ half precision, band shifts
+
+HALF_TOLERANCE = 2e-2
+"""Half storage, float32 compute: the output is rounded to half precision."""
+
+HALF_CASES = ["softcap", "both additive, decode split-KV", "sinks with modifiers"]
+
+
+def half_dtype(name):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    return np.dtype(ml_dtypes.bfloat16 if name == "bfloat16" else np.float16)
+
+
+def backward_module(backend_name):
+    return importlib.import_module(f"fastattn._{backend_name}" +
+                                   ("._backward" if backend_name == "cython" else ".backward"))
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", HALF_CASES)
+def test_half_precision_matches_naive(backend_name, case, half):
+    """The modifiers act on the float32 scores of half inputs, forward and backward."""
+    q_shape, k_shape, options, overrides = CASES[case]
+    rng = np.random.default_rng(4)
+    problem = make_problem(rng, q_shape, k_shape, options, half_dtype(half))
+    assert problem.compute_dtype == np.float32
+    kernel = importlib.import_module(f"fastattn._{backend_name}").run_kernel
+    out, lse = run_tiled(kernel, problem, settings_of(overrides))
+    ref_out, ref_lse = naive_attention(problem)
+    assert out.dtype == problem.q.dtype
+    for actual, expected in ((out, ref_out), (lse, ref_lse)):
+        np.testing.assert_allclose(actual.astype(np.float64), expected,
+                                   rtol=HALF_TOLERANCE, atol=HALF_TOLERANCE)
+    dout = rng.standard_normal(out.shape).astype(problem.q.dtype)
+    grads = run_backward_tiled(backward_module(backend_name).run_backward_kernel, problem,
+                               dout, out, lse, settings_of(overrides))
+    for grad, ref in zip(grads, naive_backward(problem, dout.astype(np.float64))):
+        scale = max(1.0, float(np.abs(ref).max()))
+        np.testing.assert_allclose(grad, ref, rtol=HALF_TOLERANCE,
+                                   atol=HALF_TOLERANCE * scale)
+
+
+def shifted_reference(problem, shift):
+    """``problem`` with its band and its ALiBi diagonal moved by ``shift``."""
+    band = Band(problem.band.lo + shift, problem.band.hi + shift)
+    modifiers = dataclasses.replace(problem.modifiers,
+                                    diagonal=problem.modifiers.diagonal + shift)
+    return dataclasses.replace(problem, band=band, modifiers=modifiers)
+
+
+def plan_with_shift(plan, band, shift_column, shift):
+    """``plan`` (made for every row and key) run with ``band``, each task shifted."""
+    tasks = plan.tasks.copy()
+    tasks[:, shift_column] = shift
+    return dataclasses.replace(plan, band=band, tasks=tasks)
+
+
+SHIFT_OPTIONS = dict(softcap=2.0, alibi_slopes=[0.3, 0.1, 0.5, 0.2], mask="keep", causal=True,
+                     window=(6, None))
+
+
+@pytest.mark.parametrize("shift", [-3, 4])
+def test_forward_band_shift_moves_the_band_and_the_alibi_diagonal(backend_name, shift):
+    problem = make_problem(np.random.default_rng(5), (1, 4, 21, 8), (1, 2, 30, 8),
+                           SHIFT_OPTIONS, np.float64)
+    full = make_plan(1, 2, 2, 21, 30, Band(), n_threads=2, block_q=8, block_k=8)
+    plan = plan_with_shift(full, problem.band, TASK_BAND_SHIFT, shift)
+    out, lse = np.empty((1, 4, 21, 11)), np.empty((1, 4, 21))
+    call = KernelCall(q=problem.q, k=problem.k, v=problem.v, mask=problem.mask,
+                      mask_kind=problem.mask_kind, scale=problem.scale, plan=plan, out=out,
+                      lse=lse, modifiers=problem.modifiers, **part_buffers(plan, 11, lse.dtype))
+    execute_call(importlib.import_module(f"fastattn._{backend_name}").run_kernel, call)
+    ref_out, ref_lse = naive_attention(shifted_reference(problem, shift))
+    np.testing.assert_allclose(out, ref_out, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("shift", [-3, 4])
+def test_backward_band_shift_moves_the_band_and_the_alibi_diagonal(backend_name, shift):
+    rng = np.random.default_rng(6)
+    problem = make_problem(rng, (1, 4, 21, 8), (1, 2, 30, 8), SHIFT_OPTIONS, np.float64)
+    reference = shifted_reference(problem, shift)
+    out, lse = naive_attention(reference)
+    dout = rng.standard_normal(out.shape)
+    full = make_backward_plan(1, 2, 2, 21, 30, Band(), n_threads=2, block_q=8, block_k=8)
+    plan = plan_with_shift(full, problem.band, BWD_BAND_SHIFT, shift)
+    call = BackwardCall(q=problem.q, k=problem.k, v=problem.v, dout=dout, lse=lse,
+                        delta=np.einsum("...d,...d->...", dout, out), mask=problem.mask,
+                        mask_kind=problem.mask_kind, scale=problem.scale, plan=plan,
+                        dq=np.zeros(problem.q.shape), dk=np.full(problem.k.shape, np.nan),
+                        dv=np.full(problem.v.shape, np.nan), modifiers=problem.modifiers,
+                        part_dq=np.zeros((plan.n_parts, 2, 21, 8)))
+    backward_module(backend_name).run_backward_kernel(call)
+    sum_partial_dq(plan, call.part_dq, call.dq)
+    for grad, ref in zip((call.dq, call.dk, call.dv), naive_backward(reference, dout)):
+        np.testing.assert_allclose(grad, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_numba_compiles_nothing_more_for_modifiers():
+    """A call with modifiers runs the signature a call without them compiled (Numba
+    compiles each new one for tens of seconds)."""
+    if "numba" not in COMPILED_BACKENDS:
+        pytest.skip("the numba backend is not available here")
+    from fastattn._numba.backward import run_backward_worker
+    from fastattn._numba.kernel import run_worker
+    rng = np.random.default_rng(7)
+    plain = make_problem(rng, (1, 2, 5, 4), (1, 2, 6, 4), {}, np.float64)
+    modified = make_problem(rng, (1, 2, 5, 4), (1, 2, 6, 4),
+                            dict(softcap=2.0, alibi_slopes=[0.3, 0.1], causal=True), np.float64)
+    settings = settings_of(dict(num_threads=1))
+    module = backward_module("numba")
+    compiled = []
+    for problem in (plain, modified):
+        out, lse = run_tiled(importlib.import_module("fastattn._numba").run_kernel, problem,
+                             settings)
+        run_backward_tiled(module.run_backward_kernel, problem, out, out, lse, settings)
+        compiled.append((len(run_worker.signatures), len(run_backward_worker.signatures)))
+    assert compiled[0] == compiled[1]
