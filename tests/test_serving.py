@@ -161,7 +161,7 @@ def test_varlen_long_and_short_sequences_balance_and_split(rng, backend):
     the same bits on one or two threads."""
     lengths_q, lengths_k = [2, 1, 3, 1], [3000, 5, 2, 7]
     q, k, v, cu_q, cu_k = packed(rng, lengths_q, lengths_k, hq=2, hk=1, dtype=np.float32)
-    call = _varlen._validate(q, k, v, cu_q, cu_k, "lower_right", None, None)
+    call = _varlen.check_varlen_call(q, k, v, cu_q, cu_k, "lower_right", None, None)
     plan = _varlen.varlen_plan(call, dict(block_q=None, block_k=None, num_threads=2))
     assert plan.n_parts > 1 and plan.n_workers == 2
     worker_costs = np.add.reduceat(plan.task_costs, plan.worker_starts[:-1])
