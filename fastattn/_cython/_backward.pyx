@@ -64,6 +64,13 @@ cdef extern from "_kernels.h" nogil:
     void fb_probs_row_f64(double *s, double *dp, Py_ssize_t lo, Py_ssize_t hi,
                           Py_ssize_t kp, const double *add, double scale, double lse,
                           double delta)
+    # The same with a softcap (cap 0: none) and ALiBi: s -= slope * |j - base| for key j.
+    void fb_probs_row_modified_f32(float *s, float *dp, Py_ssize_t lo, Py_ssize_t hi,
+                                   Py_ssize_t kp, const float *add, float scale, float lse,
+                                   float delta, float cap, float slope, float base)
+    void fb_probs_row_modified_f64(double *s, double *dp, Py_ssize_t lo, Py_ssize_t hi,
+                                   Py_ssize_t kp, const double *add, double scale, double lse,
+                                   double delta, double cap, double slope, double base)
     bint fb_rows_finite_f32(Py_ssize_t rows, const float **a, Py_ssize_t width)
     bint fb_rows_finite_f64(Py_ssize_t rows, const double **a, Py_ssize_t width)
     void fb_pack_transposed_f32(Py_ssize_t n, Py_ssize_t width, const char *rows,
@@ -122,6 +129,12 @@ cdef struct Problem:
     Py_ssize_t group, block_q, block_k, head_dim, value_dim
     int64_t band_lo, band_hi
     double scale
+    # Score modifiers (ScoreModifiers): softcap 0 is none; ALiBi's slopes (Hq,) in the
+    # compute dtype, and the diagonal its distances are measured from.
+    double softcap
+    bint alibi
+    View slopes
+    int64_t diagonal
     # A worker's scratch row, in elements of the compute dtype (kp: block_k padded, dp:
     # head_dim padded, rows: group * block_q):  kt (D x kp) | vt (Dv x kp) | ks (kp x dp)
     # | dkt (D x kp) | dvt (Dv x kp) | s (rows x kp) | ds (rows x kp) | dqt (rows x dp)
@@ -164,7 +177,7 @@ def run_backward_kernel(call):
     >>> from fastattn._contract import BackwardCall, Band
     >>> from types import SimpleNamespace
     >>> x = np.ones((1, 1, 1, 2))
-    >>> plan = SimpleNamespace(tasks=np.array([[0, 0, 0, 1, 0, 1, -1]]),
+    >>> plan = SimpleNamespace(tasks=np.array([[0, 0, 0, 1, 0, 1, -1, 0]]),
     ...                        worker_starts=np.array([0, 1]), block_q=1, block_k=1,
     ...                        group=1, band=Band())
     >>> lse, delta = np.full((1, 1, 1), 2.0), np.full((1, 1, 1), 2.0)
@@ -179,9 +192,13 @@ def run_backward_kernel(call):
     _check_layout(call, dtype)
     plan = call.plan
     cdef Problem problem = _describe(call, storage)
+    slopes = _describe_modifiers(&problem, getattr(call, "modifiers", None), dtype)
     cdef cnp.ndarray tasks = np.ascontiguousarray(plan.tasks, dtype=np.int64)
     cdef cnp.ndarray starts = np.ascontiguousarray(plan.worker_starts, dtype=np.int64)
     cdef Py_ssize_t n_workers = starts.shape[0] - 1
+    if tasks.ndim != 2 or tasks.shape[1] != BWD_COLUMNS:  # the kernel reads every column
+        raise ValueError(f"the backward plan's tasks must have {BWD_COLUMNS} columns "
+                         f"(BWD_*), got shape {np.shape(tasks)}")
     if tasks.shape[0] == 0:
         return
     # Per-worker scratch, allocated once per call (as NumPy arrays, so that memory
@@ -330,6 +347,22 @@ cdef Problem _describe(call, int storage):
     return p
 
 
+cdef object _describe_modifiers(Problem *p, modifiers, dtype):
+    """Put the softcap and ALiBi of ``modifiers`` (None: none) into ``p``; returns the
+    slopes array that ``p`` points into (the caller keeps it alive), or None."""
+    p.softcap, p.alibi, p.diagonal = 0.0, False, 0
+    p.slopes.data = NULL
+    if modifiers is None:
+        return None
+    p.softcap = modifiers.softcap
+    slopes = modifiers.alibi_slopes
+    if slopes is None:
+        return None
+    slopes = np.ascontiguousarray(slopes, dtype=dtype)  # already so (ScoreModifiers)
+    p.alibi, p.slopes, p.diagonal = True, _view(slopes), modifiers.diagonal
+    return slopes
+
+
 # ---------------------------------------------------------------------------
 # Parallel driver, one task, one key block, one query block
 
@@ -381,9 +414,10 @@ cdef void _key_block(const Problem *p, const int64_t *task, int64_t j0, Py_ssize
     cdef int64_t b = task[BWD_BATCH], kv_head = task[BWD_KV_HEAD]
     cdef Py_ssize_t kp = _padded(n_k, FB_PAD), r
     cdef bint keys_finite
-    # Rows that the band lets see some key of the block: j0 - hi <= i <= j0 + n_k - 1 - lo.
-    cdef int64_t i0 = max(task[BWD_Q_START], j0 - p.band_hi)
-    cdef int64_t i1 = min(task[BWD_Q_STOP], j0 + n_k - p.band_lo)
+    # Rows that the task's band (moved by its shift) lets see some key of the block:
+    # j0 - hi <= i <= j0 + n_k - 1 - lo.
+    cdef int64_t i0 = max(task[BWD_Q_START], j0 - p.band_hi - task[BWD_BAND_SHIFT])
+    cdef int64_t i1 = min(task[BWD_Q_STOP], j0 + n_k - p.band_lo - task[BWD_BAND_SHIFT])
     keys_finite = _pack_keys(p, b, kv_head, j0, n_k, kp, tile)
     for r in range(p.head_dim * kp):
         tile[p.at_dkt + r] = 0
@@ -417,15 +451,16 @@ cdef void _query_block(const Problem *p, const int64_t *task, int64_t j0, Py_ssi
     cdef real *ds = tile + p.at_ds
     cdef Py_ssize_t *lo = limits
     cdef Py_ssize_t *hi = limits + p.rows
-    if p.mask_kind == MASK_KEEP and not _mask_keeps_any(&p.mask, p.group, p.band_lo,
-                                                        p.band_hi, b, head0, i0, n_q, j0, n_k):
+    cdef int64_t shift = task[BWD_BAND_SHIFT]
+    if p.mask_kind == MASK_KEEP and not _mask_keeps_any(
+            &p.mask, p.group, p.band_lo + shift, p.band_hi + shift, b, head0, i0, n_q, j0, n_k):
         return
     _gather_rows(p, task, i0, n_q, kp, tile, pointers)
-    if not _row_limits(p, i0, n_q, j0, n_k, tile + p.at_lse, lo, hi):
+    if not _row_limits(p, i0, n_q, j0, n_k, shift, tile + p.at_lse, lo, hi):
         lo = hi = NULL  # every row needs every key: no limits to test
     _scores_product(rows, q_rows, p.head_dim, tile, kp, kp, s_rows, lo, hi)
     _scores_product(rows, o_rows, p.value_dim, tile + p.at_vt, kp, kp, ds_rows, lo, hi)
-    _probabilities(p, b, head0, i0, n_q, j0, n_k, kp, tile, limits)
+    _probabilities(p, b, head0, i0, n_q, j0, n_k, shift, kp, tile, limits)
     if keys_finite and (p.rows_finite or (_rows_finite(rows, q_rows, p.head_dim)
                                           and _rows_finite(rows, o_rows, p.value_dim))):
         _cols_accumulate(rows, o_rows, p.value_dim, s, kp, kp, tile + p.at_dvt, kp, lo, hi)
@@ -534,6 +569,16 @@ cdef inline void _probs_row(real *s, real *dp, Py_ssize_t lo, Py_ssize_t hi, Py_
         fb_probs_row_f64(s, dp, lo, hi, kp, add, scale, lse, delta)
 
 
+cdef inline void _probs_row_modified(real *s, real *dp, Py_ssize_t lo, Py_ssize_t hi,
+                                     Py_ssize_t kp, const real *add, real scale, real lse,
+                                     real delta, real cap, real slope,
+                                     real base) noexcept nogil:
+    if real is float:
+        fb_probs_row_modified_f32(s, dp, lo, hi, kp, add, scale, lse, delta, cap, slope, base)
+    else:
+        fb_probs_row_modified_f64(s, dp, lo, hi, kp, add, scale, lse, delta, cap, slope, base)
+
+
 # ---------------------------------------------------------------------------
 # Steps that touch the caller's arrays
 
@@ -616,19 +661,19 @@ cdef void _gather_rows(const Problem *p, const int64_t *task, int64_t i0, Py_ssi
 
 
 cdef bint _row_limits(const Problem *p, int64_t i0, Py_ssize_t n_q, int64_t j0,
-                      Py_ssize_t n_k, const real *lse, Py_ssize_t *lo,
+                      Py_ssize_t n_k, int64_t shift, const real *lse, Py_ssize_t *lo,
                       Py_ssize_t *hi) noexcept nogil:
     """The keys ``lo[r] <= j < hi[r]`` of the block that row ``r`` sees by the band.
 
-    Query ``i`` sees the keys ``i + band_lo <= j <= i + band_hi``: one run per row, the
-    same for every head.  A row with lse -inf saw no key in the forward and gets none.
-    Returns whether some row misses some key of the block.
+    Query ``i`` sees the keys ``i + band_lo + shift <= j <= i + band_hi + shift``: one
+    run per row, the same for every head.  A row with lse -inf saw no key in the forward
+    and gets none.  Returns whether some row misses some key of the block.
     """
     cdef Py_ssize_t h, i, r, first, stop
     cdef int64_t row
     cdef bint limited = False
     for i in range(n_q):
-        row = i0 + i
+        row = i0 + i + shift
         first = min(max(row + p.band_lo - j0, 0), n_k)
         stop = min(max(row + p.band_hi - j0 + 1, first), n_k)
         for h in range(p.group):
@@ -641,25 +686,37 @@ cdef bint _row_limits(const Problem *p, int64_t i0, Py_ssize_t n_q, int64_t j0,
 
 
 cdef void _probabilities(const Problem *p, int64_t b, int64_t head0, int64_t i0,
-                         Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k, Py_ssize_t kp,
-                         real *tile, const Py_ssize_t *limits) noexcept nogil:
-    """Turn the scores into P and dP into dS, row by row, with the band and the mask.
+                         Py_ssize_t n_q, int64_t j0, Py_ssize_t n_k, int64_t shift,
+                         Py_ssize_t kp, real *tile, const Py_ssize_t *limits) noexcept nogil:
+    """Turn the scores into P and dP into dS, row by row, with the score modifiers, the
+    band and the mask.
 
-    ``limits`` holds each row's visible keys (see :func:`_row_limits`).
+    ``limits`` holds each row's visible keys (see :func:`_row_limits`); ``shift`` is
+    the task's band shift, which moves ALiBi's diagonal with the band.
     """
     cdef Py_ssize_t h, i, r, lo, hi
     cdef real *lse = tile + p.at_lse
     cdef real *delta = tile + p.at_delta
     cdef const real *add
+    cdef bint modified = p.softcap != 0 or p.alibi
+    cdef real slope = 0
     for h in range(p.group):
+        if p.alibi:
+            slope = (<const real *> (p.slopes.data + (head0 + h) * p.slopes.stride[0]))[0]
         for i in range(n_q):
             r = h * n_q + i
             lo, hi = limits[r], limits[p.rows + r]
             add = NULL
             if p.mask_kind != MASK_NONE and lo < hi:
                 add = _mask_row(p, b, head0 + h, i0 + i, j0, lo, hi, tile + p.at_add)
-            _probs_row(tile + p.at_s + r * kp, tile + p.at_ds + r * kp, lo, hi, kp, add,
-                       <real> p.scale, lse[r], delta[r])
+            if modified:  # ALiBi's distance of key j0 + j: |j - (i0 + i + diagonal - j0)|
+                _probs_row_modified(tile + p.at_s + r * kp, tile + p.at_ds + r * kp, lo, hi,
+                                    kp, add, <real> p.scale, lse[r], delta[r],
+                                    <real> p.softcap, slope,
+                                    <real> (i0 + i + p.diagonal + shift - j0))
+            else:
+                _probs_row(tile + p.at_s + r * kp, tile + p.at_ds + r * kp, lo, hi, kp, add,
+                           <real> p.scale, lse[r], delta[r])
 
 
 cdef const real *_mask_row(const Problem *p, int64_t b, int64_t head, int64_t row, int64_t j0,

@@ -76,6 +76,9 @@ static inline void fb_span(const ptrdiff_t *lo, const ptrdiff_t *hi, ptrdiff_t n
 #define VEC fa_vec_f32
 #define IVEC fb_ivec_f32
 #define EXP fa_exp_f32
+#define TANH fa_tanh_f32
+#define PICK fa_pick_f32
+#define ABS fabsf
 #define EXP_MAX FB_EXP_MAX_F32
 #define FN(name) fb_##name##_f32
 #include "_backward_tiles.inc"
@@ -83,6 +86,9 @@ static inline void fb_span(const ptrdiff_t *lo, const ptrdiff_t *hi, ptrdiff_t n
 #undef VEC
 #undef IVEC
 #undef EXP
+#undef TANH
+#undef PICK
+#undef ABS
 #undef EXP_MAX
 #undef FN
 
@@ -90,6 +96,9 @@ static inline void fb_span(const ptrdiff_t *lo, const ptrdiff_t *hi, ptrdiff_t n
 #define VEC fa_vec_f64
 #define IVEC fb_ivec_f64
 #define EXP fa_exp_f64
+#define TANH fa_tanh_f64
+#define PICK fa_pick_f64
+#define ABS fabs
 #define EXP_MAX FB_EXP_MAX_F64
 #define FN(name) fb_##name##_f64
 #include "_backward_tiles.inc"
@@ -97,6 +106,9 @@ static inline void fb_span(const ptrdiff_t *lo, const ptrdiff_t *hi, ptrdiff_t n
 #undef VEC
 #undef IVEC
 #undef EXP
+#undef TANH
+#undef PICK
+#undef ABS
 #undef EXP_MAX
 #undef FN
 

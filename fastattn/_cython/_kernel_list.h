@@ -57,6 +57,10 @@
       (R *s, R *dp, ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t kp, const R *add, R scale,      \
        R lse, R delta),                                                                  \
       (s, dp, lo, hi, kp, add, scale, lse, delta))                                       \
+    X(void, fb_probs_row_modified_##S,                                                   \
+      (R *s, R *dp, ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t kp, const R *add, R scale,      \
+       R lse, R delta, R cap, R slope, R base),                                          \
+      (s, dp, lo, hi, kp, add, scale, lse, delta, cap, slope, base))                     \
     X(int, fb_strided_finite_##S,                                                        \
       (ptrdiff_t n, const char *base, ptrdiff_t stride, ptrdiff_t width),                 \
       (n, base, stride, width))                                                          \

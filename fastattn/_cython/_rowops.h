@@ -24,9 +24,33 @@
 #define FA_LN2_HI 0.693145751953125 /* ln 2 split so that n * FA_LN2_HI is exact */
 #define FA_LN2_LO 1.4286068203094173e-06
 
+/* cond ? a : b as a bit select.  gcc 12 (without -fno-trapping-math) vectorises no loop
+ * with a plain `cond ? a : b` whose arm is floating-point work used nowhere else: it
+ * moves that work into the branch, where it might trap, and keeps the branch.  So the
+ * selects of the vectorised row loops are written with these. */
+static inline float fa_pick_f32(int cond, float a, float b)
+{
+    int32_t ai, bi, mask = -(int32_t)(cond != 0);
+    memcpy(&ai, &a, sizeof ai);
+    memcpy(&bi, &b, sizeof bi);
+    ai = (ai & mask) | (bi & ~mask);
+    memcpy(&a, &ai, sizeof a);
+    return a;
+}
+
+static inline double fa_pick_f64(int cond, double a, double b)
+{
+    int64_t ai, bi, mask = -(int64_t)(cond != 0);
+    memcpy(&ai, &a, sizeof ai);
+    memcpy(&bi, &b, sizeof bi);
+    ai = (ai & mask) | (bi & ~mask);
+    memcpy(&a, &ai, sizeof a);
+    return a;
+}
+
 static inline float fa_exp_f32(float x)
 {
-    x = x < -88.0f ? -88.0f : x; /* NaN passes through */
+    x = fa_pick_f32(x < -88.0f, -88.0f, x); /* NaN passes through */
     /* n = round(x / ln2) by the "magic number" trick: adding 1.5 * 2**23 leaves n in
      * the low mantissa bits (no float-to-int conversion, which blocks vectorisation). */
     float shifted = x * (float)FA_LOG2E + 12582912.0f;
@@ -51,7 +75,7 @@ static inline float fa_exp_f32(float x)
 
 static inline double fa_exp_f64(double x)
 {
-    x = x < -709.0 ? -709.0 : x;
+    x = fa_pick_f64(x < -709.0, -709.0, x);
     double shifted = x * FA_LOG2E + 6755399441055744.0; /* 1.5 * 2**52, as above */
     double nf = shifted - 6755399441055744.0;
     int64_t n;
@@ -78,29 +102,6 @@ static inline double fa_exp_f64(double x)
     return p * two_n;
 }
 
-/* max(x, lo) where NaN stays NaN, as a bit select: gcc 12 vectorises that, but not the
- * plain `x < lo ? lo : x` when floating-point work follows it (it moves that work into
- * the branches, where it may trap, and gives up on the loop). */
-static inline float fa_at_least_f32(float x, float lo)
-{
-    int32_t xi, li, below = -(int32_t)(x < lo);
-    memcpy(&xi, &x, sizeof xi);
-    memcpy(&li, &lo, sizeof li);
-    xi = (xi & ~below) | (li & below);
-    memcpy(&x, &xi, sizeof x);
-    return x;
-}
-
-static inline double fa_at_least_f64(double x, double lo)
-{
-    int64_t xi, li, below = -(int64_t)(x < lo);
-    memcpy(&xi, &x, sizeof xi);
-    memcpy(&li, &lo, sizeof li);
-    xi = (xi & ~below) | (li & below);
-    memcpy(&x, &xi, sizeof x);
-    return x;
-}
-
 /* tanh for the softcap, vectorisable like the exp above: tanh|x| = -m / (2 + m) with
  * m = expm1(-2|x|), from the exp's range reduction, e^y - 1 = 2^n (e^t - 1) + (2^n - 1),
  * where e^t - 1 is the Taylor series without its constant term: no cancellation, so
@@ -108,7 +109,8 @@ static inline double fa_at_least_f64(double x, double lo)
  * (tanh = +-1, infinities included); NaN stays NaN. */
 static inline float fa_tanh_f32(float x)
 {
-    float y = fa_at_least_f32(-2.0f * fabsf(x), -88.0f);
+    float y = -2.0f * fabsf(x);
+    y = fa_pick_f32(y < -88.0f, -88.0f, y);
     float shifted = y * (float)FA_LOG2E + 12582912.0f;
     float nf = shifted - 12582912.0f;
     int32_t n;
@@ -132,7 +134,8 @@ static inline float fa_tanh_f32(float x)
 
 static inline double fa_tanh_f64(double x)
 {
-    double y = fa_at_least_f64(-2.0 * fabs(x), -709.0);
+    double y = -2.0 * fabs(x);
+    y = fa_pick_f64(y < -709.0, -709.0, y);
     double shifted = y * FA_LOG2E + 6755399441055744.0;
     double nf = shifted - 6755399441055744.0;
     int64_t n;
