@@ -217,3 +217,30 @@ def test_numba_compiles_nothing_more_for_modifiers():
         run_backward_tiled(module.run_backward_kernel, problem, out, out, lse, settings)
         compiled.append((len(run_worker.signatures), len(run_backward_worker.signatures)))
     assert compiled[0] == compiled[1]
+
+
+# ------------------------------------------------------------ non-finite inputs
+
+@pytest.mark.parametrize("options", [dict(softcap=1.0),
+                                     dict(softcap=2.0, alibi_slopes=[0.5, -0.1])])
+def test_masked_nan_key_stays_out_of_modified_scores(backend_name, options):
+    """A key that the causal band hides contributes nothing, even NaN (tanh(NaN) is NaN,
+    so a modifier applied after the masking, or a softcap derivative taken at a masked
+    score, would leak it): forward and gradients equal those with that key finite."""
+    rng = np.random.default_rng(8)
+    q, k = rng.standard_normal((1, 2, 9, 8)) * 2, rng.standard_normal((1, 2, 11, 8))
+    v, dout = rng.standard_normal((1, 2, 11, 5)), rng.standard_normal((1, 2, 9, 5))
+    clean = validate(q, k, v, causal=True, **options)
+    k, v = k.copy(), v.copy()  # clean keeps views of the finite ones
+    k[:, :, 10], v[:, :, 10] = np.nan, np.nan  # no row of 9 sees key 10
+    dirty = validate(q, k, v, causal=True, **options)
+    settings = settings_of(dict(block_q=4, block_k=4))
+    kernel = importlib.import_module(f"fastattn._{backend_name}").run_kernel
+    out, lse = run_tiled(kernel, dirty, settings)
+    ref_out, ref_lse = naive_attention(clean)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-11, atol=1e-11)
+    grads = run_backward_tiled(backward_module(backend_name).run_backward_kernel, dirty, dout,
+                               ref_out, ref_lse, settings)
+    for grad, ref in zip(grads, naive_backward(clean, dout)):
+        np.testing.assert_allclose(grad, ref, rtol=1e-10, atol=1e-10)
