@@ -7,8 +7,8 @@ the keys and values (transposed, and the keys once more times the scale), then w
 the query blocks whose rows the band lets see the block -- all heads of the kv group
 together, as the forward packs them -- and for each one
 
-    S = Q Kᵀ;  P = exp(S * scale - lse)     (0 where the band or a mask hides the key)
-    dP = dO Vᵀ;  dS = P (dP - delta)
+    S = Q Kᵀ;  P = exp(m(S * scale) - lse)  (0 where the band or a mask hides the key)
+    dP = dO Vᵀ;  dS = P (dP - delta) m'     (m: softcap then ALiBi; m' = 1 - tanh² or 1)
     dV += Pᵀ dO;  dK += dSᵀ Q;  dQ += dS K * scale  (added into dq or the task's part)
 
 and finally writes the block's ``dk`` (times the scale) and ``dv``.  The block products

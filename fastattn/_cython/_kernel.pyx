@@ -6,9 +6,9 @@ The kernel contract (:mod:`fastattn._contract`, "The kernel contract" in
 docs/design.md) says what it computes; the task steps are those of
 :mod:`fastattn._numba.kernel`.  Each task packs its query rows (all heads of a kv
 group, pre-scaled) into a tile, then for every kv block forms the scores, applies the
-band and the mask, updates the running max and sum, and adds ``P @ V`` to the
-accumulator, rescaling it only when a row's max grew.  Rows are normalised once, at
-the end.
+score modifiers (softcap, ALiBi), then the band and the mask, updates the running max
+and sum, and adds ``P @ V`` to the accumulator, rescaling it only when a row's max grew.
+Rows are normalised once, at the end.
 
 The block products and the softmax are the register-blocked C kernels of
 ``_tiles.h``, which keep every tile transposed (query rows along the contiguous

@@ -6,7 +6,7 @@
  *   - scores:  st[j, :] = sum_d k[j, d] * qt[d, :]   (a key element is broadcast)
  *   - P @ V:   acct[e, :] += sum_j v[j, e] * st[j, :] (a value element is broadcast)
  *   - softmax: the running max, sum and rescale of every row are element-wise
- *     vector operations across rows,
+ *     vector operations across rows, and so are the score modifiers (softcap, ALiBi),
  * so keys and values are read in place from any row stride, never packed, and one
  * kernel serves prefill (many rows) and decode (a single row) alike.
  *
