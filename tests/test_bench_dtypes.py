@@ -292,7 +292,7 @@ def test_sweep_records_dtype_and_level_of_each_point(half_sweep):
         assert point["isa"] == expected and point["isa_requested"] is None
     assert half_sweep["settings"]["dtypes"] == ["float32", "bfloat16"]
     assert half_sweep["machine"]["isa"]["active"] == _levels.active_level()
-    assert half_sweep["schema_version"] == SCHEMA_VERSION == 5
+    assert half_sweep["schema_version"] == SCHEMA_VERSION == 6
 
 
 def test_sweep_report_round_trips_with_its_dtype_section(half_sweep, tmp_path):

@@ -496,7 +496,7 @@ def test_schema_2_results_load_as_forward_points(tmp_path):
         del point["workload"]
     (tmp_path / "results.json").write_text(json.dumps(old))
     results = load_results(tmp_path)
-    assert results["schema_version"] == SCHEMA_VERSION == 5
+    assert results["schema_version"] == SCHEMA_VERSION == 6
     assert {p["workload"] for p in results["points"]} == {FORWARD}
     report = render_markdown(results)
     assert "## Forward + backward" not in report and report.count("| 512 | cython |") == 1
@@ -860,12 +860,12 @@ def test_models_option(option, sizes, models):
     assert (config.backward_sizes == ()) == (option == "only")
 
 
-def test_schema_3_results_load_as_version_5(tmp_path):
+def test_schema_3_results_load_as_the_current_version(tmp_path):
     old = _passing_results()
     old["schema_version"] = 3
     (tmp_path / "results.json").write_text(json.dumps(old))
     results = load_results(tmp_path)
-    assert results["schema_version"] == SCHEMA_VERSION == 5
+    assert results["schema_version"] == SCHEMA_VERSION == 6
     assert "## Models" not in render_markdown(results)
 
 

@@ -9,6 +9,9 @@ The pieces, one responsibility each:
 - :mod:`._models` — whole models in transformers (a tiny Llama's prefill and decode,
   MiniLM's encode) with each attention implementation (``--models``; also used by
   ``bench/test_hf_speed.py``);
+- :mod:`._serving` — the serving workloads (``--serving``): the read bandwidth probe,
+  decoding (contiguous and paged), a packed variable-length batch against padding,
+  ALiBi at long N (also used by ``bench/test_serving_speed.py``);
 - :mod:`._memory` — peak memory of one call (tracemalloc and RSS);
 - :mod:`._point` — one measurement, in a fresh child process (its preparation is
   shared with the pytest-benchmark suites in ``bench/``);

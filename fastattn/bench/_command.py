@@ -26,15 +26,22 @@ tokens/s and peak memory. With --dtypes, every forward and forward + backward
 point is timed in each dtype (float16 and bfloat16 too: stored in 16 bits,
 computed in float32), torch's SDPA in the same dtype among them, and the report
 compares the dtypes; with --isa, the Cython points are repeated at each listed
-instruction-set level. Every point records the level it ran at. Writes report.md,
-results.json and PNG plots to --out. The optional action `compare A B` compares
-two saved reports instead of running a sweep."""
+instruction-set level. With --serving, serving workloads: decoding (Lq = 1,
+Lk = 65536, Hq = 32, Hk = 8, D = 64) through attention, paged_attention and
+torch's SDPA against the machine's read bandwidth, measured in the same run;
+a packed batch of 16 sequences (64 ... 2048 tokens) through varlen_attention
+against the same batch padded (attention with a padding mask, torch's SDPA);
+ALiBi at N = 32768 and its peak memory. Every point records the level it ran
+at. Writes report.md, results.json and PNG plots to --out. The optional action
+`compare A B` compares two saved reports instead of running a sweep."""
 EXAMPLES = [
     ("fastattn bench --quick", "every backend, N = 128 ... 2048, and fwd + bwd (minutes)"),
     ("fastattn bench --backward only", "forward + backward only, N = 512 ... 16384"),
     ("fastattn bench --models only", "tiny Llama and MiniLM in transformers: fastattn, "
                                       "sdpa, eager"),
     ("fastattn bench --dtypes float32,bfloat16", "every point in both dtypes, compared"),
+    ("fastattn bench --serving only", "decoding against the read bandwidth, varlen against "
+                                      "padding, ALiBi at N = 32768"),
     ("fastattn bench compare A B", "time and GFLOP/s ratios of two saved reports"),
 ]
 """``(command, what it does)`` lines for ``fastattn --help``."""
@@ -93,6 +100,11 @@ def add_arguments(parser):
     sweep.add_argument("--models", choices=("yes", "no", "only"), default="no",
                        help="also time whole models in transformers (tiny Llama prefill "
                             "and decode, MiniLM encode; a few minutes), not (default), or "
+                            "only them")
+    sweep.add_argument("--serving", choices=("yes", "no", "only"), default="no",
+                       help="also time the serving workloads (decoding against the read "
+                            "bandwidth, contiguous and paged; a varlen batch against "
+                            "padding; ALiBi at N = 32768; minutes), not (default), or "
                             "only them")
     sweep.add_argument("--backends", type=_name_list, metavar="NAME,...",
                        help="backends to run (default: every available one and torch if "
@@ -179,7 +191,7 @@ def config_from_args(args):
         time_budget_s=pick(args.time_budget, 3.0, 20.0), min_time_s=pick(args.min_time, 0.3, 1.0),
         reference_size=reference_size, check=not args.no_check,
         point_timeout_s=args.point_timeout, backward_sizes=tuple(backward_sizes), models=models,
-        extra={"quick": args.quick})
+        serving=args.serving != "no", extra={"quick": args.quick})
 
 
 def _dtypes(args):
@@ -225,9 +237,10 @@ def _sizes(args):
         backward = sizes
     else:
         backward = QUICK_BACKWARD_SIZES if args.quick else FULL_BACKWARD_SIZES
-    if args.backward == "no" or args.models == "only":
+    only_other = "only" in (args.models, args.serving)  # models or serving alone
+    if args.backward == "no" or only_other:
         backward = ()
-    if args.backward == "only" or args.models == "only":
+    if args.backward == "only" or only_other:
         sizes = ()
     return sizes, backward
 

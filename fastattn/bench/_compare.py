@@ -1,6 +1,7 @@
 """``fastattn bench compare A B``: per-point ratios of two saved reports."""
 
 from ._results import FORWARD, FORWARD_BACKWARD, KEY_FIELDS, load_results, point_key
+from ._serving import READ, SERVING_WORKLOADS
 
 
 def compare_results(a, b):
@@ -67,9 +68,18 @@ def _backend(fields):
 
 
 def _step(workload):
-    # A model workload is "llama-prefill" etc.: its phase fits the column.
+    # A model workload is "llama-prefill" etc.: its phase fits the column.  A serving one
+    # keeps its name ("serving-decode"), which no model step can be taken for.
+    if workload in SERVING_WORKLOADS:
+        return workload
     return {FORWARD: "fwd", FORWARD_BACKWARD: "fwd+bwd"}.get(workload,
                                                             workload.rpartition("-")[2])
+
+
+def _shape(fields):
+    """``B,H,D`` of a point; ``—`` for the fields a point has not (the read probe)."""
+    return ",".join("—" if fields[k] is None else str(fields[k])
+                    for k in ("batch", "heads", "head_dim"))
 
 
 def _gflops_cells(row):
@@ -81,8 +91,9 @@ def _gflops_cells(row):
 
 def _describe_key(key):
     f = dict(zip(KEY_FIELDS, key))
+    shape = "" if f["heads"] is None else f" B={f['batch']} H={f['heads']}"
     return (f"{_step(f['workload'])} {_backend(f)} {'causal' if f['causal'] else 'full'} "
-            f"N={f['n']} {f['dtype']} B={f['batch']} H={f['heads']}")
+            f"N={f['n']} {f['dtype']}{shape}")
 
 
 def format_comparison(comparison, label_a="A", label_b="B"):
@@ -98,17 +109,17 @@ def format_comparison(comparison, label_a="A", label_b="B"):
     -------
     str
     """
-    header = (f"{'step':<7} {'backend':<8} {'mask':<6} {'N':>6} {'dtype':<8} {'B,H,D':<10} "
-              f"{'A ms':>11} {'B ms':>11} {'time B/A':>9} "
+    step = max([7] + [len(_step(row["workload"])) for row in comparison["rows"]])
+    header = (f"{'step':<{step}} {'backend':<8} {'mask':<6} {'N':>6} {'dtype':<8} "
+              f"{'B,H,D':<10} {'A ms':>11} {'B ms':>11} {'time B/A':>9} "
               f"{'A GF/s':>9} {'B GF/s':>9} {'GF/s B/A':>9}")
     lines = [f"A = {label_a}", f"B = {label_b}", "", header, "-" * len(header)]
     for row in comparison["rows"]:
-        shape = f"{row['batch']},{row['heads']},{row['head_dim']}"
         threads = ("" if row["a_threads"] == row["b_threads"]
                    else f"  (threads {row['a_threads']} vs {row['b_threads']})")
-        lines.append(f"{_step(row['workload']):<7} {_backend(row):<8} "
+        lines.append(f"{_step(row['workload']):<{step}} {_backend(row):<8} "
                      f"{'causal' if row['causal'] else 'full':<6} "
-                     f"{row['n']:>6} {row['dtype']:<8} {shape:<10} {row['a_ms']:>11.3f} "
+                     f"{row['n']:>6} {row['dtype']:<8} {_shape(row):<10} {row['a_ms']:>11.3f} "
                      f"{row['b_ms']:>11.3f} {row['time_ratio']:>8.3f}x "
                      f"{_gflops_cells(row)}{threads}")
     if not comparison["rows"]:
@@ -123,6 +134,9 @@ def format_comparison(comparison, label_a="A", label_b="B"):
 def regressions(comparison, max_time_ratio):
     """Rows whose time grew by more than ``max_time_ratio`` (e.g. 1.10 for 10 %).
 
+    The serving read probe is not one: it measures the machine, not fastattn (its row
+    is shown, to tell a slower machine from slower code).
+
     Parameters
     ----------
     comparison : dict
@@ -132,4 +146,5 @@ def regressions(comparison, max_time_ratio):
     -------
     list of dict
     """
-    return [row for row in comparison["rows"] if row["time_ratio"] > max_time_ratio]
+    return [row for row in comparison["rows"]
+            if row["time_ratio"] > max_time_ratio and row["workload"] != READ]

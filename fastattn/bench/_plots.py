@@ -24,8 +24,11 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from ._levels import LEVEL_NAMES
 from ._results import FORWARD, FORWARD_BACKWARD, workload
+from ._serving import DECODE, DECODE_GOAL, PADDED, PAGED, VARLEN
 from ._summary import (configurations, dtype_configurations, isa_summary, model_groups,
-                       naive_times, series_label, speedup_over, timing_range, torch_points)
+                       naive_times, read_bandwidth, series_label, serving_call,
+                       serving_groups, serving_order, speedup_over, timing_range,
+                       torch_points)
 
 STYLES = {"naive": ("#555555", "s"), "numba": ("#1f77b4", "o"),
           "cython": ("#d62728", "^"), "torch": ("#2ca02c", "D"),
@@ -37,6 +40,9 @@ BACKWARD_PLOTS = (("backward_time", "Forward + backward: time per step vs N"),
                   ("backward_speedup", "Forward + backward: speedup over torch vs N"))
 MODEL_PLOT = ("models", "Models in transformers: tokens/s vs N")
 DTYPE_PLOT = ("dtypes", "Throughput vs N per dtype")
+SERVING_PLOT = ("serving", "Serving: decoding against the read bandwidth, varlen against padding")
+SERVING_HATCH = {PAGED: "//", PADDED: "//"}
+"""The second call of a backend (paged, padded) is hatched; its colour is the backend's."""
 DTYPE_STYLES = {"float32": ("-", "o"), "bfloat16": ("--", "s"), "float16": (":", "^"),
                 "float64": ("-.", "D")}
 """Line style and marker of each dtype in the dtype plot (the colour is the backend's)."""
@@ -515,9 +521,82 @@ def plot_dtypes(results, path):
     return figure
 
 
+def _serving_panels(results):
+    """``[(title, rate(point, seconds), y label, points)]`` of the serving panels (decoding,
+    varlen) with a point that ran."""
+    groups = serving_groups(results)
+    panels = [("Decoding: K and V read", lambda p, s: p["bytes_read"] / s / 1e9,
+               "GB/s of K and V", groups.get(DECODE, []) + groups.get(PAGED, [])),
+              ("Varlen batch: real tokens", lambda p, s: p["tokens"] / s,
+               "tokens/s (real tokens)", groups.get(VARLEN, []) + groups.get(PADDED, []))]
+    return [panel for panel in panels if any(p["status"] == "ok" for p in panel[-1])]
+
+
+def _serving_bars(ax, points, rate):
+    """One bar per point that ran, ``rate(point, seconds)`` of its median, whiskers from
+    its slowest to its fastest call."""
+    ran = sorted((p for p in points if p["status"] == "ok"), key=serving_order)
+    heights, low, high = [], [], []
+    for p in ran:
+        fastest, slowest = timing_range(p) or (p["median_s"], p["median_s"])
+        heights.append(rate(p, p["median_s"]))
+        low.append(max(0.0, heights[-1] - rate(p, slowest)))
+        high.append(max(0.0, rate(p, fastest) - heights[-1]))
+    bars = ax.bar(range(len(ran)), heights, yerr=[low, high], capsize=4,
+                  color=[_style(p["backend"], [])[0] for p in ran], edgecolor="white",
+                  linewidth=0)  # the edge colour is the hatch's
+    for bar, p in zip(bars, ran):
+        bar.set_hatch(SERVING_HATCH.get(p["workload"]) if p["backend"] != "torch" else None)
+    labels = ax.bar_label(bars, labels=[f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
+                                        for h in heights], label_type="center", fontsize=9,
+                          color="white", fontweight="bold")
+    for label, bar in zip(labels, bars):  # readable over the hatching, clear of the whiskers
+        label.set_bbox({"boxstyle": "round,pad=0.2", "facecolor": bar.get_facecolor(),
+                        "edgecolor": "none"})
+    ax.set_xticks(range(len(ran)), [f"{serving_call(p)}\n{p['backend']}" for p in ran],
+                  fontsize=8)
+    missing = [f"{p['backend']} {serving_call(p)}" for p in points if p["status"] != "ok"]
+    if missing:
+        ax.text(0.99, 0.98, "not run: " + ", ".join(missing), transform=ax.transAxes,
+                ha="right", va="top", fontsize=8, color="#555555")
+
+
+def plot_serving(results, path):
+    """Decoding's GB/s per call against the read bandwidth (a line) and its goal, and the
+    varlen batch's tokens/s, packed and padded: bars (medians) with min–max whiskers."""
+    panels = _serving_panels(results)
+    read = read_bandwidth(results)
+    figure = Figure(figsize=(max(6.0 * len(panels), 9.0), 5.6), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    points = [p for panel in panels for p in panel[-1]]
+    threads = points[0]["threads"]
+    _suptitle(figure, "Serving", f"float32, {threads} thread{'s' if threads != 1 else ''}",
+              points, "bars: median; whiskers: slowest to fastest timed call; "
+                      "hatched: paged / padded")
+    for ax, (title, rate, ylabel, found) in zip(axes, panels):
+        _serving_bars(ax, found, rate)
+        if found[0]["workload"] in (DECODE, PAGED) and read is not None:
+            bandwidth = read["gbytes_per_s"]
+            ax.axhline(bandwidth, color="black", linestyle="--", linewidth=1.2,
+                       label=f"read bandwidth: {bandwidth:.3g} GB/s "
+                             f"({read.get('read_method')}, {read['threads']} threads)")
+            ax.axhline(DECODE_GOAL * bandwidth, color="#777777", linestyle=":",
+                       linewidth=1.2, label=f"decoding goal: {100 * DECODE_GOAL:.0f} % of it")
+        ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.15)
+        ax.yaxis.set_major_formatter(FuncFormatter(
+            lambda y, _: f"{y:,.0f}" if y >= 100 else f"{y:g}"))
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=11)
+        ax.grid(True, axis="y", alpha=0.35)
+    _shared_legend(figure, list(axes), [], columns=2)
+    figure.savefig(path, dpi=DPI)
+    return figure
+
+
 _DRAW = {"time": plot_time, "memory": plot_memory, "gflops": plot_gflops,
          "speedup": plot_speedup, "dtypes": plot_dtypes, "backward_time": plot_backward_time,
-         "backward_speedup": plot_backward_speedup, "models": plot_models}
+         "backward_speedup": plot_backward_speedup, "models": plot_models,
+         "serving": plot_serving}
 
 
 def _ran(results, kind, torch=None):
@@ -532,8 +611,8 @@ def draw_plots(results, directory):
 
     The forward plots when a forward point ran, the dtype plot when forward points
     ran in several dtypes, the forward + backward time plot when one of those ran,
-    its speedup plot when torch and a fastattn backend did, and the models plot when
-    there are model points.
+    its speedup plot when torch and a fastattn backend did, the models plot when
+    there are model points, and the serving plot when a decode or varlen point ran.
 
     Parameters
     ----------
@@ -555,6 +634,8 @@ def draw_plots(results, directory):
         chosen.append(BACKWARD_PLOTS[1])
     if model_groups(results):
         chosen.append(MODEL_PLOT)
+    if _serving_panels(results):
+        chosen.append(SERVING_PLOT)
     drawn = []
     for name, title in chosen:
         file_name = f"{name}.png"

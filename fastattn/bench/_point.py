@@ -22,7 +22,8 @@ forward, whose ``out`` and ``lse`` the backward takes as inputs), the check comp
 the gradients (:func:`~fastattn.bench._workload.check_gradients`), and the timed call
 is a whole training step: forward, then backward.  A model point
 (:func:`measure_model`) times a transformers model with one attention
-implementation (:mod:`fastattn.bench._models`).  A matmul point times the
+implementation (:mod:`fastattn.bench._models`), a serving point (:func:`measure_serving`)
+one of :mod:`fastattn.bench._serving`'s workloads.  A matmul point times the
 reference matmul of one library (:func:`fastattn.bench._reference.matmul_gflops`).
 """
 
@@ -327,6 +328,50 @@ def measure_model(spec):
             "isa": _model_isa(spec["backend"])}
 
 
+def measure_serving(spec):
+    """Measure one serving point (:mod:`fastattn.bench._serving`) described by ``spec``.
+
+    Prepared by :func:`fastattn.bench._serving.prepare_serving` (a tiny call, the peak
+    memory of the first full-size call, the check), then warm-up calls and the timed
+    calls, as for an attention point.
+
+    Parameters
+    ----------
+    spec : dict
+        ``workload`` (one of :data:`~fastattn.bench._serving.SERVING_WORKLOADS`),
+        ``backend``, ``options`` (:func:`~fastattn.bench._serving.serving_options`'
+        fields), ``threads``, ``repeats``, ``time_budget_s``, ``min_time_s``, ``check``.
+
+    Returns
+    -------
+    dict
+        ``times_s``, ``median_s``, ``min_s``, ``max_s``, the memory fields,
+        ``baseline_rss_bytes``, ``max_abs_err``, ``threads``, ``isa`` (None for the
+        read probe) and the workload's own fields (the read probe's
+        ``read_method``, ``read_gbytes_per_s_by_method`` and ``bytes_read``).
+
+    Examples
+    --------
+    >>> spec = dict(workload="serving-read", backend="numpy", threads=2, repeats=2,
+    ...             min_time_s=0, options={"read_bytes": 2**20})
+    >>> measured = measure_serving(spec)
+    >>> measured["bytes_read"], measured["read_method"] in ("gemv", "add.reduce")
+    (1048576, True)
+    """
+    from ._levels import backend_isa
+    from ._serving import READ, prepare_serving, serving_options
+
+    prepared = prepare_serving(spec["workload"], spec["backend"],
+                               serving_options(spec.get("options")), spec["threads"],
+                               check=spec.get("check", True))
+    _warm_up(prepared.run)
+    isa = None if spec["workload"] == READ else backend_isa(spec["backend"])
+    return {**_timings(prepared.run, spec), **prepared.memory,
+            "baseline_rss_bytes": prepared.baseline_rss_bytes,
+            "max_abs_err": prepared.max_abs_err, "threads": spec["threads"], "isa": isa,
+            **prepared.details}
+
+
 def _model_isa(implementation):
     """The instruction-set level of a model's attention: fastattn's "auto" backend, or torch."""
     from .._backends import auto_choice
@@ -354,7 +399,8 @@ def timed_calls(run, repeats, min_time_s, budget_s):
 
 
 def measure(spec):
-    """Run the measurement ``spec["kind"]`` names: attention, training, model or matmul.
+    """Run the measurement ``spec["kind"]`` names: attention, training, model, serving or
+    matmul.
 
     BLAS is limited to ``spec["threads"]`` threads for the whole measurement.  A
     matmul spec has ``library`` (default ``"numpy"``), ``size``, ``dtype``,
@@ -387,6 +433,8 @@ def measure(spec):
                                  spec.get("repeats", 3), library=spec.get("library", "numpy"))
         if spec["kind"] == "model":
             return measure_model(spec)
+        if spec["kind"] == "serving":
+            return measure_serving(spec)
         if spec["kind"] in ("attention", "training"):
             measure_point = measure_attention if spec["kind"] == "attention" \
                 else measure_training

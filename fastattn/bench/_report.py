@@ -6,14 +6,31 @@ from pathlib import Path
 from ._levels import LEVEL_NAMES
 from ._reference import describe, why_above
 from ._results import FORWARD, FORWARD_BACKWARD, save_results, workload
+from ._serving import (ALIBI, CHECK_ROWS, DECODE, DECODE_GOAL, PADDED, PAGED, READ,
+                       READ_ROW, VARLEN)
 from ._summary import (above_reference, backward_peaks, configurations,
                        describe_configuration, dtype_baselines, dtype_configurations,
-                       isa_cell, isa_summary, model_groups, naive_times, ran_by_n, speedup_over,
-                       timing_range, torch_points)
+                       isa_cell, isa_summary, model_groups, naive_times, ran_by_n,
+                       read_bandwidth, serving_call, serving_groups, serving_order,
+                       speedup_over, timing_range, torch_points)
 from ._workload import (DTYPES, FULL_CHECK_BYTES, GRADIENT_TOLERANCE,
                         NAIVE_BACKWARD_TEMPORARIES)
 
 REPORT_FILE = "report.md"
+
+
+def _bytes(value):
+    """A size in the largest binary unit that keeps it at least 1: ``4 GiB``, ``256 MiB``.
+
+    Examples
+    --------
+    >>> _bytes(2**32), _bytes(3 * 2**19), _bytes(96)
+    ('4 GiB', '1.5 MiB', '96 B')
+    """
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:,.3g} {unit}"
+    return f"{value:g} B"
 
 
 def _mib(value):
@@ -41,7 +58,7 @@ TABLE_COLUMNS = ("N", "backend", "ISA", "median ms", "min ms", "max ms", "calls"
                  "speedup vs naive", "max abs err")
 """The columns of the forward tables, in order."""
 
-TEXT_COLUMNS = ("backend", "implementation", "ISA", "dtype")
+TEXT_COLUMNS = ("backend", "implementation", "ISA", "dtype", "call", "layout")
 """Columns aligned left."""
 
 
@@ -306,6 +323,210 @@ def _model_lines(results):
     return lines
 
 
+DECODE_COLUMNS = ("call", "backend", "ISA", "median ms", "min ms", "max ms", "calls", "GB/s",
+                  "% of read bandwidth", "x torch", "peak MiB", "max abs err")
+"""The columns of the serving decode table, in order."""
+
+VARLEN_COLUMNS = ("layout", "backend", "ISA", "median ms", "min ms", "max ms", "calls",
+                  "tokens/s", "x padded fastattn", "x torch padded", "peak MiB",
+                  "max abs err")
+"""The columns of the serving varlen table, in order."""
+
+
+def _serving_rows(columns, points, cells):
+    """Markdown rows of serving ``points``: each fastattn backend's calls together (cython,
+    then numba), torch's last; ``cells(point)`` fills a measured row after its call,
+    backend and ISA, a point that did not run gets its status and reason."""
+    rows = ["| " + " | ".join(columns) + " |",
+            "|" + "|".join("---" if c in TEXT_COLUMNS else "---:" for c in columns) + "|"]
+    for p in sorted(points, key=serving_order):
+        lead = [serving_call(p), p["backend"], isa_cell(p)]
+        if p["status"] != "ok":
+            head = lead + [f"{p['status']}: {p['reason']}"]
+            rows.append("| " + " | ".join(head) + " |" + " |" * (len(columns) - len(head)))
+        else:
+            rows.append("| " + " | ".join(lead + cells(p)) + " |")
+    return rows
+
+
+def _error_cell(point):
+    return "—" if point.get("max_abs_err") is None else f"{point['max_abs_err']:.1e}"
+
+
+def _share(rate, read):
+    return None if not (rate and read) else rate / read["gbytes_per_s"]
+
+
+def _decode_table(points, read):
+    torch = next((p for p in points if p["backend"] == "torch" and p["status"] == "ok"), None)
+
+    def cells(p):
+        share = _share(p.get("gbytes_per_s"), read)
+        return [*_timing_cells(p), f"{p['gbytes_per_s']:.3g}",
+                "—" if share is None else f"{100 * share:.0f}%",
+                _ratio_cell(torch, p) if torch else "—", _mib(p["peak_bytes"]),
+                _error_cell(p)]
+
+    return _serving_rows(DECODE_COLUMNS, points, cells)
+
+
+def _varlen_table(points):
+    padded = {p["backend"]: p for p in points if p["workload"] == PADDED and p["status"] == "ok"}
+    torch = padded.get("torch")
+
+    def cells(p):
+        own = padded.get(p["backend"]) if p["backend"] != "torch" else None
+        return [*_timing_cells(p), f"{p['tokens_per_s']:,.0f}",
+                _ratio_cell(own, p) if own else "—", _ratio_cell(torch, p) if torch else "—",
+                _mib(p["peak_bytes"]), _error_cell(p)]
+
+    return _serving_rows(VARLEN_COLUMNS, points, cells)
+
+
+def _read_lines(probe):
+    """The read bandwidth paragraph of the "Serving" section."""
+    if probe["status"] != "ok":
+        return [f"**Read bandwidth**: not measured ({probe['status']}: {probe['reason']}): "
+                "the decode table has no share of it.", ""]
+    method = probe.get("read_method")
+    others = "; ".join(f"`{name}` {rate:.3g} GB/s" for name, rate in
+                       (probe.get("read_gbytes_per_s_by_method") or {}).items()
+                       if name != method)
+    spread = timing_range(probe)
+    span = "" if spread is None else (
+        f", slowest–fastest {probe['bytes_read'] / spread[1] / 1e9:.3g}–"
+        f"{probe['bytes_read'] / spread[0] / 1e9:.3g} GB/s")
+    threads = probe["threads"]
+    return [f"**Read bandwidth**: **{probe['gbytes_per_s']:.3g} GB/s**: {threads} "
+            f"thread{'s' if threads != 1 else ''}, each reading its part of a "
+            f"{_bytes(probe['bytes_read'])} float32 array with `{method}` (median "
+            f"of {len(probe.get('times_s') or ())} reads{span}; "
+            + (f"the other way, {others}" if others else "no other way measured")
+            + f"). `gemv` is `np.dot` of its rows of {READ_ROW} values with a vector of "
+            "ones, one pass at memory speed; `add.reduce` is NumPy's pairwise SIMD sum, "
+            "which some cores cannot run at memory speed: the faster counts. Measured in "
+            "this run, before the decode points; GB/s are 10⁹ bytes per second.", ""]
+
+
+def _decode_lines(points, read):
+    first = points[0]
+    lines = [f"### Decoding: Lq = 1, Lk = {first['n']}, Hq = {first['heads']}, "
+             f"Hk = {first['kv_heads']}, D = {first['head_dim']}, float32", "",
+             "One query token over the whole KV cache: `attention(q, k, v, "
+             "causal=\"lower_right\")` with q (1, Hq, 1, D) and k, v (1, Hk, Lk, D); "
+             "`paged_attention` on the same tokens in pages of "
+             f"{_page_size(points)}, the cache's blocks shuffled (a random block table); "
+             "torch's `scaled_dot_product_attention(q, k, v, enable_gqa=True)` (no mask: "
+             "the last query sees every key). **GB/s** is the bytes of K and V "
+             f"({_bytes(first['bytes_read'])}) over the median time, **% of read "
+             "bandwidth** its share of the bandwidth above, **x torch** torch's median over "
+             "this one (in brackets the range a pair of timed calls gives). The max abs err "
+             "is against the naive float64 reference.", ""]
+    lines += _decode_table(points, read)
+    lines += ["", _goal_line(points, read), ""]
+    return lines
+
+
+def _page_size(points):
+    return next((p["page_size"] for p in points if p.get("page_size")), "—")
+
+
+def _goal_line(points, read):
+    """Whether fastattn's decoding reads K and V at :data:`DECODE_GOAL` of the bandwidth."""
+    goal = (f"**Decoding goal**, K and V read at ≥ {100 * DECODE_GOAL:.0f} % of the read "
+            "bandwidth")
+    shares = [(p, _share(p.get("gbytes_per_s"), read)) for p in points
+              if p["backend"] != "torch" and p["status"] == "ok"]
+    shares = sorted(((p, s) for p, s in shares if s is not None), key=lambda item: -item[1])
+    if not shares:
+        return goal + ": not measured."
+    named = [f"{p['backend']} {serving_call(p)} ({100 * s:.0f} %)" for p, s in shares]
+    met = [name for name, (_, s) in zip(named, shares) if s >= DECODE_GOAL]
+    if not met:
+        return goal + ": **not met**: " + ", ".join(named) + "."
+    below = named[len(met):]
+    return (goal + ": **met** by " + ", ".join(met) + "."
+            + (" Below it: " + ", ".join(below) + "." if below else ""))
+
+
+def _varlen_lines(points):
+    first = points[0]
+    lengths = first.get("seq_lens") or []
+    real, padded = sum(lengths), len(lengths) * first.get("padded_len", 0)
+    lines = [f"### Varlen: {len(lengths)} sequences, causal, Hq = Hk = {first['heads']}, "
+             f"D = {first['head_dim']}, float32", "",
+             f"Lengths {', '.join(map(str, lengths))}: {real:,} real tokens; padded to "
+             f"the longest ({first.get('padded_len')}), {padded:,} tokens, "
+             f"{100 * real / max(padded, 1):.0f} % of them real. "
+             "`varlen_attention(q, k, v, cu_seqlens, cu_seqlens, causal=True)` runs the "
+             "packed batch; the padded batch (B, H, longest, D), made before the timing, "
+             "runs through `attention(q, k, v, mask=keys, causal=True)` with a bool mask "
+             "of the real keys, (B, 1, 1, longest), and through torch's "
+             "`scaled_dot_product_attention` with a bool mask (B, 1, longest, longest) "
+             "of causal and real keys (SDPA takes no mask with `is_causal`). **tokens/s** "
+             "counts the real tokens; **x padded fastattn** is the same backend's padded "
+             "median over this one, **x torch padded** torch's; in brackets the range a "
+             "pair of timed calls gives. The max abs err is that of the last "
+             f"{CHECK_ROWS} query rows of each sequence against a float64 formula.", ""]
+    lines += _varlen_table(points)
+    lines.append("")
+    return lines
+
+
+def _alibi_line(point):
+    head = (f"- {point['backend']}, N = {point['n']}, B = {point['batch']}, "
+            f"H = {point['heads']}, D = {point['head_dim']}, causal, float32: ")
+    if point["status"] != "ok":
+        return head + f"{point['status']}: {point['reason']}"
+    spread = timing_range(point)
+    span = "" if spread is None else \
+        f" ({_number(spread[0] * 1e3)}–{_number(spread[1] * 1e3)})"
+    output = point["heads"] * point["n"] * point["head_dim"] * 4
+    return (head + f"**{_number(point['median_s'] * 1e3)} ms** per call{span}, peak memory "
+            f"**{_mib(point['peak_bytes'])} MiB** (the output alone is {_mib(output)} MiB); "
+            f"an additive float32 bias of Lq × Lk would need "
+            f"{_bytes(point['bias_bytes_per_head'])} per head, "
+            f"{_bytes(point['bias_bytes'])} for the {point['heads']} heads "
+            f"(stated, never allocated); max abs err {_error_cell(point)}.")
+
+
+def _alibi_lines(points):
+    return ([f"### ALiBi at N = {points[0]['n']}", "",
+             "`attention(q, k, v, causal=True, alibi_slopes=slopes)`, slopes "
+             "2^(−8(h+1)/H), the bias computed inside the kernels: peak memory of the "
+             "first full-size call in a fresh process (the inputs not counted, the output "
+             f"counted); the max abs err is that of the first and last {CHECK_ROWS} query "
+             "rows against a float64 formula.", ""]
+            + [_alibi_line(p) for p in points] + [""])
+
+
+def _serving_lines(results):
+    """The "Serving" section: the read bandwidth, decoding, varlen and ALiBi."""
+    groups = serving_groups(results)
+    if not groups:
+        return []
+    everything = [p for found in groups.values() for p in found]
+    levels = isa_summary(everything)
+    threads = everything[0]["threads"]
+    lines = ["## Serving", "",
+             f"Serving workloads (`--serving`), float32, {threads} thread"
+             f"{'s' if threads != 1 else ''}, each point in a fresh process, next to what "
+             "it is compared with; times as above (median, fastest and slowest of the "
+             "timed calls)." + (f" Instruction-set levels: {levels}." if levels else ""),
+             ""]
+    if groups.get(READ):
+        lines += _read_lines(groups[READ][0])
+    decode = groups.get(DECODE, []) + groups.get(PAGED, [])
+    if decode:
+        lines += _decode_lines(decode, read_bandwidth(results))
+    batch = groups.get(VARLEN, []) + groups.get(PADDED, [])
+    if batch:
+        lines += _varlen_lines(batch)
+    if groups.get(ALIBI):
+        lines += _alibi_lines(groups[ALIBI])
+    return lines
+
+
 def _shape_title(config):
     return (f"B={config['batch']}, H={config['heads']}, "
             f"{'causal' if config['causal'] else 'no mask'}")
@@ -415,6 +636,7 @@ def render_markdown(results, plots=()):
     lines += _dtype_lines(results)
     lines += _backward_lines(results)
     lines += _model_lines(results)
+    lines += _serving_lines(results)
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{title}]({name})\n" for title, name in plots]

@@ -2,14 +2,17 @@
 
 The file is one JSON object::
 
-    {"schema": "fastattn-bench", "schema_version": 5, "created": ISO-8601 time,
+    {"schema": "fastattn-bench", "schema_version": 6, "created": ISO-8601 time,
      "command": [...], "machine": {..., "isa": {"levels", "supported", "active"}},
-     "settings": {..., "dtypes": [...], "isa_levels": [...] | null},
+     "settings": {..., "dtypes": [...], "isa_levels": [...] | null,
+                  "serving": bool, "serving_options": {...} | null},
      "reference": {"size", "dtype", "threads", "best", "gflops",
                    "libraries": [{"library", "blas", "gflops", "median_s", "min_s",
                                   "max_s", "times_s", ...}, ...]} | null,
      "points": [{"workload": "forward" | "forward+backward" | "llama-prefill"
-                             | "llama-decode" | "minilm-encode", "backend", "causal", "n",
+                             | "llama-decode" | "minilm-encode" | "serving-read"
+                             | "serving-decode" | "serving-paged" | "serving-varlen"
+                             | "serving-padded" | "serving-alibi", "backend", "causal", "n",
                  "dtype", "batch", "heads", "head_dim", "threads",
                  "isa", "isa_requested",
                  "status": "ok" | "skipped" | "failed", "reason",
@@ -28,6 +31,19 @@ A model point (:mod:`fastattn.bench._models`) times a transformers model: its
 ``n`` the prompt or input tokens, ``tokens`` the tokens one call reads or (decode)
 generates, ``tokens_per_s = tokens / median_s``, its memory fields are those of the
 first full-size call, and ``flops``, ``gflops`` are None.
+
+A serving point (:mod:`fastattn.bench._serving`) times a serving workload.  Its ``n``
+is the workload's own size: the bytes read (``serving-read``, the streaming read
+bandwidth probe, ``backend`` ``"numpy"``), the cached keys ``Lk`` (``serving-decode``:
+``attention`` with one query, or torch's SDPA; ``serving-paged``: ``paged_attention``,
+with ``page_size``), the real tokens of the batch (``serving-varlen``:
+``varlen_attention``; ``serving-padded``: the batch padded to its longest sequence,
+``attention`` with a padding mask or torch's SDPA; both with ``seq_lens`` and
+``padded_len``, ``batch`` the number of sequences) or ``N`` (``serving-alibi``, with
+``bias_bytes`` and ``bias_bytes_per_head``: what an additive bias would need).  It also
+has ``kv_heads``, ``bytes_read`` and ``gbytes_per_s = bytes_read / median_s / 1e9``
+(the read probe and decoding: K and V), ``tokens`` and ``tokens_per_s`` (None for the
+read probe); the read probe has ``read_method`` and ``read_gbytes_per_s_by_method``.
 
 ``dtype`` is ``"float32"``, ``"float64"``, ``"float16"`` or ``"bfloat16"`` (ml_dtypes'
 type; stored in 16 bits, computed in float32).  ``isa`` is the instruction-set level
@@ -48,7 +64,10 @@ reader that does not know the field refuses backward points rather than mixing t
 into its forward tables); version 4 added the model workloads (raised so that a
 reader that expects GFLOP/s on every point refuses them); version 5 added ``isa`` and
 ``isa_requested`` (raised because with ``--isa`` several Cython points share the other
-key fields: a reader that does not know the field would mix them) and the half dtypes.
+key fields: a reader that does not know the field would mix them) and the half dtypes;
+version 6 added the serving workloads (raised because their ``n`` is not a sequence
+length of queries = keys, and a reader that does not know them would list them in its
+comparisons as if it were, decoding under the model's decode step).
 Points of older versions ran at the level chosen at import, which was not recorded:
 ``isa`` and ``isa_requested`` are None.
 """
@@ -57,7 +76,7 @@ import json
 from pathlib import Path
 
 SCHEMA = "fastattn-bench"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 RESULTS_FILE = "results.json"
 
 FORWARD = "forward"
@@ -155,7 +174,7 @@ def upgrade(results):
     ...        "ceiling": {"size": 64, "dtype": "float32", "threads": 1, "gflops": 9.5}}
     >>> new = upgrade(old)
     >>> new["schema_version"], new["reference"]["best"], new["reference"]["gflops"]
-    (5, 'numpy', 9.5)
+    (6, 'numpy', 9.5)
     >>> upgrade({"schema_version": 2, "points": [{"n": 64}]})["points"]
     [{'n': 64, 'workload': 'forward'}]
     """
@@ -168,7 +187,7 @@ def upgrade(results):
     if version < 3:  # forward points only, before the workload field
         results = dict(results)
         results["points"] = [{**p, "workload": workload(p)} for p in results["points"]]
-    if version < SCHEMA_VERSION:  # versions 4 and 5 only added workloads and fields
+    if version < SCHEMA_VERSION:  # versions 4, 5 and 6 only added workloads and fields
         results = dict(results)
         results["schema_version"] = SCHEMA_VERSION
     return results

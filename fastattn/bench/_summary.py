@@ -5,6 +5,7 @@ the results through these functions, and neither imports the other's internals.
 """
 
 from ._results import FORWARD, FORWARD_BACKWARD, workload as point_workload
+from ._serving import ALIBI, DECODE, PADDED, PAGED, READ, SERVING_WORKLOADS, VARLEN
 
 
 def configurations(results, workload=FORWARD):
@@ -290,3 +291,69 @@ def above_reference(results):
         if point["status"] == "ok" and point.get("gflops") and point["gflops"] > reference:
             found.setdefault(point["backend"], []).append(point)
     return found
+
+
+def serving_groups(results):
+    """``{workload: points}`` of the serving workloads in ``results`` (those present).
+
+    Examples
+    --------
+    >>> points = [{"workload": "serving-decode", "n": 64}, {"workload": "forward", "n": 64}]
+    >>> {name: len(found) for name, found in serving_groups({"points": points}).items()}
+    {'serving-decode': 1}
+    """
+    groups = {name: [] for name in SERVING_WORKLOADS}
+    for point in results["points"]:
+        if point_workload(point) in groups:
+            groups[point_workload(point)].append(point)
+    return {name: found for name, found in groups.items() if found}
+
+
+def read_bandwidth(results):
+    """The serving read probe's point when it ran, else None.
+
+    Examples
+    --------
+    >>> probe = {"workload": "serving-read", "status": "ok", "gbytes_per_s": 20.0}
+    >>> read_bandwidth({"points": [probe]})["gbytes_per_s"]
+    20.0
+    """
+    return next((p for p in results["points"] if point_workload(p) == READ
+                 and p["status"] == "ok" and p.get("gbytes_per_s")), None)
+
+
+SERVING_ROW_ORDER = ("cython", "numba")
+"""The fastattn backends of the serving tables and plot, in the order of their rows
+(torch, and any other, last)."""
+
+
+def serving_call(point):
+    """What a serving point calls, as its table and plot name it.
+
+    Examples
+    --------
+    >>> serving_call({"workload": "serving-paged", "backend": "cython"})
+    'paged_attention'
+    >>> serving_call({"workload": "serving-padded", "backend": "torch"})
+    'SDPA, padded'
+    """
+    torch = point["backend"] == "torch"
+    return {DECODE: "SDPA" if torch else "attention", PAGED: "paged_attention",
+            VARLEN: "varlen_attention", PADDED: "SDPA, padded" if torch else "attention, padded",
+            ALIBI: "attention"}.get(point_workload(point), point_workload(point))
+
+
+def serving_order(point):
+    """Sort key of the serving rows: each fastattn backend's calls together, in
+    :data:`SERVING_ROW_ORDER`, then torch's; one backend's calls in workload order.
+
+    Examples
+    --------
+    >>> points = [{"workload": "serving-decode", "backend": b} for b in ("torch", "numba")]
+    >>> [p["backend"] for p in sorted(points, key=serving_order)]
+    ['numba', 'torch']
+    """
+    backend = point["backend"]
+    rank = SERVING_ROW_ORDER.index(backend) if backend in SERVING_ROW_ORDER \
+        else len(SERVING_ROW_ORDER)
+    return rank, SERVING_WORKLOADS.index(point_workload(point))

@@ -14,6 +14,7 @@ from ._models import (DECODE_PROMPT, ENCODE_SIZES, LLAMA_DECODE, LLAMA_PREFILL,
 from ._point import RESULT_PREFIX
 from ._progress import Progress
 from ._results import FORWARD, FORWARD_BACKWARD, SCHEMA, SCHEMA_VERSION
+from ._serving import READ, SERVING_WORKLOADS, serving_options, serving_points
 from ._summary import series_label
 from ._workload import (HALF_DTYPES, Shape, attention_flops, backward_unavailable,
                         naive_bytes_needed, naive_over_budget, training_flops)
@@ -100,6 +101,14 @@ class SweepConfig:
         prompt, encode 128, 256, 512.
     model_config : dict, optional
         Fields replacing the tiny Llama's configuration (tests make it smaller).
+    serving : bool, default False
+        Also time the serving workloads (:mod:`fastattn.bench._serving`): the read
+        bandwidth probe, decoding (contiguous and paged), a packed variable-length batch
+        against the same batch padded, ALiBi at long N; numba, cython and torch of
+        ``backends``.
+    serving_options : dict, optional
+        Fields replacing :data:`~fastattn.bench._serving.SERVING_DEFAULTS` (the sizes;
+        tests make them tiny).
     """
 
     sizes: tuple
@@ -124,6 +133,8 @@ class SweepConfig:
     models: tuple = ()
     model_sizes: dict = None
     model_config: dict = None
+    serving: bool = False
+    serving_options: dict = None
     isa_levels: tuple = None
     extra: dict = field(default_factory=dict)
 
@@ -154,6 +165,11 @@ class SweepConfig:
             return tuple(tuple(s) for s in self.backward_shapes)
         return tuple(dict.fromkeys([(self.batch, self.heads), (1, 1)]))
 
+    def serving_setup(self):
+        """The serving sizes (:func:`~fastattn.bench._serving.serving_options`), or None
+        when ``serving`` is off."""
+        return serving_options(self.serving_options) if self.serving else None
+
     def sizes_of(self, workload):
         """The lengths of the model ``workload`` (see ``model_sizes``)."""
         default = {LLAMA_PREFILL: PREFILL_SIZES, LLAMA_DECODE: (DECODE_PROMPT,),
@@ -179,8 +195,13 @@ def plan_points(config):
         so do the dtypes of one ``N`` and mask (each dtype's backends, torch among
         them, then the next dtype's), and the ISA levels of the Cython points
         (``isa_requested``: the level asked for, None for the one chosen at import).
+        The serving points come last, each next to what it is compared with
+        (:func:`~fastattn.bench._serving.serving_points`).
     """
-    return _forward_points(config) + _training_points(config) + _model_points(config)
+    serving = serving_points(config.serving_setup(), config.backends, config.threads) \
+        if config.serving else []
+    return (_forward_points(config) + _training_points(config) + _model_points(config)
+            + serving)
 
 
 def _point(config, backend, workload, shape, flops, level=None):
@@ -316,13 +337,33 @@ def _finish_point(point, measured):
         return point
     median = point["median_s"]
     point["gflops"] = point["flops"] / median / 1e9 if point.get("flops") else None
-    point["tokens_per_s"] = point.get("tokens", point["batch"] * point["n"]) / median
+    tokens = point.get("tokens", point["batch"] * point["n"])
+    point["tokens_per_s"] = None if tokens is None else tokens / median
+    if point.get("bytes_read"):
+        point["gbytes_per_s"] = point["bytes_read"] / median / 1e9
     sizes = [point.get("rss_bytes"), point.get("traced_bytes")]
     point["peak_bytes"] = max((s for s in sizes if s is not None), default=None)
     return point
 
 
+def _describe_serving(point):
+    head = f"{point['workload']} {point['backend']:<6}"
+    if point["status"] != "ok":
+        return f"{head} {point['status']}: {point['reason']}"
+    rates = [f"{point['median_s'] * 1e3:10.2f} ms"]
+    if point.get("gbytes_per_s"):
+        rates.append(f"{point['gbytes_per_s']:8.2f} GB/s")
+    if point["workload"] != READ and point.get("tokens_per_s"):
+        rates.append(f"{point['tokens_per_s']:12,.0f} tokens/s")
+    peak = point.get("peak_bytes")
+    if peak is not None:
+        rates.append(f"peak {peak / 2**20:.1f} MiB")
+    return f"{head} " + " ".join(rates)
+
+
 def _describe(point):
+    if point["workload"] in SERVING_WORKLOADS:
+        return _describe_serving(point)
     mask = "causal" if point["causal"] else "full"
     head = f"{series_label(point):<6} {mask:<6} N={point['n']:<6}"
     if point.get("dtype") not in (None, "float32"):
@@ -420,7 +461,8 @@ def run_sweep(config, progress=True, stream=None, command=None):
                 point.update(status="skipped", reason=f"failed at N={broken[series]}")
             if point["status"] == "planned":
                 spec = _child_spec(config, point)
-                bar.start({"training": "fwd+bwd ", "model": f"{point['workload']} "}.get(
+                bar.start({"training": "fwd+bwd ", "model": f"{point['workload']} ",
+                           "serving": f"{point['workload']} "}.get(
                     spec["kind"], "") + f"{series_label(point)} N={point['n']}")
                 _finish_point(point, run_child(spec, config.point_timeout_s))
                 if point["status"] == "failed" and not point["reason"].startswith("exit"):
@@ -433,6 +475,10 @@ def _child_spec(config, point):
     """What the child process of ``point`` is told to measure."""
     timing = {"repeats": config.repeats, "time_budget_s": config.time_budget_s,
               "min_time_s": config.min_time_s}
+    if point["workload"] in SERVING_WORKLOADS:
+        return {"kind": "serving", "workload": point["workload"], "check": config.check,
+                "options": config.serving_setup(), **timing,
+                **{k: point[k] for k in ("backend", "threads")}}
     if point["workload"] in MODEL_WORKLOADS:
         return {"kind": "model", "workload": point["workload"], **timing,
                 "model_config": dict(config.model_config or {}),
@@ -457,4 +503,5 @@ def _settings(config):
     settings["backward_shapes"] = [list(shape) for shape in config.training_shapes()]
     settings["models"] = list(config.models)
     settings["model_sizes"] = {w: list(config.sizes_of(w)) for w in config.models}
+    settings["serving_options"] = config.serving_setup()
     return settings
