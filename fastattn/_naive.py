@@ -125,8 +125,8 @@ def naive_backward(problem, dout):
         delta = np.sum(dout * _weighted_sum(weights, v), axis=-1, keepdims=True)
         d_scores = dout @ np.swapaxes(v, -1, -2) - delta
         d_scores = np.where(weights != 0, weights * d_scores, 0.0)
-        if softcap_slope is not None:
-            d_scores = d_scores * softcap_slope
+        if softcap_slope is not None:  # a masked key's slope may be NaN: keep its 0
+            d_scores = np.where(weights != 0, d_scores * softcap_slope, 0.0)
     dq = _weighted_sum(d_scores, k) * problem.scale
     dk = _weighted_sum(np.swapaxes(d_scores, -1, -2), q) * problem.scale
     dv = _weighted_sum(np.swapaxes(weights, -1, -2), dout)
