@@ -11,6 +11,7 @@
 #pragma GCC diagnostic ignored "-Wunused-function"
 #include "_backward_tiles.h" /* includes _tiles.h */
 #include "_half_tiles.h"
+#include "_decode_tiles.h"
 #pragma GCC diagnostic pop
 
 #define FA_PASTE2(a, b) a##b

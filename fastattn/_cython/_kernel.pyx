@@ -96,6 +96,7 @@ cdef extern from "_half_scalar.h" nogil:
 
 include "_contract.pxi"
 include "_isa.pxi"
+include "_decode.pxi"
 
 cdef enum:
     # How q, k, v and out are stored: in the compute dtype, or in a half dtype
@@ -127,6 +128,7 @@ cdef struct Problem:
     # block_k x max(D, Dv)); and in its float64 row: l | block_sum.
     Py_ssize_t rp, at_st, at_acc, at_m, at_shift, at_alpha, at_slope, at_row, at_kv
     Py_ssize_t tile_size
+    Py_ssize_t at_decode  # the decode kernel's scratch (_decode.pxi); -1: none
 
 
 # ---------------------------------------------------------------------------
@@ -239,6 +241,7 @@ cdef Problem _describe(call, int storage):
     if storage != STORE_NATIVE:  # a converted block, or the bf16 products' pairs of P and V
         p.tile_size += _padded(max(p.block_k * max(p.head_dim, p.value_dim),
                                    (p.block_k + 1) // 2 * (p.rp + p.value_dim)), align)
+    _describe_decode(&p, align)
     return p
 
 
@@ -292,6 +295,9 @@ cdef void _run_task(const Problem *p, const int64_t *task, real *tile,
     cdef Py_ssize_t rp = _padded(p.group * n_q, FA_ROW_PAD)  # this task's row pitch
     cdef real *m = tile + p.at_m
 
+    if n_q == 1 and p.at_decode >= 0:  # one query row per head: _decode.pxi
+        _decode_task(p, task, tile, state)
+        return
     _pack_queries(p, b, kv_head * p.group, q0, n_q, rp, tile)
     for r in range(p.value_dim * rp):
         tile[p.at_acc + r] = 0

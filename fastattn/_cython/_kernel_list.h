@@ -108,9 +108,21 @@
        const float *st, ptrdiff_t rows, ptrdiff_t rp, float *acct, uint16_t *scratch),    \
       (n_k, value_dim, values, value_stride, st, rows, rp, acct, scratch))
 
+/* The decode kernel of _decode_tiles.inc (tasks with one query row per head). */
+#define FA_DECODE_KERNELS(X, R, S)                                                        \
+    X(void, fa_decode_##S,                                                               \
+      (ptrdiff_t n_k, ptrdiff_t block, ptrdiff_t rows, ptrdiff_t dim, ptrdiff_t value_dim, \
+       const char *keys, ptrdiff_t key_stride, const char *values, ptrdiff_t value_stride, \
+       const R *q, R cap, const R *slopes, int64_t distance0, R *work, R *m, double *l,   \
+       R *acct, ptrdiff_t rp),                                                           \
+      (n_k, block, rows, dim, value_dim, keys, key_stride, values, value_stride, q, cap,  \
+       slopes, distance0, work, m, l, acct, rp))
+
 #define FA_KERNEL_LIST(X)                                                                 \
     FA_FORWARD_KERNELS(X, float, f32)                                                    \
     FA_FORWARD_KERNELS(X, double, f64)                                                   \
+    FA_DECODE_KERNELS(X, float, f32)                                                     \
+    FA_DECODE_KERNELS(X, double, f64)                                                    \
     FA_BACKWARD_KERNELS(X, float, f32)                                                   \
     FA_BACKWARD_KERNELS(X, double, f64)                                                  \
     FA_HALF_KERNELS(X)

@@ -1,0 +1,136 @@
+/* The decode kernel of the Cython backend: a task with ONE query row per head.
+ *
+ * A decode task (Lq = 1: a generation step, a paged or varlen sequence of one token)
+ * has only `group` query rows, one per query head of a kv head.  The forward tiles of
+ * _tiles.h put query rows along the vector lanes, padded to FA_ROW_PAD, so there most
+ * of every product is padding.  Here nothing is padded: each key and value row is read
+ * once, in place, and used by all the group's rows while it is in registers.
+ *
+ *   scores  s[r][j] = q[r] . k[j]: dot products along the head dimension, VL (row,
+ *           key) pairs at a time in VL vector accumulators, which a tree of two-source
+ *           shuffles folds into one vector of VL sums (no per-key horizontal sum);
+ *   softmax per row over a block of keys (keys along the lanes): modifiers, block max,
+ *           rescale factor, exp, the sum in float64 -- the online softmax of the kernel
+ *           contract, in blocks of `block` keys;
+ *   P @ V   acc[r][e] += p[r][j] v[j][e]: value dimensions along the lanes, a register
+ *           block of rows x vectors over a few keys at a time (those values stay in L1).
+ *
+ * The result is left as the forward tiles leave theirs (acct[e * rp + r], the running
+ * max m and sum l), so the Cython driver writes it like any task.  Vectors, FA_INLINE
+ * and the exp come from _tiles.h; only -ffp-contract is relied on, never fast-math.
+ */
+#ifndef FASTATTN_DECODE_TILES_H
+#define FASTATTN_DECODE_TILES_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#include "_tiles.h"
+#pragma GCC diagnostic pop
+
+/* Keys whose values are accumulated together: their rows stay in L1 while every
+ * register block of (rows x value vectors) passes over them. */
+#define FA_DECODE_VALUE_KEYS 16
+
+/* Accumulators of a register block of P @ V: up to 4 rows x (this / rows) value vectors. */
+#if defined(__AVX512F__)
+#define FA_DECODE_ACCS 16
+#else
+#define FA_DECODE_ACCS 8
+#endif
+
+/* Software prefetch into L2 (hint T1): the values of a block while its scores are formed,
+ * the keys of the next block while its values are summed, so the two streams keep the
+ * memory busy in both phases. */
+#if defined(__GNUC__) || defined(__clang__)
+#define FA_DECODE_PREFETCH(address) __builtin_prefetch((address), 0, 2)
+#else
+#define FA_DECODE_PREFETCH(address) ((void)(address))
+#endif
+
+/* Every cache line of `bytes` bytes at `row`. */
+static inline void fa_decode_prefetch_row(const char *row, ptrdiff_t bytes)
+{
+    for (ptrdiff_t offset = 0; offset < bytes; offset += 64)
+        FA_DECODE_PREFETCH(row + offset);
+    FA_DECODE_PREFETCH(row + bytes - 1);
+}
+
+/* Lanes per vector as preprocessor numbers (the shuffle masks are spelt out per width). */
+#if defined(FA_VBYTES)
+#define FA_DECODE_LANES_F32 (FA_VBYTES / 4)
+#define FA_DECODE_LANES_F64 (FA_VBYTES / 8)
+#else
+#define FA_DECODE_LANES_F32 1
+#define FA_DECODE_LANES_F64 1
+#endif
+
+/* Folding VL accumulators into one vector of their sums needs two-source shuffles with
+ * constant masks: gcc's __builtin_shuffle or clang's __builtin_shufflevector.  Without
+ * them (or with one-lane "vectors"), the sums are taken lane by lane. */
+#if defined(FA_VBYTES) && defined(__clang__)
+#define FA_DECODE_SHUFFLE 2
+#elif defined(FA_VBYTES) && defined(__GNUC__)
+#define FA_DECODE_SHUFFLE 1
+#else
+#define FA_DECODE_SHUFFLE 0
+#endif
+
+#if FA_DECODE_SHUFFLE
+typedef int32_t fa_decode_ivec_f32 __attribute__((vector_size(FA_VBYTES)));
+typedef int64_t fa_decode_ivec_f64 __attribute__((vector_size(FA_VBYTES)));
+#else
+typedef int fa_decode_ivec_f32; /* unused */
+typedef int fa_decode_ivec_f64;
+#endif
+
+/* The fold of step h on vectors x, y of `lanes` lanes: lane i of the result is
+ * x[i] + x[i + h] where (i mod 2h) < h, else y[i - h] + y[i].  Steps h = 1, 2, 4, ...
+ * on pairs of accumulators leave lane a holding the sum of accumulator a. */
+#define FA_DECODE_LOW(lanes, h, i) (((i) % (2 * (h))) < (h) ? (i) : (lanes) + (i) - (h))
+#define FA_DECODE_HIGH(lanes, h, i) (((i) % (2 * (h))) < (h) ? (i) + (h) : (lanes) + (i))
+#define FA_DECODE_L2(M, n, h) M(n, h, 0), M(n, h, 1)
+#define FA_DECODE_L4(M, n, h) FA_DECODE_L2(M, n, h), M(n, h, 2), M(n, h, 3)
+#define FA_DECODE_L8(M, n, h) FA_DECODE_L4(M, n, h), M(n, h, 4), M(n, h, 5), M(n, h, 6), \
+                              M(n, h, 7)
+#define FA_DECODE_L16(M, n, h) FA_DECODE_L8(M, n, h), M(n, h, 8), M(n, h, 9), M(n, h, 10), \
+                               M(n, h, 11), M(n, h, 12), M(n, h, 13), M(n, h, 14),       \
+                               M(n, h, 15)
+
+#define REAL float
+#define VEC fa_vec_f32
+#define DECODE_IVEC fa_decode_ivec_f32
+#define DECODE_LANES FA_DECODE_LANES_F32
+#define EXP fa_exp_f32
+#define TANH fa_tanh_f32
+#define FN(name) fa_##name##_f32
+#include "_decode_tiles.inc"
+#undef REAL
+#undef VEC
+#undef DECODE_IVEC
+#undef DECODE_LANES
+#undef EXP
+#undef TANH
+#undef FN
+
+#define REAL double
+#define VEC fa_vec_f64
+#define DECODE_IVEC fa_decode_ivec_f64
+#define DECODE_LANES FA_DECODE_LANES_F64
+#define EXP fa_exp_f64
+#define TANH fa_tanh_f64
+#define FN(name) fa_##name##_f64
+#include "_decode_tiles.inc"
+#undef REAL
+#undef VEC
+#undef DECODE_IVEC
+#undef DECODE_LANES
+#undef EXP
+#undef TANH
+#undef FN
+
+#endif
