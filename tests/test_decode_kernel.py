@@ -269,3 +269,29 @@ def test_varlen_one_token_sequences(rng):
         np.testing.assert_allclose(out[rows], ref_out.transpose(1, 0, 2), rtol=2e-5,
                                    atol=2e-5)
         np.testing.assert_allclose(lse[rows], ref_lse.T, rtol=2e-5, atol=2e-5)
+
+
+def test_alibi_and_softcap_across_split_kv_parts(rng):
+    """Each part of a split task measures ALiBi distances from its own first key."""
+    problem = decode_problem(rng, hq=4, hk=1, lk=3000, d=16, dv=8, causal="lower_right",
+                             softcap=1.5, alibi_slopes=[0.001, 0.003, -0.0005, 0.0])
+    plan = make_plan(1, 1, 4, 1, 3000, problem.band, 2, None, 200)
+    assert plan.n_parts > 1
+    assert_naive(problem, *run(problem, block_k=200))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_decoding_with_modifiers(rng, dtype):
+    """Half storage keeps the tiles (computed in float32), modifiers included."""
+    import ml_dtypes
+
+    half = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(np.float16)
+    q, k, v = (rng.standard_normal(shape).astype(half) for shape in
+               ((1, 8, 1, 32), (1, 2, 500, 32), (1, 2, 500, 16)))
+    options = dict(softcap=2.0, alibi_slopes=np.linspace(0.0, 0.02, 8), causal="lower_right",
+                   window=(300, 0))
+    out, lse = fastattn.attention(q, k, v, backend="cython", return_lse=True, **options)
+    ref_out, ref_lse = fastattn.attention(*(x.astype(np.float64) for x in (q, k, v)),
+                                          backend="naive", return_lse=True, **options)
+    np.testing.assert_allclose(out.astype(np.float64), ref_out, rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(lse, ref_lse, rtol=2e-5, atol=2e-5)

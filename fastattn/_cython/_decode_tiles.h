@@ -52,12 +52,22 @@
 #define FA_DECODE_PREFETCH(address) ((void)(address))
 #endif
 
-/* Every cache line of `bytes` bytes at `row`. */
-static inline void fa_decode_prefetch_row(const char *row, ptrdiff_t bytes)
+/* Rows to prefetch while a phase computes: n rows of `bytes` bytes, `stride` apart. */
+struct fa_decode_ahead {
+    const char *rows;
+    ptrdiff_t n, stride, bytes;
+};
+
+/* Every cache line of rows [from, to) of `ahead` (those that exist). */
+static inline void fa_decode_prefetch(const struct fa_decode_ahead *ahead, ptrdiff_t from,
+                                      ptrdiff_t to)
 {
-    for (ptrdiff_t offset = 0; offset < bytes; offset += 64)
-        FA_DECODE_PREFETCH(row + offset);
-    FA_DECODE_PREFETCH(row + bytes - 1);
+    for (ptrdiff_t i = from; i < to && i < ahead->n; i++) {
+        const char *row = ahead->rows + i * ahead->stride;
+        for (ptrdiff_t offset = 0; offset < ahead->bytes; offset += 64)
+            FA_DECODE_PREFETCH(row + offset);
+        FA_DECODE_PREFETCH(row + ahead->bytes - 1);
+    }
 }
 
 /* Lanes per vector as preprocessor numbers (the shuffle masks are spelt out per width). */
