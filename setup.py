@@ -29,7 +29,8 @@ from setuptools.command.build_ext import build_ext
 EXTENSION = "fastattn._cython._kernel"
 SOURCE = "fastattn/_cython/_kernel.pyx"
 HEADERS = ["fastattn/_cython/_kernels.h", "fastattn/_cython/_contract.pxi",
-           "fastattn/_cython/_isa.pxi", "fastattn/_cython/_half_scalar.h"]
+           "fastattn/_cython/_isa.pxi", "fastattn/_cython/_half_scalar.h",
+           "fastattn/_cython/_decode.pxi"]
 BACKWARD_EXTENSION = "fastattn._cython._backward"
 BACKWARD_SOURCE = "fastattn/_cython/_backward.pyx"
 BACKWARD_HEADERS = HEADERS
@@ -38,7 +39,7 @@ DISPATCH_SOURCE = f"{CYTHON_DIR}/_dispatch.c"
 ISA_SOURCE = f"{CYTHON_DIR}/_isa_table.c"
 TILE_HEADERS = [f"{CYTHON_DIR}/{name}" for name in (
     "_kernel_list.h", "_rowops.h", "_tiles.h", "_tiles.inc", "_backward_tiles.h",
-    "_backward_tiles.inc", "_half_tiles.h")]
+    "_backward_tiles.inc", "_half_tiles.h", "_decode_tiles.h", "_decode_tiles.inc")]
 
 # (name, gcc/clang flags) of the x86-64 levels, lowest first: the names and order of
 # fastattn._isa.LEVELS and of the FA_LEVEL_* enum in _kernel_list.h.

@@ -49,7 +49,8 @@ MERGE_COLUMNS = 6
 
 DECODE_ROWS = 8
 """Fewer query rows than this per kv head (``Lq * Hq / Hk``) is decoding: the Numba
-kernel streams its block products by hand and "auto" prefers it (see _backends)."""
+kernel streams its block products by hand instead of calling BLAS.  (The Cython kernel
+sends every task with one query row per head to its key-major decode kernel.)"""
 
 
 @dataclass(frozen=True)
