@@ -192,7 +192,12 @@ class KernelCall:
     are None and only ``lse`` is written.  ``part_out (n_parts, max_rows, Dv)`` and ``part_lse (n_parts, max_rows)``
     receive split-KV partials; :func:`fastattn._merge.merge_split_parts` folds them in.
     ``modifiers`` (:class:`ScoreModifiers`) change the scaled scores; the kernel ignores
-    their ``sinks``.  A kernel reads nothing else, validates nothing, and never reads
+    their ``sinks``.  ``pages`` (None, or an int64 ``(n_seqs, max_pages)`` C-contiguous
+    block table; only with MASK_NONE) makes ``k`` and ``v`` a paged cache ``(num_blocks,
+    Hk, page_size, D)``: a task's keys are then the logical positions ``k_start:k_stop``
+    of sequence ``TASK_KV_BATCH``, position ``j`` stored at block ``pages[kv_batch, j //
+    page_size]``, slot ``j % page_size`` (the kernel never reads an entry beyond the
+    task's keys).  A kernel reads nothing else, validates nothing, and never reads
     configuration.
     """
 
@@ -208,6 +213,7 @@ class KernelCall:
     part_out: object = None
     part_lse: object = None
     modifiers: ScoreModifiers = NO_MODIFIERS
+    pages: object = None
 
     @property
     def lse_only(self):

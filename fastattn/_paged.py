@@ -1,23 +1,22 @@
 """Decoding over a paged KV cache (vLLM / flash-attn's block tables) in one kernel call.
 
 The cache ``(num_blocks, block_size, Hk, D)`` is viewed as ``(num_blocks, Hk, block_size,
-D)`` (no copy): each block is one kv batch of the kernel contract.  A task is one
-(sequence, kv head, page): the sequence's query row against the page's visible slots,
-reading the page's block through ``TASK_KV_BATCH``; its ``TASK_BAND_SHIFT`` places the
-page's slots at their positions in the sequence, so a window is measured from the query
-(the sequence's last position).  Every page writes a split-KV slot, and the pages of a
-(sequence, kv head) are merged exactly (:mod:`fastattn._merge`); a sequence with a single
-visible page writes its rows directly.
+D)`` (no copy) and handed to the kernel with the block table (``KernelCall.pages``): a
+task is one (sequence, kv head), the sequence's query row against the logical positions
+of its keys, which the kernel finds page by page through the table, never crossing a
+page within one block of keys.  ``TASK_BAND_SHIFT`` puts the query at the sequence's
+last position, so a window and ALiBi are measured from it.  A long sequence in a small
+batch is split over the workers (split-KV) and merged exactly (:mod:`fastattn._merge`).
 """
 
 import numpy as np
 
 from ._backends import resolve
 from ._config import get_config, thread_budget
-from ._contract import (MERGE_COLUMNS, TASK_BAND_SHIFT, TASK_BATCH, TASK_COLUMNS,
-                        TASK_K_START, TASK_K_STOP, TASK_KV_BATCH, TASK_KV_HEAD, TASK_PART,
-                        TASK_Q_START, TASK_Q_STOP, NO_MODIFIERS, Band)
-from ._plan import plan_of_tasks
+from ._contract import (TASK_BAND_SHIFT, TASK_BATCH, TASK_COLUMNS, TASK_K_START,
+                        TASK_K_STOP, TASK_KV_BATCH, TASK_KV_HEAD, TASK_PART, TASK_Q_STOP,
+                        NO_MODIFIERS, Band)
+from ._plan import block_sizes, plan_of_tasks
 from ._validation import (as_array, check_flag, check_float_array, check_modifiers,
                           describe, normalise_scale, normalise_window)
 from ._varlen import (check_index_array, empty_rows_lse, modifier_options, run_plan,
@@ -207,63 +206,35 @@ def _tiled_paged(run_kernel, call, settings):
     if batch * heads == 0:
         return out, np.empty((batch, heads), call.compute_dtype)
     band = Band.from_alignment(1, 1, "upper_left", call.window)  # the query: position 0
-    rows, merges, n_parts = page_tasks(call, band)
-    plan = plan_of_tasks(rows, call.group, band, 1, call.block_size,
-                         thread_budget(settings["num_threads"]), parts=(merges, n_parts))
+    _, block_k = block_sizes(call.group, 1, int(call.lengths.max(initial=1)),
+                             settings["block_q"], settings["block_k"])
+    plan = plan_of_tasks(sequence_tasks(call, band), call.group, band, 1, block_k,
+                         thread_budget(settings["num_threads"]))
     lse = run_plan(run_kernel, plan, call.q[:, :, None], call.k_cache.transpose(0, 2, 1, 3),
-                   call.v_cache.transpose(0, 2, 1, 3), call, out[:, :, None])
+                   call.v_cache.transpose(0, 2, 1, 3), call, out[:, :, None],
+                   pages=np.ascontiguousarray(call.table))
     return out, lse[..., 0]
 
 
-def page_tasks(call, band):
-    """Tasks ``(sequence, kv head, page)`` in that order, the merge table and the slots.
-
-    A page's task reads its visible slots ``k0:k1`` of its block; its band shift
-    ``seq_len - 1 - page * block_size`` makes ``j - i`` the key's position relative to
-    the query.  A sequence of length 0 gets one empty task (zeros, lse -inf).
+def sequence_tasks(call, band):
+    """One task per (sequence, kv head): the query against the logical positions its
+    window lets it see, through the block table (``KernelCall.pages``; the kv batch is the
+    sequence).  The band shift ``seq_len - 1`` puts the query at its own position, so
+    ``j - i - shift`` is a key's position relative to it.  Long sequences of a small
+    batch are split over the workers (split-KV) by the plan.
     """
-    size, lengths = call.block_size, call.lengths
-    first_seen = np.maximum(lengths - 1 + band.lo, 0)  # the window's first position
-    first_page = np.minimum(first_seen // size, call.used_pages)
-    n_pages = np.maximum(call.used_pages - first_page, 1)
-    seq = np.repeat(np.arange(len(lengths)), n_pages)
-    page = first_page[seq] + np.arange(len(seq)) - (np.cumsum(n_pages) - n_pages)[seq]
-    start = page * size
-    per_page = np.zeros((len(seq), TASK_COLUMNS), np.int64)
-    per_page[:, TASK_BATCH] = seq
-    per_page[:, TASK_Q_STOP] = 1
-    per_page[:, TASK_K_START] = np.clip(first_seen[seq] - start, 0, size)
-    per_page[:, TASK_K_STOP] = np.clip(lengths[seq] - start, per_page[:, TASK_K_START], size)
-    used = page < call.used_pages[seq]  # False only for the empty task of a length 0
-    safe_page = np.minimum(page, max(call.table.shape[1] - 1, 0))
-    per_page[used, TASK_KV_BATCH] = call.table[seq[used], safe_page[used]]
-    per_page[:, TASK_BAND_SHIFT] = np.where(used, lengths[seq] - 1 - start, 0)
-
+    lengths = call.lengths
+    first_seen = np.clip(lengths - 1 + band.lo, 0, lengths)  # the window's first position
+    per_seq = np.zeros((len(lengths), TASK_COLUMNS), np.int64)
+    per_seq[:, TASK_BATCH] = per_seq[:, TASK_KV_BATCH] = np.arange(len(lengths))
+    per_seq[:, TASK_Q_STOP] = 1
+    per_seq[:, TASK_K_START], per_seq[:, TASK_K_STOP] = first_seen, lengths
+    per_seq[:, TASK_BAND_SHIFT] = lengths - 1
+    per_seq[:, TASK_PART] = -1
     kv_heads = call.k_cache.shape[2]
-    tasks = np.repeat(per_page[None], kv_heads, axis=0)
-    tasks[:, :, TASK_KV_HEAD] = np.arange(kv_heads)[:, None]
-    order = np.lexsort((np.tile(np.arange(len(seq)), kv_heads),  # last key sorts first
-                        np.repeat(np.arange(kv_heads), len(seq)), np.tile(seq, kv_heads)))
-    tasks = np.ascontiguousarray(tasks.reshape(-1, TASK_COLUMNS)[order])
-    return _with_parts(tasks, np.repeat(n_pages, kv_heads))
-
-
-def _with_parts(tasks, group_sizes):
-    """Give the tasks of every (sequence, kv head) of several pages consecutive slots.
-
-    ``group_sizes`` are the numbers of consecutive tasks of each (sequence, kv head).
-    Returns the tasks, the merge table and the number of slots.
-    """
-    split = group_sizes > 1
-    in_split = np.repeat(split, group_sizes)
-    tasks[:, TASK_PART] = np.where(in_split, np.cumsum(in_split) - 1, -1)
-    firsts = (np.cumsum(group_sizes) - group_sizes)[split]
-    merges = np.zeros((len(firsts), MERGE_COLUMNS), np.int64)
-    if len(firsts):
-        merges[:] = np.stack([tasks[firsts, TASK_BATCH], tasks[firsts, TASK_KV_HEAD],
-                              tasks[firsts, TASK_Q_START], tasks[firsts, TASK_Q_STOP],
-                              tasks[firsts, TASK_PART], group_sizes[split]], axis=1)
-    return tasks, merges, int(in_split.sum())
+    tasks = np.repeat(per_seq[:, None], kv_heads, axis=1)  # (sequence, head, column)
+    tasks[:, :, TASK_KV_HEAD] = np.arange(kv_heads)
+    return np.ascontiguousarray(tasks.reshape(-1, TASK_COLUMNS))
 
 
 # ---------------------------------------------------------------- naive

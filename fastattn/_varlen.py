@@ -208,13 +208,13 @@ def head_major(x):
     return x.transpose(1, 0, 2)[None]
 
 
-def run_plan(run_kernel, plan, q, k, v, call, out):
-    """Run ``plan`` over 4-D views ``q``, ``k``, ``v`` and ``out`` with the scale, modifiers
-    and compute dtype of ``call``; returns the lse ``(B, Hq, Lq)`` (``out`` written in
-    place)."""
+def run_plan(run_kernel, plan, q, k, v, call, out, pages=None):
+    """Run ``plan`` over 4-D views ``q``, ``k``, ``v`` and ``out`` (and a block table
+    ``pages``, see KernelCall) with the scale, modifiers and compute dtype of ``call``;
+    returns the lse ``(B, Hq, Lq)`` (``out`` written in place)."""
     lse = np.empty(out.shape[:3], call.compute_dtype)
     call = KernelCall(q=q, k=k, v=v, mask=None, mask_kind=MASK_NONE, scale=call.scale,
-                      plan=plan, out=out, lse=lse, modifiers=call.modifiers,
+                      plan=plan, out=out, lse=lse, modifiers=call.modifiers, pages=pages,
                       **part_buffers(plan, out.shape[3], call.compute_dtype))
     execute_call(run_kernel, call)
     return lse

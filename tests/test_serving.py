@@ -282,17 +282,17 @@ def test_paged_is_attention_over_the_gathered_cache(rng, backend, dtype, window)
     assert np.all(out[0] == 0) and np.all(np.isneginf(lse[0]))  # length 0
 
 
-def test_paged_plan_reads_only_the_window_s_pages(rng):
+def test_paged_tasks_cover_only_the_window(rng):
     k_cache, v_cache, table, lengths = cache_and_table(rng, [13, 0, 4], hk=1)
     q = np.ones((3, 2, 8))
     call = _paged._validate(q, k_cache, v_cache, table, lengths, (4, None), None)
     band = fastattn._contract.Band.from_alignment(1, 1, "upper_left", call.window)
-    tasks, merges, n_parts = _paged.page_tasks(call, band)
-    # sequence 0 sees positions 8..12: pages 2 and 3 (merged); sequence 1 an empty task;
-    # sequence 2 its one page, written directly
-    assert tasks[:, TASK_KV_BATCH].tolist() == [table[0, 2], table[0, 3], 0, table[2, 0]]
-    assert tasks[:, 4:7].tolist() == [[0, 4, 0], [0, 1, 1], [0, 0, -1], [0, 4, -1]]
-    assert n_parts == 2 and merges.tolist() == [[0, 0, 0, 1, 0, 2]]
+    tasks = _paged.sequence_tasks(call, band)
+    # sequence 0 sees positions 8..12 of its 13, sequence 1 nothing, sequence 2 all 4;
+    # each is its own kv batch (a row of the block table), the query at its last position
+    assert tasks[:, TASK_KV_BATCH].tolist() == [0, 1, 2]
+    assert tasks[:, 4:7].tolist() == [[8, 13, -1], [0, 0, -1], [0, 4, -1]]
+    assert tasks[:, TASK_BAND_SHIFT].tolist() == [12, -1, 3]
 
 
 @pytest.mark.parametrize("backend", COMPILED_BACKENDS)
