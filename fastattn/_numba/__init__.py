@@ -41,7 +41,7 @@ def run_kernel(call):
                np.empty((workers, rows * block_k), dtype=np.int64),  # exp scratch
                softcap_scratch(call.modifiers, workers, rows * block_k, dtype))
     arguments = (*flat_view(q), *flat_view(as_kernel_array(call.k)), *flat_view(v),
-                 *flat_view(mask),
+                 *block_table(call), *flat_view(mask),
                  call.mask_kind, *flat_view(out, writeable=True), call.lse, part_out,
                  call.part_lse, _writeable(plan.tasks), _writeable(plan.worker_starts),
                  plan.group, block_k, plan.band.lo, plan.band.hi, dtype.type(call.scale),
@@ -52,6 +52,15 @@ def run_kernel(call):
             run_worker(0, *arguments)
         else:
             run_parallel(run_tasks_parallel, workers, arguments)
+
+
+def block_table(call):
+    """``(pages, page_size)`` for the kernels: the paged cache's block table and its page
+    size (``k.shape[2]``), or a ``(1, 1)`` table and 0 without pages (one signature)."""
+    if call.pages is None:
+        return np.zeros((1, 1), np.int64), np.int64(0)
+    pages = _writeable(np.ascontiguousarray(call.pages, np.int64))
+    return pages, np.int64(call.k.shape[2])
 
 
 def modifier_arguments(modifiers, dtype):

@@ -24,6 +24,11 @@ The score modifiers arrive as ``softcap`` (a scalar of the compute dtype, 0 for 
 ``alibi`` (the slopes, empty for none) and ``diagonal``, always of the same types, so a
 call without modifiers runs the same compiled code as before they existed; they bend
 each score tile (:func:`modify_scores`) before the band and the mask set -inf.
+
+A paged KV cache (``KernelCall.pages``) arrives as its block table ``pages`` and
+``page_size``; without one, a ``(1, 1)`` table and ``page_size`` 0, so again one compiled
+signature serves both.  Only the reading of a block's keys and values changes
+(:func:`_kv_rows`): the band, ALiBi and the blocks themselves use the logical positions.
 """
 
 import math
@@ -40,43 +45,43 @@ from .rowops import JIT, exp_inplace, like, softcap_inplace
 
 
 @njit(parallel=True, **JIT)
-def run_tasks_parallel(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, lse,
-                       part_out, part_lse, tasks, worker_starts, group, block_k, band_lo,
-                       band_hi, scale, lse_only, softcap, alibi, diagonal, q_tiles, k_tiles,
-                       v_tiles, score_tiles, pv_tiles, acc_tiles, row_stats, row_maxes,
-                       exp_bits, softcap_tiles):
+def run_tasks_parallel(q, q_at, k, k_at, v, v_at, pages, page_size, mask, mask_at, mask_kind,
+                       out, out_at, lse, part_out, part_lse, tasks, worker_starts, group,
+                       block_k, band_lo, band_hi, scale, lse_only, softcap, alibi, diagonal,
+                       q_tiles, k_tiles, v_tiles, score_tiles, pv_tiles, acc_tiles, row_stats,
+                       row_maxes, exp_bits, softcap_tiles):
     """Run every worker's tasks (:func:`run_worker`), workers in parallel."""
     for worker in prange(len(worker_starts) - 1):
-        run_worker(worker, q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at,
-                   lse, part_out, part_lse, tasks, worker_starts, group, block_k, band_lo,
-                   band_hi, scale, lse_only, softcap, alibi, diagonal, q_tiles, k_tiles,
-                   v_tiles, score_tiles, pv_tiles, acc_tiles, row_stats, row_maxes, exp_bits,
-                   softcap_tiles)
+        run_worker(worker, q, q_at, k, k_at, v, v_at, pages, page_size, mask, mask_at,
+                   mask_kind, out, out_at, lse, part_out, part_lse, tasks, worker_starts,
+                   group, block_k, band_lo, band_hi, scale, lse_only, softcap, alibi,
+                   diagonal, q_tiles, k_tiles, v_tiles, score_tiles, pv_tiles, acc_tiles,
+                   row_stats, row_maxes, exp_bits, softcap_tiles)
 
 
 @njit(**JIT)
-def run_worker(worker, q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, lse,
-               part_out, part_lse, tasks, worker_starts, group, block_k, band_lo, band_hi,
-               scale, lse_only, softcap, alibi, diagonal, q_tiles, k_tiles, v_tiles,
-               score_tiles, pv_tiles, acc_tiles, row_stats, row_maxes, exp_bits,
+def run_worker(worker, q, q_at, k, k_at, v, v_at, pages, page_size, mask, mask_at, mask_kind,
+               out, out_at, lse, part_out, part_lse, tasks, worker_starts, group, block_k,
+               band_lo, band_hi, scale, lse_only, softcap, alibi, diagonal, q_tiles, k_tiles,
+               v_tiles, score_tiles, pv_tiles, acc_tiles, row_stats, row_maxes, exp_bits,
                softcap_tiles):
     """Run the tasks of one worker, with that worker's scratch."""
     for t in range(worker_starts[worker], worker_starts[worker + 1]):
-        _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, lse,
-                  part_out, part_lse, tasks[t], group, block_k, band_lo, band_hi, scale,
-                  lse_only, softcap, alibi, diagonal, q_tiles[worker], k_tiles[worker],
+        _run_task(q, q_at, k, k_at, v, v_at, pages, page_size, mask, mask_at, mask_kind, out,
+                  out_at, lse, part_out, part_lse, tasks[t], group, block_k, band_lo, band_hi,
+                  scale, lse_only, softcap, alibi, diagonal, q_tiles[worker], k_tiles[worker],
                   v_tiles[worker], score_tiles[worker], pv_tiles[worker], acc_tiles[worker],
                   row_stats[worker], row_maxes[worker], exp_bits[worker],
                   softcap_tiles[worker])
 
 
 @njit(**JIT)
-def _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, lse, part_out,
-              part_lse, task, group, block_k, band_lo, band_hi, scale, lse_only, softcap,
-              alibi, diagonal, q_scratch, k_scratch, v_scratch, s_scratch, pv_scratch,
-              acc_scratch, stats, max_scratch, bits, softcap_scratch):
+def _run_task(q, q_at, k, k_at, v, v_at, pages, page_size, mask, mask_at, mask_kind, out,
+              out_at, lse, part_out, part_lse, task, group, block_k, band_lo, band_hi, scale,
+              lse_only, softcap, alibi, diagonal, q_scratch, k_scratch, v_scratch, s_scratch,
+              pv_scratch, acc_scratch, stats, max_scratch, bits, softcap_scratch):
     b, kv_head, part = task[TASK_BATCH], task[TASK_KV_HEAD], task[TASK_PART]
-    kv_b = task[TASK_KV_BATCH]  # of k, v and the mask (a page of a paged cache, ...)
+    kv_b = task[TASK_KV_BATCH]  # of k, v and the mask (paged: the row of the block table)
     q0, q1, k0, k1 = task[TASK_Q_START], task[TASK_Q_STOP], task[TASK_K_START], task[TASK_K_STOP]
     # this task's band: the plan's, moved (a packed sequence keeps its own alignment)
     band_lo, band_hi = band_lo + task[TASK_BAND_SHIFT], band_hi + task[TASK_BAND_SHIFT]
@@ -99,7 +104,8 @@ def _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, 
         if mask_kind == MASK_KEEP and not _block_has_keep(
                 mask, mask_at, kv_b, head0, group, q0, n_q, j0, n_k, band_lo, band_hi):
             continue
-        k_tile = _key_rows(k, k_at, kv_b, kv_head, j0, n_k, head_dim, k_scratch)
+        k_tile = _kv_rows(k, k_at, pages, page_size, kv_b, kv_head, j0, n_k, head_dim,
+                          k_scratch)
         st = s_scratch[:n_k * rows].reshape(n_k, rows)
         _block_scores(k_tile, q_tile, st)
         if modified:
@@ -109,7 +115,8 @@ def _run_task(q, q_at, k, k_at, v, v_at, mask, mask_at, mask_kind, out, out_at, 
                                 band_lo, band_hi)
         _softmax_block(st, running_max, running_sum, block_max, alpha, bits)
         if not lse_only:
-            v_tile = _key_rows(v, v_at, kv_b, kv_head, j0, n_k, value_dim, v_scratch)
+            v_tile = _kv_rows(v, v_at, pages, page_size, kv_b, kv_head, j0, n_k, value_dim,
+                              v_scratch)
             if limited and not _all_finite(v_tile):
                 _accumulate_few_rows(st, v_tile, acc, alpha, skip_zero=True)
             else:
@@ -190,6 +197,32 @@ def _rescale(acc, alpha):
 def _row_start(at, b, h, i):
     """Flat index of element ``[b, h, i, 0]`` of the array described by ``at``."""
     return at[0] + b * at[1] + h * at[2] + i * at[3]
+
+
+@njit(**JIT)
+def _kv_rows(x, at, pages, page_size, b, head, j0, n_k, width, scratch):
+    """Keys (or values) ``j0:j0 + n_k`` of kv batch ``b`` as :func:`_key_rows` gives them.
+
+    ``page_size`` 0: rows of ``x[b, head]``.  Otherwise logical positions of sequence
+    ``b``, found through the block table ``pages``: a block within one page is read as
+    one run of rows (a view where it can be), one that crosses pages is gathered page by
+    page into ``scratch``, so a block is ``block_k`` keys whatever the page size.
+    """
+    if page_size == 0:
+        return _key_rows(x, at, b, head, j0, n_k, width, scratch)
+    slot = j0 % page_size
+    if slot + n_k <= page_size:
+        return _key_rows(x, at, pages[b, j0 // page_size], head, slot, n_k, width, scratch)
+    tile = scratch[:n_k]
+    jj = 0
+    while jj < n_k:
+        j = j0 + jj
+        slot = j % page_size
+        count = min(page_size - slot, n_k - jj)
+        _packed_rows(x, at, _row_start(at, pages[b, j // page_size], head, slot), count,
+                     tile[jj:])
+        jj += count
+    return tile
 
 
 def _key_rows(x, at, b, head, j0, n_k, width, scratch):
