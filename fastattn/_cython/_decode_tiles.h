@@ -15,6 +15,10 @@
  *   P @ V   acc[r][e] += p[r][j] v[j][e]: value dimensions along the lanes, a register
  *           block of rows x vectors over a few keys at a time (those values stay in L1).
  *
+ * Keys and values are contiguous rows or the pages of a block table (paged attention,
+ * struct fa_decode_source): a softmax block then spans pages, its scores and P @ V taken
+ * page run by page run, so small pages cost little more than a contiguous cache.
+ *
  * The result is left as the forward tiles leave theirs (acct[e * rp + r], the running
  * max m and sum l), so the Cython driver writes it like any task.  Vectors, FA_INLINE
  * and the exp come from _tiles.h; only -ffp-contract is relied on, never fast-math.
@@ -52,22 +56,74 @@
 #define FA_DECODE_PREFETCH(address) ((void)(address))
 #endif
 
-/* Rows to prefetch while a phase computes: n rows of `bytes` bytes, `stride` apart. */
+/* Rows to prefetch while a phase computes: n rows of `bytes` bytes, row i at
+ * rows + i * stride or, paged (pages != NULL), at logical position first + i of the
+ * block table (rows: block 0, slot 0; blocks block_stride bytes apart). */
 struct fa_decode_ahead {
     const char *rows;
     ptrdiff_t n, stride, bytes;
+    const int64_t *pages;
+    int64_t first;
+    ptrdiff_t page_size, block_stride;
 };
+
+static inline void fa_decode_prefetch_row(const char *row, ptrdiff_t bytes)
+{
+    for (ptrdiff_t offset = 0; offset < bytes; offset += 64)
+        FA_DECODE_PREFETCH(row + offset);
+    FA_DECODE_PREFETCH(row + bytes - 1);
+}
 
 /* Every cache line of rows [from, to) of `ahead` (those that exist). */
 static inline void fa_decode_prefetch(const struct fa_decode_ahead *ahead, ptrdiff_t from,
                                       ptrdiff_t to)
 {
-    for (ptrdiff_t i = from; i < to && i < ahead->n; i++) {
-        const char *row = ahead->rows + i * ahead->stride;
-        for (ptrdiff_t offset = 0; offset < ahead->bytes; offset += 64)
-            FA_DECODE_PREFETCH(row + offset);
-        FA_DECODE_PREFETCH(row + ahead->bytes - 1);
+    if (to > ahead->n)
+        to = ahead->n;
+    if (ahead->pages == NULL) {
+        for (ptrdiff_t i = from; i < to; i++)
+            fa_decode_prefetch_row(ahead->rows + i * ahead->stride, ahead->bytes);
+        return;
     }
+    for (ptrdiff_t i = from; i < to; i++) {
+        const int64_t position = ahead->first + i;
+        fa_decode_prefetch_row(ahead->rows
+                                   + ahead->pages[position / ahead->page_size]
+                                         * ahead->block_stride
+                                   + position % ahead->page_size * ahead->stride,
+                               ahead->bytes);
+    }
+}
+
+/* The run of a task's keys from key j, at most n of them, that one page holds (all n
+ * when the source is contiguous): returns its length and sets its first key and value
+ * rows (see struct fa_decode_source). */
+static inline ptrdiff_t fa_decode_run(const struct fa_decode_source *source, ptrdiff_t j,
+                                      ptrdiff_t n, const char **keys, const char **values)
+{
+    if (source->pages == NULL) {
+        *keys = source->keys + j * source->key_stride;
+        *values = source->values + j * source->value_stride;
+        return n;
+    }
+    const int64_t position = source->first + j;
+    const int64_t block = source->pages[position / source->page_size];
+    const ptrdiff_t slot = position % source->page_size;
+    *keys = source->keys + block * source->key_block + slot * source->key_stride;
+    *values = source->values + block * source->value_block + slot * source->value_stride;
+    return n < source->page_size - slot ? n : source->page_size - slot;
+}
+
+/* The keys from key j of a task, n of them, as rows to prefetch of `bytes` each. */
+static inline struct fa_decode_ahead fa_decode_keys_ahead(
+    const struct fa_decode_source *source, ptrdiff_t j, ptrdiff_t n, ptrdiff_t bytes)
+{
+    struct fa_decode_ahead ahead = {source->keys, n, source->key_stride, bytes,
+                                    source->pages, source->first + j, source->page_size,
+                                    source->key_block};
+    if (source->pages == NULL)
+        ahead.rows = source->keys + j * source->key_stride;
+    return ahead;
 }
 
 /* Lanes per vector as preprocessor numbers (the shuffle masks are spelt out per width). */

@@ -15,7 +15,8 @@ The block products and the softmax are the register-blocked C kernels of
 axis): keys and values are then read in place, whatever their row stride, and the
 row-wise softmax becomes element-wise vector work.  Arrays are reached through
 their data pointer and byte strides (negative and zero included), so read-only
-and broadcast views need no copy.  All indexing is 64-bit.  The contract's constants
+and broadcast views need no copy; a paged cache's keys are found through its block
+table (``KernelCall.pages``).  All indexing is 64-bit.  The contract's constants
 are compiled in (``_contract.pxi``); ``fastattn._cython`` checks them against the
 Python ones at import.
 """
@@ -129,6 +130,11 @@ cdef struct Problem:
     Py_ssize_t rp, at_st, at_acc, at_m, at_shift, at_alpha, at_slope, at_row, at_kv
     Py_ssize_t tile_size
     Py_ssize_t at_decode  # the decode kernel's scratch (_decode.pxi); -1: none
+    # A paged call (KernelCall.pages; NULL: none): k and v are blocks of page_size slots,
+    # and key j of sequence s is slot j % page_size of block pages[s * max_pages +
+    # j // page_size].
+    const int64_t *pages
+    Py_ssize_t page_size, max_pages
 
 
 # ---------------------------------------------------------------------------
@@ -143,8 +149,10 @@ def run_kernel(call):
         4-D views (any strides, last axis contiguous) of q, k, v and ``out`` in float32
         or float64, or in float16 / bfloat16 with everything else (mask, ``lse``,
         partial buffers) in float32, the compute dtype of half inputs; the mask and its
-        kind, the scale, the plan, the outputs (``out`` None: lse-only) and the
-        split-KV partial buffers.
+        kind, the scale, the plan, the outputs (``out`` None: lse-only), the
+        split-KV partial buffers, the score modifiers and the block table of a paged
+        cache (``pages``: a task then reads its keys page by page, a key block never
+        crossing a page in the tiles; the decode kernel spans pages in one block).
 
     Examples
     --------
@@ -164,6 +172,7 @@ def run_kernel(call):
     cdef int type_num = (<cnp.dtype> dtype).type_num
     cdef Problem problem = _describe(call, storage)
     slopes = _describe_modifiers(&problem, getattr(call, "modifiers", None), dtype)
+    pages = _describe_pages(&problem, getattr(call, "pages", None), call.k.shape[2])
     plan = call.plan
     cdef cnp.ndarray tasks = _int64_rows(plan.tasks)
     cdef cnp.ndarray starts = _int64_rows(plan.worker_starts)
@@ -245,6 +254,18 @@ cdef Problem _describe(call, int storage):
     return p
 
 
+cdef object _describe_pages(Problem *p, pages, Py_ssize_t page_size):
+    """Put the block table ``pages`` (None: a contiguous cache) into ``p``; returns the
+    array that ``p`` points into (the caller keeps it alive), or None."""
+    p.pages, p.page_size, p.max_pages = NULL, 0, 0
+    if pages is None:
+        return None
+    cdef cnp.ndarray table = _int64_rows(pages)  # already so (KernelCall)
+    p.pages = <const int64_t *> cnp.PyArray_DATA(table)
+    p.page_size, p.max_pages = page_size, table.shape[1]
+    return table
+
+
 cdef object _describe_modifiers(Problem *p, modifiers, dtype):
     """Put the softcap and ALiBi of ``modifiers`` (None: none) into ``p``; returns the
     slopes array that ``p`` points into (the caller keeps it alive), or None."""
@@ -308,6 +329,8 @@ cdef void _run_task(const Problem *p, const int64_t *task, real *tile,
         _alibi_rows(p, kv_head * p.group, n_q, p.diagonal + task[TASK_BAND_SHIFT], rp, tile)
     while j0 < k1:
         n_k = min(p.block_k, k1 - j0)
+        if p.pages != NULL:  # a block never crosses a page
+            n_k = min(n_k, p.page_size - j0 % p.page_size)
         if p.mask_kind != MASK_KEEP or _mask_keeps_any(
                 &p.mask, p.group, band_lo, band_hi, kv_b, kv_head * p.group, q0, n_q, j0, n_k):
             _visit_block(p, kv_b, kv_head, q0, n_q, j0, n_k, band_lo, band_hi, rp, tile, state)
@@ -321,7 +344,8 @@ cdef void _visit_block(const Problem *p, int64_t b, int64_t kv_head, int64_t q0,
                        double *state) noexcept nogil:
     """One kv block: scores, limits, online-softmax update, ``acc += P @ V``.
 
-    ``b`` is the task's kv batch (of k, v and the mask); ``band_lo``, ``band_hi`` its band.
+    ``b`` is the task's kv batch (of k, v and the mask; with pages, the sequence whose
+    keys ``j0:j0+n_k`` lie in one page); ``band_lo``, ``band_hi`` its band.
 
     Where something was masked in the block and a value is not finite, the product
     skips zero weights: a masked key contributes exactly nothing (0 * NaN is NaN).
@@ -329,7 +353,7 @@ cdef void _visit_block(const Problem *p, int64_t b, int64_t kv_head, int64_t q0,
     cdef Py_ssize_t rows = p.group * n_q
     cdef real *st = tile + p.at_st
     cdef real *acct = tile + p.at_acc
-    cdef const char *keys = _row_ptr(&p.k, b, kv_head, j0)
+    cdef const char *keys = _kv_row(p, &p.k, b, kv_head, j0)
     cdef Py_ssize_t key_stride = p.k.stride[2], value_stride = p.v.stride[2]
     cdef const char *values
     cdef bint limited
@@ -351,7 +375,7 @@ cdef void _visit_block(const Problem *p, int64_t b, int64_t kv_head, int64_t q0,
         _rescale(acct, p.value_dim, rp, tile + p.at_alpha)
     if p.value_dim == 0:  # lse-only
         return
-    values = _row_ptr(&p.v, b, kv_head, j0)
+    values = _kv_row(p, &p.v, b, kv_head, j0)
     if p.storage == STORE_BF16_PRODUCTS and (
             not limited or fa_rows_finite_bf16(n_k, p.value_dim, values, value_stride)):
         fa_accumulate_t_bf16(n_k, p.value_dim, values, value_stride, <float *> st, rows, rp,
@@ -364,6 +388,15 @@ cdef void _visit_block(const Problem *p, int64_t b, int64_t kv_head, int64_t q0,
         _accumulate_visible(n_k, p.value_dim, values, value_stride, st, rp, acct)
     else:
         _accumulate(n_k, p.value_dim, values, value_stride, st, rows, rp, acct)
+
+
+cdef inline const char *_kv_row(const Problem *p, const View *x, int64_t b, int64_t kv_head,
+                               int64_t j) noexcept nogil:
+    """Row of key ``j`` of kv batch ``b`` in ``x`` (k or v): with pages, of logical position
+    ``j`` of sequence ``b``, through the block table."""
+    if p.pages == NULL:
+        return _row_ptr(x, b, kv_head, j)
+    return _row_ptr(x, p.pages[b * p.max_pages + j // p.page_size], kv_head, j % p.page_size)
 
 
 cdef const char *_as_float(const Problem *p, Py_ssize_t n, Py_ssize_t width, const char *rows,
