@@ -7,8 +7,10 @@ sequence's end, split into parts whose edges fall inside pages, ALiBi (and softc
 measured from each query's logical position, page sizes 1, 3 and 16, key blocks that
 start inside pages.  Both paths of the kernel: the decode kernel (one query row per
 head, float32 / float64, softmax blocks spanning many pages, one longer than its
-256-key block) and the tiles (several query rows, half precision, lse-only).  The
-reference is a float64 loop over the gathered (contiguous) cache.
+256-key block) and the tiles (several query rows, half precision, lse-only).  Caches
+with a key's kv heads side by side (vLLM's layout: the decode kernel serves several
+heads per call) or head-major.  The reference is a float64 loop over the gathered
+(contiguous) cache, or naive attention on it for the public functions.
 """
 
 import ml_dtypes
@@ -19,6 +21,7 @@ from fastattn._contract import (MASK_NONE, MERGE_COLUMNS, TASK_BAND_SHIFT, TASK_
                                 TASK_COLUMNS, TASK_K_START, TASK_K_STOP, TASK_KV_BATCH,
                                 TASK_KV_HEAD, TASK_PART, TASK_Q_START, TASK_Q_STOP, Band,
                                 KernelCall, ScoreModifiers)
+import fastattn
 from fastattn._merge import merge_split_parts
 from fastattn._plan import plan_of_tasks
 from fastattn._tiled import part_buffers
@@ -40,15 +43,19 @@ def cython_kernel():
     return run_kernel
 
 
-def paged_cache(rng, page_size, dtype, filler=-1):
-    """k and v as the kernel sees a vLLM cache ``(num_blocks, page_size, Hk, width)``: the
-    strided view ``(num_blocks, Hk, page_size, width)``; and the int64 block table, with
-    distinct random blocks per sequence, sequence 3 sharing sequence 0's first block,
-    and ``filler`` past each sequence's pages."""
+def paged_cache(rng, page_size, dtype, filler=-1, side_by_side=True):
+    """k and v ``(num_blocks, Hk, page_size, width)`` as the kernel sees them: views of a
+    vLLM cache ``(num_blocks, page_size, Hk, width)`` (a key's heads side by side), or
+    head-major arrays; and the int64 block table, with distinct random blocks per
+    sequence, sequence 3 sharing sequence 0's first block, and ``filler`` past each
+    sequence's pages."""
     used = [-(-n // page_size) for n in LENGTHS]
     num_blocks = sum(used) + 3
-    k_cache, v_cache = (rng.standard_normal((num_blocks, page_size, HK, width)).astype(dtype)
+    shape = (num_blocks, page_size, HK) if side_by_side else (num_blocks, HK, page_size)
+    k_cache, v_cache = (rng.standard_normal(shape + (width,)).astype(dtype)
                         for width in (D, DV))
+    if not side_by_side:  # the views below undo this swap
+        k_cache, v_cache = k_cache.transpose(0, 2, 1, 3), v_cache.transpose(0, 2, 1, 3)
     table = np.full((len(LENGTHS), max(used) + 1), filler, np.int64)
     blocks = iter(rng.permutation(num_blocks))
     for s, n_pages in enumerate(used):
@@ -104,11 +111,12 @@ def split_into_parts(rng, tasks):
     return np.array(pieces), np.array(merges, np.int64).reshape(-1, MERGE_COLUMNS), n_parts
 
 
-def run_paged(rng, page_size, dtype, n_q, block_k, softcap=0.0, lse_only=False, filler=-1):
+def run_paged(rng, page_size, dtype, n_q, block_k, softcap=0.0, lse_only=False, filler=-1,
+              side_by_side=True):
     """Run the kernel on a random paged problem; returns ``(out, lse)`` and the float64
     reference ``(out, lse)``."""
     compute = np.float32 if dtype.itemsize == 2 else dtype
-    k, v, table = paged_cache(rng, page_size, dtype, filler)
+    k, v, table = paged_cache(rng, page_size, dtype, filler, side_by_side)
     q = rng.standard_normal((len(LENGTHS), HK * GROUP, n_q, D)).astype(dtype)
     slopes = rng.uniform(0.005, 0.1, HK * GROUP).astype(compute)
     modifiers = ScoreModifiers(softcap=softcap, alibi_slopes=slopes)
@@ -164,8 +172,11 @@ def assert_matches(result, reference, dtype, lse_only=False):
 @pytest.mark.parametrize("page_size", [1, 3, 16])
 @pytest.mark.parametrize("block_k", [48, 512])
 @pytest.mark.parametrize("softcap", [0.0, 1.5])
-def test_decode_kernel_reads_keys_through_the_pages(rng, dtype, page_size, block_k, softcap):
-    result, reference = run_paged(rng, page_size, np.dtype(dtype), 1, block_k, softcap)
+@pytest.mark.parametrize("side_by_side", [True, False], ids=["vllm", "head_major"])
+def test_decode_kernel_reads_keys_through_the_pages(rng, dtype, page_size, block_k, softcap,
+                                                    side_by_side):
+    result, reference = run_paged(rng, page_size, np.dtype(dtype), 1, block_k, softcap,
+                                  side_by_side=side_by_side)
     assert_matches(result, reference, dtype)
     assert np.all(result[0][1] == 0) and np.all(np.isneginf(result[1][1]))  # length 0
 
@@ -189,3 +200,60 @@ def test_entries_past_a_task_s_keys_are_never_used(rng, n_q):
     """Blocks past each sequence's pages that would fault if read (2^40 blocks away)."""
     result, reference = run_paged(rng, 3, np.dtype(np.float32), n_q, 48, filler=1 << 40)
     assert_matches(result, reference, np.float32)
+
+
+def test_heads_side_by_side_are_decoded_together():
+    from fastattn._cython._kernel import _decode_heads
+
+    vllm = np.zeros((4, 16, 8, 32), np.float32).transpose(0, 2, 1, 3)  # (blocks, Hk, page, D)
+    head_major = np.zeros((4, 8, 16, 32), np.float32)
+    assert _decode_heads(vllm, vllm, 4) == 8
+    assert _decode_heads(vllm, vllm, 16) == 4  # at most 64 query rows per call
+    assert _decode_heads(vllm, vllm, 100) == 1
+    assert _decode_heads(head_major, head_major, 4) == 1
+    assert _decode_heads(vllm, head_major, 4) == 1
+    assert _decode_heads(vllm[:, ::-1], vllm[:, ::-1], 4) == 1  # heads in reverse
+
+
+def naive_over_gathered(q, k_cache, v_cache, table, lengths, alibi_slopes):
+    """float64 ``(out, lse)`` of naive attention of each sequence's query over its
+    gathered cache (the last query sees every key), with ALiBi."""
+    out = np.zeros(q.shape[:2] + (v_cache.shape[3],))
+    lse = np.full(q.shape[:2], -np.inf)
+    page_size = k_cache.shape[1]
+    for s, n in enumerate(lengths):
+        j = np.arange(n)
+        k, v = (cache[table[s, j // page_size], j % page_size].astype(np.float64)
+                .transpose(1, 0, 2) for cache in (k_cache, v_cache))
+        out[s], lse[s] = (x[:, 0] for x in fastattn.attention(
+            q[s, :, None].astype(np.float64), k, v, causal="lower_right",
+            alibi_slopes=alibi_slopes, return_lse=True, backend="naive"))
+    return out, lse
+
+
+@pytest.mark.parametrize("group", [2, 16])
+def test_paged_decoding_of_many_heads_split_by_the_planner(rng, group):
+    """Eight kv heads side by side, one long sequence that the planner splits into
+    parts (each head's parts in a row, so a call's heads are not neighbours in the
+    table), GQA groups up to the limit of rows per call."""
+    hk, page_size, lengths = 8, 16, np.array([2100], np.int32)
+    k_cache, v_cache = (rng.standard_normal((140, page_size, hk, 16)).astype(np.float32)
+                        for _ in range(2))
+    table = np.r_[rng.permutation(140)[:132], [-1]][None]
+    q = rng.standard_normal((1, hk * group, 16)).astype(np.float32)
+    slopes = np.linspace(0.001, 0.05, hk * group)
+    out, lse = fastattn.paged_attention(q, k_cache, v_cache, table, lengths,
+                                        alibi_slopes=slopes, return_lse=True, backend="cython")
+    ref_out, ref_lse = naive_over_gathered(q, k_cache, v_cache, table, lengths, slopes)
+    np.testing.assert_allclose(lse, ref_lse, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(out, ref_out, rtol=2e-5, atol=2e-5)
+
+
+def test_contiguous_decoding_of_heads_side_by_side(rng):
+    """A (B, L, H, D) array viewed as (B, H, L, D): one decode call serves its heads."""
+    k, v = (rng.standard_normal((2, 2100, 8, 16)).transpose(0, 2, 1, 3) for _ in range(2))
+    q = rng.standard_normal((2, 16, 1, 16))
+    out, lse = fastattn.attention(q, k, v, return_lse=True, backend="cython")
+    ref_out, ref_lse = fastattn.attention(q, k, v, return_lse=True, backend="naive")
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-10, atol=1e-10)

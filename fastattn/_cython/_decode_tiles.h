@@ -17,7 +17,10 @@
  *
  * Keys and values are contiguous rows or the pages of a block table (paged attention,
  * struct fa_decode_source): a softmax block then spans pages, its scores and P @ V taken
- * page run by page run, so small pages cost little more than a contiguous cache.
+ * page run by page run, so small pages cost little more than a contiguous cache.  One
+ * call may serve several kv heads over the same keys, run by run: where the heads of a
+ * key are stored side by side (a vLLM cache, a (B, L, H, D) array), every run then
+ * reads whole stretches of memory instead of one head's rows scattered far apart.
  *
  * The result is left as the forward tiles leave theirs (acct[e * rp + r], the running
  * max m and sum l), so the Cython driver writes it like any task.  Vectors, FA_INLINE
@@ -47,9 +50,9 @@
 #define FA_DECODE_ACCS 8
 #endif
 
-/* Software prefetch into L2 (hint T1): the values of a block while its scores are formed,
- * the keys of the next block while its values are summed, so the two streams keep the
- * memory busy in both phases. */
+/* Software prefetch into L2 (hint T1): the next block's keys while this block's scores
+ * are formed, its values while this block's values are summed, so the two streams keep
+ * the memory busy in both phases a whole block ahead. */
 #if defined(__GNUC__) || defined(__clang__)
 #define FA_DECODE_PREFETCH(address) __builtin_prefetch((address), 0, 2)
 #else
@@ -58,13 +61,15 @@
 
 /* Rows to prefetch while a phase computes: n rows of `bytes` bytes, row i at
  * rows + i * stride or, paged (pages != NULL), at logical position first + i of the
- * block table (rows: block 0, slot 0; blocks block_stride bytes apart). */
+ * block table (rows: block 0, slot 0; blocks block_stride bytes apart); then the rows
+ * of `also` (NULL: none). */
 struct fa_decode_ahead {
     const char *rows;
     ptrdiff_t n, stride, bytes;
     const int64_t *pages;
     int64_t first;
     ptrdiff_t page_size, block_stride;
+    const struct fa_decode_ahead *also;
 };
 
 static inline void fa_decode_prefetch_row(const char *row, ptrdiff_t bytes)
@@ -74,24 +79,25 @@ static inline void fa_decode_prefetch_row(const char *row, ptrdiff_t bytes)
     FA_DECODE_PREFETCH(row + bytes - 1);
 }
 
-/* Every cache line of rows [from, to) of `ahead` (those that exist). */
+/* Every cache line of rows [from, to) of `ahead` (those that exist), and of its `also`. */
 static inline void fa_decode_prefetch(const struct fa_decode_ahead *ahead, ptrdiff_t from,
                                       ptrdiff_t to)
 {
-    if (to > ahead->n)
-        to = ahead->n;
-    if (ahead->pages == NULL) {
-        for (ptrdiff_t i = from; i < to; i++)
-            fa_decode_prefetch_row(ahead->rows + i * ahead->stride, ahead->bytes);
-        return;
-    }
-    for (ptrdiff_t i = from; i < to; i++) {
-        const int64_t position = ahead->first + i;
-        fa_decode_prefetch_row(ahead->rows
-                                   + ahead->pages[position / ahead->page_size]
-                                         * ahead->block_stride
-                                   + position % ahead->page_size * ahead->stride,
-                               ahead->bytes);
+    for (; ahead != NULL; ahead = ahead->also) {
+        const ptrdiff_t stop = to < ahead->n ? to : ahead->n;
+        if (ahead->pages == NULL) {
+            for (ptrdiff_t i = from; i < stop; i++)
+                fa_decode_prefetch_row(ahead->rows + i * ahead->stride, ahead->bytes);
+            continue;
+        }
+        for (ptrdiff_t i = from; i < stop; i++) {
+            const int64_t position = ahead->first + i;
+            fa_decode_prefetch_row(ahead->rows
+                                       + ahead->pages[position / ahead->page_size]
+                                             * ahead->block_stride
+                                       + position % ahead->page_size * ahead->stride,
+                                   ahead->bytes);
+        }
     }
 }
 
@@ -114,15 +120,22 @@ static inline ptrdiff_t fa_decode_run(const struct fa_decode_source *source, ptr
     return n < source->page_size - slot ? n : source->page_size - slot;
 }
 
-/* The keys from key j of a task, n of them, as rows to prefetch of `bytes` each. */
-static inline struct fa_decode_ahead fa_decode_keys_ahead(
-    const struct fa_decode_source *source, ptrdiff_t j, ptrdiff_t n, ptrdiff_t bytes)
+/* How many of a share of `share` rows exist when `left` rows are left (may be <= 0). */
+#define FA_DECODE_SHARE(left, share) ((left) < (share) ? (left) : (share))
+
+/* Keys (or, with `values`, values) j to j + n of a task, as rows to prefetch of `bytes`
+ * from the first kv head's (n <= 0: none). */
+static inline struct fa_decode_ahead fa_decode_rows_ahead(
+    const struct fa_decode_source *source, int values, ptrdiff_t j, ptrdiff_t n,
+    ptrdiff_t bytes)
 {
-    struct fa_decode_ahead ahead = {source->keys, n, source->key_stride, bytes,
-                                    source->pages, source->first + j, source->page_size,
-                                    source->key_block};
+    const char *rows = values ? source->values : source->keys;
+    const ptrdiff_t stride = values ? source->value_stride : source->key_stride;
+    struct fa_decode_ahead ahead = {rows, n, stride, bytes, source->pages, source->first + j,
+                                    source->page_size,
+                                    values ? source->value_block : source->key_block, NULL};
     if (source->pages == NULL)
-        ahead.rows = source->keys + j * source->key_stride;
+        ahead.rows = rows + j * stride;
     return ahead;
 }
 

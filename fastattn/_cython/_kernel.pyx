@@ -128,8 +128,11 @@ cdef struct Problem:
     # the task's diagonal) | kv (half storage: one key or value block in float32,
     # block_k x max(D, Dv)); and in its float64 row: l | block_sum.
     Py_ssize_t rp, at_st, at_acc, at_m, at_shift, at_alpha, at_slope, at_row, at_kv
-    Py_ssize_t tile_size
-    Py_ssize_t at_decode  # the decode kernel's scratch (_decode.pxi); -1: none
+    Py_ssize_t tile_size, state_size  # elements of a worker's tile and float64 state
+    Py_ssize_t kv_heads
+    # The decode kernel's scratch (_decode.pxi; at_decode -1: none), and the kv heads it
+    # decodes together.
+    Py_ssize_t at_decode, at_decode_m, at_decode_acc, decode_heads
     # A paged call (KernelCall.pages; NULL: none): k and v are blocks of page_size slots,
     # and key j of sequence s is slot j % page_size of block pages[s * max_pages +
     # j // page_size].
@@ -181,18 +184,23 @@ def run_kernel(call):
     # tracing sees it) and indexed by worker, never by thread id.
     cdef cnp.npy_intp tile_bytes = n_workers * problem.tile_size * dtype.itemsize + ALIGN_BYTES
     cdef cnp.npy_intp state_shape[2]
-    state_shape[0], state_shape[1] = n_workers, 2 * problem.rp
+    state_shape[0], state_shape[1] = n_workers, problem.state_size
     cdef cnp.ndarray tiles = cnp.PyArray_EMPTY(1, &tile_bytes, cnp.NPY_UINT8, 0)
     cdef cnp.ndarray states = cnp.PyArray_EMPTY(2, state_shape, cnp.NPY_FLOAT64, 0)
     cdef char *tile_ptr = _aligned(<char *> cnp.PyArray_DATA(tiles))
     cdef const int64_t *task_ptr = <const int64_t *> cnp.PyArray_DATA(tasks)
     cdef const int64_t *start_ptr = <const int64_t *> cnp.PyArray_DATA(starts)
     cdef double *state_ptr = <double *> cnp.PyArray_DATA(states)
+    # which tasks a decode call of several kv heads has already run (_decode_tasks)
+    cdef cnp.ndarray taken = np.zeros(tasks.shape[0] if problem.decode_heads > 1 else 0,
+                                      np.uint8)
+    cdef uint8_t *taken_ptr = <uint8_t *> cnp.PyArray_DATA(taken)
     if type_num == cnp.NPY_FLOAT32:
-        _run_workers(&problem, task_ptr, start_ptr, n_workers, <float *> tile_ptr, state_ptr)
+        _run_workers(&problem, task_ptr, start_ptr, n_workers, <float *> tile_ptr, state_ptr,
+                     taken_ptr)
     else:
         _run_workers(&problem, task_ptr, start_ptr, n_workers, <double *> tile_ptr,
-                     state_ptr)
+                     state_ptr, taken_ptr)
 
 
 cdef int _storage(dtype) except -1:
@@ -247,6 +255,8 @@ cdef Problem _describe(call, int storage):
     p.at_row = p.at_slope + p.rp
     p.at_kv = p.at_row + _padded(p.rp, align)
     p.tile_size = p.at_kv
+    p.state_size = 2 * p.rp  # l | block_sum
+    p.kv_heads = call.k.shape[1]
     if storage != STORE_NATIVE:  # a converted block, or the bf16 products' pairs of P and V
         p.tile_size += _padded(max(p.block_k * max(p.head_dim, p.value_dim),
                                    (p.block_k + 1) // 2 * (p.rp + p.value_dim)), align)
@@ -286,21 +296,32 @@ cdef object _describe_modifiers(Problem *p, modifiers, dtype):
 # Parallel driver and one task
 
 cdef void _run_workers(const Problem *p, const int64_t *tasks, const int64_t *starts,
-                       Py_ssize_t n_workers, real *tiles, double *states) noexcept nogil:
+                       Py_ssize_t n_workers, real *tiles, double *states,
+                       uint8_t *taken) noexcept nogil:
     cdef Py_ssize_t w
     if n_workers == 1:  # no thread team: also what a forked child runs (see _config)
-        _run_worker(p, tasks, starts, 0, tiles, states)
+        _run_worker(p, tasks, starts, 0, tiles, states, taken)
         return
     for w in prange(n_workers, nogil=True, num_threads=n_workers, schedule="static",
                     chunksize=1):
-        _run_worker(p, tasks, starts, w, tiles, states)
+        _run_worker(p, tasks, starts, w, tiles, states, taken)
 
 
 cdef void _run_worker(const Problem *p, const int64_t *tasks, const int64_t *starts,
-                      Py_ssize_t w, real *tiles, double *states) noexcept nogil:
-    cdef int64_t t
-    for t in range(starts[w], starts[w + 1]):
-        _run_task(p, tasks + TASK_COLUMNS * t, tiles + w * p.tile_size, states + w * 2 * p.rp)
+                      Py_ssize_t w, real *tiles, double *states,
+                      uint8_t *taken) noexcept nogil:
+    """Worker ``w``'s run of tasks; ``taken`` marks those a decode call of several kv
+    heads ran with an earlier one (only the worker's own tasks: no race)."""
+    cdef int64_t t, end = starts[w + 1]
+    cdef const int64_t *task
+    cdef real *tile = tiles + w * p.tile_size
+    cdef double *state = states + w * p.state_size
+    for t in range(starts[w], end):
+        task = tasks + TASK_COLUMNS * t
+        if task[TASK_Q_STOP] - task[TASK_Q_START] != 1 or p.at_decode < 0:
+            _run_task(p, task, tile, state)
+        elif p.decode_heads == 1 or not taken[t]:  # one query row per head: _decode.pxi
+            _decode_tasks(p, tasks, t, end, taken, tile, state)
 
 
 cdef void _run_task(const Problem *p, const int64_t *task, real *tile,
@@ -316,9 +337,6 @@ cdef void _run_task(const Problem *p, const int64_t *task, real *tile,
     cdef Py_ssize_t rp = _padded(p.group * n_q, FA_ROW_PAD)  # this task's row pitch
     cdef real *m = tile + p.at_m
 
-    if n_q == 1 and p.at_decode >= 0:  # one query row per head: _decode.pxi
-        _decode_task(p, task, tile, state)
-        return
     _pack_queries(p, b, kv_head * p.group, q0, n_q, rp, tile)
     for r in range(p.value_dim * rp):
         tile[p.at_acc + r] = 0

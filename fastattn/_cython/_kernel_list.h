@@ -108,27 +108,30 @@
        const float *st, ptrdiff_t rows, ptrdiff_t rp, float *acct, uint16_t *scratch),    \
       (n_k, value_dim, values, value_stride, st, rows, rp, acct, scratch))
 
-/* Where a decode task's keys and values are (FA_DECODE_KERNELS).  Contiguous (pages ==
+/* Where a decode task's keys and values are (FA_DECODE_KERNELS), for its first kv head
+ * (head h's rows are h * key_head bytes further; values alike).  Contiguous (pages ==
  * NULL): key j of the task at keys + j * key_stride.  Paged (a block table): key j is the
  * logical position p = first + j, at block pages[p / page_size], slot p % page_size,
  * i.e. keys + pages[p / page_size] * key_block + (p % page_size) * key_stride (keys:
  * block 0, slot 0; key_block the bytes between blocks).  Values alike. */
 struct fa_decode_source {
     const char *keys, *values;
-    ptrdiff_t key_stride, value_stride;
+    ptrdiff_t key_stride, value_stride, key_head, value_head;
     const int64_t *pages;
     int64_t first;
     ptrdiff_t page_size, key_block, value_block;
 };
 
-/* The decode kernel of _decode_tiles.inc (tasks with one query row per head). */
+/* The decode kernel of _decode_tiles.inc (tasks with one query row per head), over the
+ * same keys of `heads` consecutive kv heads at once. */
 #define FA_DECODE_KERNELS(X, R, S)                                                        \
     X(void, fa_decode_##S,                                                               \
-      (ptrdiff_t n_k, ptrdiff_t block, ptrdiff_t rows, ptrdiff_t dim, ptrdiff_t value_dim, \
-       const struct fa_decode_source *source, const R *q, R cap, const R *slopes,         \
-       int64_t distance0, R *work, R *m, double *l, R *acct, ptrdiff_t rp),              \
-      (n_k, block, rows, dim, value_dim, source, q, cap, slopes, distance0, work, m, l,   \
-       acct, rp))
+      (ptrdiff_t n_k, ptrdiff_t block, ptrdiff_t heads, ptrdiff_t rows, ptrdiff_t dim,     \
+       ptrdiff_t value_dim, const struct fa_decode_source *source, const R *q, R cap,     \
+       const R *slopes, int64_t distance0, R *work, R *m, double *l, R *acct,             \
+       ptrdiff_t rp),                                                                    \
+      (n_k, block, heads, rows, dim, value_dim, source, q, cap, slopes, distance0, work,  \
+       m, l, acct, rp))
 
 #define FA_KERNEL_LIST(X)                                                                 \
     FA_FORWARD_KERNELS(X, float, f32)                                                    \
