@@ -364,9 +364,13 @@ def measure_serving(spec):
     prepared = prepare_serving(spec["workload"], spec["backend"],
                                serving_options(spec.get("options")), spec["threads"],
                                check=spec.get("check", True))
-    _warm_up(prepared.run)
+    try:
+        _warm_up(prepared.run)
+        timings = _timings(prepared.run, spec)
+    finally:
+        prepared.release()
     isa = None if spec["workload"] == READ else backend_isa(spec["backend"])
-    return {**_timings(prepared.run, spec), **prepared.memory,
+    return {**timings, **prepared.memory,
             "baseline_rss_bytes": prepared.baseline_rss_bytes,
             "max_abs_err": prepared.max_abs_err, "threads": spec["threads"], "isa": isa,
             **prepared.details}

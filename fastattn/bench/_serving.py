@@ -270,7 +270,8 @@ class PreparedServing:
     details : dict
         Fields the point records besides (the read probe: both methods' rates).
     keep : object
-        What must outlive the preparation (the read probe's thread pool and BLAS limit).
+        What must outlive the preparation (the read probe's thread pool, BLAS limit and
+        array) until :meth:`release`.
     """
 
     run: object
@@ -279,6 +280,16 @@ class PreparedServing:
     max_abs_err: object
     details: dict
     keep: object = None
+
+    def release(self):
+        """Undo what the preparation set for the process (the read probe's BLAS limit and
+        thread pool): a point measured in-process leaves the process as it was."""
+        if self.keep is None:
+            return
+        limit, pool, _ = self.keep
+        limit.restore_original_limits()
+        pool.shutdown()
+        self.keep = None
 
 
 @dataclass
