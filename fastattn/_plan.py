@@ -160,8 +160,9 @@ def _split_long_rows(tasks):
     if np.all(n_splits == 1):
         return tasks, np.empty((0, MERGE_COLUMNS), dtype=np.int64), 0
 
-    pieces, merges, next_part = [], [], 0
+    pieces, merges, next_part, piece_index = [], [], 0, []
     for task, n in zip(tasks, n_splits):
+        piece_index.append(np.arange(n))
         if n == 1:
             pieces.append(task[None, :])
             continue
@@ -173,7 +174,12 @@ def _split_long_rows(tasks):
         merges.append([task[TASK_BATCH], task[TASK_KV_HEAD], task[TASK_Q_START],
                        task[TASK_Q_STOP], next_part, n])
         next_part += n
-    return np.concatenate(pieces), np.array(merges, dtype=np.int64), next_part
+    pieces = np.concatenate(pieces)
+    # Piece by piece: the same key range of every kv head together, so a worker reads
+    # whole pages of a cache whose heads lie side by side (a paged or (B, L, H, D) cache).
+    order = np.lexsort((pieces[:, TASK_KV_HEAD], np.concatenate(piece_index),
+                        pieces[:, TASK_Q_START], pieces[:, TASK_BATCH]))
+    return pieces[order], np.array(merges, dtype=np.int64), next_part
 
 
 def balanced_starts(costs, n_threads):
