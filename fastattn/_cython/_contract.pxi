@@ -86,3 +86,21 @@ cdef bint _mask_keeps_any(const View *mask, Py_ssize_t group, int64_t band_lo,
                 if (<const uint8_t *> (row + j * step))[0]:
                     return True
     return False
+
+
+cdef object _modifier_fields(modifiers, dtype, double *softcap, bint *alibi, View *slopes,
+                             int64_t *diagonal):
+    """Set a kernel's modifier fields from ``modifiers`` (ScoreModifiers, or None: none):
+    the softcap (0: none), whether ALiBi applies, its slopes and diagonal.  Returns the
+    slopes array that ``slopes`` points into (the caller keeps it alive), or None."""
+    softcap[0], alibi[0], diagonal[0] = 0.0, False, 0
+    slopes.data = NULL
+    if modifiers is None:
+        return None
+    softcap[0] = modifiers.softcap
+    values = modifiers.alibi_slopes
+    if values is None:
+        return None
+    values = np.ascontiguousarray(values, dtype=dtype)  # already so (ScoreModifiers)
+    alibi[0], slopes[0], diagonal[0] = True, _view(values), modifiers.diagonal
+    return values

@@ -277,19 +277,8 @@ cdef object _describe_pages(Problem *p, pages, Py_ssize_t page_size):
 
 
 cdef object _describe_modifiers(Problem *p, modifiers, dtype):
-    """Put the softcap and ALiBi of ``modifiers`` (None: none) into ``p``; returns the
-    slopes array that ``p`` points into (the caller keeps it alive), or None."""
-    p.softcap, p.alibi, p.diagonal = 0.0, False, 0
-    p.slopes.data = NULL
-    if modifiers is None:
-        return None
-    p.softcap = modifiers.softcap
-    slopes = modifiers.alibi_slopes
-    if slopes is None:
-        return None
-    slopes = np.ascontiguousarray(slopes, dtype=dtype)  # already so (ScoreModifiers)
-    p.alibi, p.slopes, p.diagonal = True, _view(slopes), modifiers.diagonal
-    return slopes
+    """Put the softcap and ALiBi of ``modifiers`` into ``p`` (see _modifier_fields)."""
+    return _modifier_fields(modifiers, dtype, &p.softcap, &p.alibi, &p.slopes, &p.diagonal)
 
 
 # ---------------------------------------------------------------------------
