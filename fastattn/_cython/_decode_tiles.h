@@ -50,6 +50,15 @@
 #define FA_DECODE_ACCS 8
 #endif
 
+/* The register blocks of P @ V are separate functions: inlined into one large
+ * dispatcher, gcc 12 kept an accumulator of the inner loop on the stack (a store and
+ * reload per key on that accumulator's chain: P @ V ran at half speed). */
+#if defined(__GNUC__) || defined(__clang__)
+#define FA_DECODE_NOINLINE __attribute__((noinline))
+#else
+#define FA_DECODE_NOINLINE __declspec(noinline)
+#endif
+
 /* Software prefetch into L2 (hint T1): the next block's keys while this block's scores
  * are formed, its values while this block's values are summed, so the two streams keep
  * the memory busy in both phases a whole block ahead. */
