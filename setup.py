@@ -30,7 +30,8 @@ EXTENSION = "fastattn._cython._kernel"
 SOURCE = "fastattn/_cython/_kernel.pyx"
 HEADERS = ["fastattn/_cython/_kernels.h", "fastattn/_cython/_contract.pxi",
            "fastattn/_cython/_isa.pxi", "fastattn/_cython/_half_scalar.h",
-           "fastattn/_cython/_decode.pxi"]
+           "fastattn/_cython/_decode.pxi", "fastattn/_cython/_read_probe.pxi",
+           "fastattn/_cython/_read_probe.h"]
 BACKWARD_EXTENSION = "fastattn._cython._backward"
 BACKWARD_SOURCE = "fastattn/_cython/_backward.pyx"
 BACKWARD_HEADERS = HEADERS

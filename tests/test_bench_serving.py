@@ -21,9 +21,9 @@ from fastattn.bench._point import measure
 from fastattn.bench._report import DECODE_COLUMNS, VARLEN_COLUMNS, render_markdown, write_report
 from fastattn.bench._serving import (ALIBI, DECODE, PADDED, PAGED, READ, VARLEN,
                                      alibi_inputs, alibi_slopes, check_batch, decode_inputs,
-                                     pad_batch, paged_cache, prepare_serving, reference_rows,
-                                     serving_options, serving_points, unpad_batch,
-                                     varlen_inputs, varlen_lengths)
+                                     pad_batch, paged_cache, prepare_serving, read_methods,
+                                     reference_rows, serving_options, serving_points,
+                                     unpad_batch, varlen_inputs, varlen_lengths)
 from fastattn.bench._sweep import SweepConfig, plan_points, run_child, run_sweep
 from fastattn.bench._workload import torch_available
 from helpers import COMPILED_BACKENDS
@@ -229,15 +229,29 @@ def test_torch_decode_and_padded_batch():
     np.testing.assert_allclose(unpad_batch(padded.run(), cu), expected, atol=1e-5)
 
 
-def test_read_probe_times_both_ways_and_runs_the_faster():
+def test_read_probe_times_every_way_and_runs_the_fastest():
     spec = {"kind": "serving", "workload": READ, "backend": "numpy", "threads": 2,
             "repeats": 3, "min_time_s": 0, "options": {"read_bytes": 2**20 + 5}}
     measured = measure(spec)
     assert measured["bytes_read"] == 2**20  # whole rows of 1024 values per thread
     rates = measured["read_gbytes_per_s_by_method"]
-    assert sorted(rates) == ["add.reduce", "gemv"] and min(rates.values()) > 0
+    assert sorted(rates) == sorted(read_methods()) and min(rates.values()) > 0
     assert measured["read_method"] == max(rates, key=rates.get)
     assert len(measured["times_s"]) == 3 and measured["isa"] is None
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_c_stream_read_sums_every_value_once(threads):
+    if "cython" not in COMPILED_BACKENDS:
+        pytest.skip("the Cython backend is not built")
+    from fastattn._cython._kernel import stream_read
+
+    assert "c-stream" in read_methods()
+    for n in (0, 1, 31, 32 * threads + 7, 10_001):  # whole vectors, tails, empty shares
+        values = np.random.default_rng(n).integers(0, 9, n).astype(np.float32)
+        assert stream_read(values, threads) == float(values.sum(dtype=np.float64))
+    with pytest.raises(ValueError, match="threads"):
+        stream_read(np.ones(4, np.float32), 0)
 
 
 def test_a_serving_point_in_its_own_process():

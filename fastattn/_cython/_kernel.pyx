@@ -98,6 +98,7 @@ cdef extern from "_half_scalar.h" nogil:
 include "_contract.pxi"
 include "_isa.pxi"
 include "_decode.pxi"
+include "_read_probe.pxi"
 
 cdef enum:
     # How q, k, v and out are stored: in the compute dtype, or in a half dtype

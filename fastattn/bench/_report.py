@@ -404,7 +404,9 @@ def _read_lines(probe):
             + (f"the other way, {others}" if others else "no other way measured")
             + f"). `gemv` is `np.dot` of its rows of {READ_ROW} values with a vector of "
             "ones, one pass at memory speed; `add.reduce` is NumPy's pairwise SIMD sum, "
-            "which some cores cannot run at memory speed: the faster counts. Measured in "
+            "which some cores cannot run at memory speed; `c-stream` is a C sum in eight "
+            "vector accumulators on OpenMP threads (the Cython build's `stream_read`): "
+            "the fastest counts. Measured in "
             "this run, before the decode points; GB/s are 10⁹ bytes per second.", ""]
 
 

@@ -4,11 +4,12 @@ read bandwidth decoding is judged by (``fastattn bench --serving``).
 Six workloads, each point timed in its own child process like the sweep's others:
 
 - :data:`READ` — the machine's streaming read bandwidth: ``threads`` threads each read
-  their part of a ``read_bytes`` float32 array, once with a matrix-vector product
-  against a vector of ones (``np.dot`` of ``(rows, 1024)`` blocks: BLAS gemv, one pass
-  at memory speed) and once with ``np.add.reduce`` (NumPy's pairwise SIMD sum, which on
-  an AVX2 core adds about 13 GB/s at most, below what memory gives); the faster is
-  timed;
+  their part of a ``read_bytes`` float32 array, in each of :data:`READ_METHODS`: a
+  matrix-vector product against a vector of ones (``np.dot`` of ``(rows, 1024)``
+  blocks: BLAS gemv, one pass at memory speed), ``np.add.reduce`` (NumPy's pairwise
+  SIMD sum, which on an AVX2 core adds about 13 GB/s at most, below what memory gives)
+  and, where the Cython backend is built, a plain C sum in eight vector accumulators on
+  OpenMP threads (``stream_read``: nothing but loads); the fastest is timed;
 - :data:`DECODE` — one query over a long KV cache with grouped-query heads,
   ``attention(q, k, v, causal="lower_right")``, and torch's SDPA with ``enable_gqa``;
 - :data:`PAGED` — the same tokens through ``paged_attention``, in pages of
@@ -367,12 +368,20 @@ def _read_values(nbytes, threads):
     return max(step, nbytes // 4 // step * step)
 
 
-def read_runner(parts, method, pool):
-    """A call reading every array of ``parts``, each in a thread of ``pool``, by ``method``.
+def read_runner(array, method, pool, threads):
+    """A call reading ``array`` once by ``method``, in ``threads`` parts (consecutive,
+    whole rows of :data:`READ_ROW` values).
 
-    ``"gemv"``: ``np.dot(part.reshape(-1, READ_ROW), ones)``; ``"add.reduce"``:
-    ``np.add.reduce(part)``.  Both release the GIL while they read.
+    ``"gemv"``: ``np.dot(part.reshape(-1, READ_ROW), ones)``, a part in each thread of
+    ``pool``; ``"add.reduce"``: ``np.add.reduce(part)`` likewise (both release the
+    GIL while they read); ``"c-stream"``: the Cython backend's ``stream_read``, the
+    parts on as many OpenMP threads.
     """
+    if method == "c-stream":
+        from fastattn._cython._kernel import stream_read
+
+        return lambda: stream_read(array, threads)
+    parts = np.split(array, threads)
     ones = np.ones(READ_ROW, np.float32)
     read = {"gemv": lambda part: np.dot(part.reshape(-1, READ_ROW), ones),
             "add.reduce": np.add.reduce}[method]
@@ -384,11 +393,20 @@ def read_runner(parts, method, pool):
     return run
 
 
-READ_METHODS = ("gemv", "add.reduce")
+def read_methods():
+    """The read methods of this installation: :data:`READ_METHODS`, less ``"c-stream"``
+    where the Cython backend is not built."""
+    from .._backends import available_backends
+
+    compiled = "cython" in available_backends()
+    return tuple(method for method in READ_METHODS if method != "c-stream" or compiled)
+
+
+READ_METHODS = ("gemv", "add.reduce", "c-stream")
 
 
 def _prepare_read(options, threads, calls=5):
-    """Both read methods timed (median of ``calls`` after one warm-up); the faster is run."""
+    """Every read method timed (median of ``calls`` after one warm-up); the fastest is run."""
     import statistics
     import time
 
@@ -397,11 +415,10 @@ def _prepare_read(options, threads, calls=5):
     limit = threadpool_limits(limits=1, user_api="blas")  # the readers are the threads
     values = _read_values(options["read_bytes"], threads)
     array = np.ones(values, np.float32)  # written: every page is resident before timing
-    parts = np.split(array, threads)
     pool = ThreadPoolExecutor(max_workers=threads)
     rates = {}
-    for method in READ_METHODS:
-        run = read_runner(parts, method, pool)
+    for method in read_methods():
+        run = read_runner(array, method, pool, threads)
         run()
         times = []
         for _ in range(calls):
@@ -412,7 +429,7 @@ def _prepare_read(options, threads, calls=5):
     chosen = max(rates, key=rates.get)
     details = {"read_method": chosen, "read_gbytes_per_s_by_method": rates,
                "bytes_read": int(array.nbytes)}
-    return PreparedServing(read_runner(parts, chosen, pool), {}, None, None, details,
+    return PreparedServing(read_runner(array, chosen, pool, threads), {}, None, None, details,
                            keep=(limit, pool, array))
 
 
