@@ -143,12 +143,12 @@ def _validate(q, k_cache, v_cache, block_table, seq_lens, window, scale):
         raise ValueError(f"q, block_table and seq_lens must have one batch size B: "
                          f"{describe('q', q)}, {describe('block_table', table)}, "
                          f"{describe('seq_lens', lengths)}")
-    lengths = lengths.astype(np.int64)
+    lengths, table = lengths.astype(np.int64, copy=False), table.astype(np.int64, copy=False)
     _check_lengths(lengths, table.shape[1], k_cache.shape[1])
     _check_block_ids(table, lengths, k_cache.shape[:2])
     dtypes = storage_and_compute(*(("q", q), ("k_cache", k_cache), ("v_cache", v_cache)))
     return _PagedCall(*(x.astype(dtypes[0], copy=False) for x in (q, k_cache, v_cache)),
-                      table.astype(np.int64), lengths, normalise_window(window),
+                      table, lengths, normalise_window(window),
                       normalise_scale(scale, q.shape[2], dtypes[1]), dtypes)
 
 
@@ -177,9 +177,11 @@ def _check_shapes(q, k_cache, v_cache):
 
 
 def _check_lengths(lengths, max_blocks, block_size):
-    bad = np.flatnonzero((lengths < 0) | (lengths > max_blocks * block_size))
-    if len(bad):
-        b = int(bad[0])
+    # int64 seen as uint64: one comparison catches negative lengths too (a call's
+    # validation is most of a small decoding step's time)
+    outside = lengths.view(np.uint64) > max_blocks * block_size
+    if outside.any():
+        b = int(np.flatnonzero(outside)[0])
         raise ValueError(f"seq_lens[{b}] = {lengths[b]} is outside [0, {max_blocks * block_size}]"
                          f" (block_table has {max_blocks} blocks of {block_size} tokens per "
                          f"sequence)")
@@ -188,10 +190,10 @@ def _check_lengths(lengths, max_blocks, block_size):
 def _check_block_ids(table, lengths, cache_shape):
     """Every block id a sequence uses lies in the cache: nothing outside it is ever read."""
     num_blocks, block_size = cache_shape
-    used = np.arange(table.shape[1])[None, :] < (-(-lengths // block_size))[:, None]
-    bad = np.argwhere(used & ((table < 0) | (table >= num_blocks)))
-    if len(bad):
-        b, p = (int(x) for x in bad[0])
+    used = np.arange(table.shape[1]) < (-(-lengths // block_size))[:, None]
+    bad = used & (table.view(np.uint64) >= num_blocks)  # int64 as uint64: negatives too
+    if bad.any():
+        b, p = (int(x) for x in np.argwhere(bad)[0])
         raise ValueError(f"block_table[{b}, {p}] = {table[b, p]} is not a block of the cache "
                          f"(num_blocks = {num_blocks}, from k_cache.shape[0]); sequence {b} "
                          f"uses its first {-(-lengths[b] // block_size)} entries")
