@@ -17,9 +17,10 @@ def stream_read(const float[::1] values, int threads):
     """
     cdef Py_ssize_t n = values.shape[0], start, stop
     cdef int t
-    cdef double[::1] sums = np.zeros(max(threads, 1))
+    cdef double[::1] sums
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
+    sums = np.zeros(threads)
     if n == 0:
         return 0.0
     with nogil:

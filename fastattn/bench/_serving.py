@@ -269,7 +269,7 @@ class PreparedServing:
     max_abs_err : float or None
         The difference from the float64 formula; None when not checked.
     details : dict
-        Fields the point records besides (the read probe: both methods' rates).
+        Fields the point records besides (the read probe: every method's rate).
     keep : object
         What must outlive the preparation (the read probe's thread pool, BLAS limit and
         array) until :meth:`release`.
