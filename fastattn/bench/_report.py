@@ -401,7 +401,8 @@ def _read_lines(probe):
             f"thread{'s' if threads != 1 else ''}, each reading its part of a "
             f"{_bytes(probe['bytes_read'])} float32 array with `{method}` (median "
             f"of {len(probe.get('times_s') or ())} reads{span}; "
-            + (f"the other way, {others}" if others else "no other way measured")
+            + (f"the other way{'s' if others.count(';') else ''}, {others}" if others
+               else "no other way measured")
             + f"). `gemv` is `np.dot` of its rows of {READ_ROW} values with a vector of "
             "ones, one pass at memory speed; `add.reduce` is NumPy's pairwise SIMD sum, "
             "which some cores cannot run at memory speed; `c-stream` is a C sum in eight "
