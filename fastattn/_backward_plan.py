@@ -55,10 +55,10 @@ def make_backward_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=
     """
     block_q = max(1, min(block_q or max(1, TARGET_ROWS // group), max(lq, 1)))
     block_k = max(1, min(block_k or BLOCK_K, max(lk, 1)))
-    rows_per_key = _rows_per_key(band, lq, lk)
-    edges = _chunk_edges(rows_per_key, chunk_count(batch * kv_heads, lk), block_k)
+    seen = rows_per_key(band, lq, lk)  # queries per key
+    edges = chunk_edges(seen, chunk_count(batch * kv_heads, lk), block_k)
     chunk_rows = np.stack(band.row_range(edges[:-1], edges[1:], lq), axis=1)
-    done = np.concatenate([[0], np.cumsum(rows_per_key)])
+    done = np.concatenate([[0], np.cumsum(seen)])
     chunk_costs = group * (done[edges[1:]] - done[edges[:-1]]) + block_k
 
     n_chunks, n_heads = len(edges) - 1, batch * kv_heads
@@ -89,14 +89,14 @@ def chunk_count(n_heads, lk):
     return int(max(1, min(wanted, lk // MIN_CHUNK_KEYS, MAX_CHUNKS)))
 
 
-def _rows_per_key(band, lq, lk):
+def rows_per_key(band, lq, lk):
     """How many queries the band lets see each key (the work of a key, per query head)."""
     keys = np.arange(lk, dtype=np.int64)
     first, stop = band.row_range(keys, keys + 1, lq)
     return (stop - first).astype(np.int64)
 
 
-def _chunk_edges(rows_per_key, n_chunks, block_k):
+def chunk_edges(rows_per_key, n_chunks, block_k):
     """Edges ``0 = e0 < e1 < ... = lk`` of chunks of about equal work, on block boundaries.
 
     Equal work, not equal keys: under a causal band the first keys are seen by the most

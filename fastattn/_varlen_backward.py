@@ -5,16 +5,19 @@ The packed arrays, viewed as ``(1, H, total, D)``, are one batch of the backward
 contract (``BWD_*`` in :mod:`fastattn._contract`): a task owns one sequence's keys for
 one kv head, walks that sequence's query rows, and carries the sequence's band shift
 (``BWD_BAND_SHIFT``), as the forward's tasks do.  Sequences never share query rows, so
-every task adds straight into ``dq`` (no partial slots); the tasks are balanced across
-the workers by cost.  A single sequence with few kv heads therefore runs on few
-threads: its keys are not split.
+a task that owns all of its sequence's keys adds straight into ``dq``.  Where the batch
+gives too few tasks (a few long sequences, few kv heads), long sequences are cut into
+key chunks of about equal work, as :func:`fastattn._backward_plan.make_backward_plan`
+cuts a head's keys: each chunk's ``dq`` goes to a partial slot, summed in slot order.
+The tasks are balanced across the workers by cost, and everything depends on the
+shape only, so the gradients are bit-identical for any number of threads.
 """
 
 import numpy as np
 
 from ._backends import resolve
-from ._backward import backward_runners, row_dots
-from ._backward_plan import BLOCK_K, TARGET_ROWS
+from ._backward import backward_runners, row_dots, sum_partial_dq
+from ._backward_plan import BLOCK_K, TARGET_ROWS, chunk_count, chunk_edges, rows_per_key
 from ._config import get_config, thread_budget
 from ._contract import (BWD_BAND_SHIFT, BWD_BATCH, BWD_COLUMNS, BWD_K_START, BWD_K_STOP,
                         BWD_KV_HEAD, BWD_PART, BWD_Q_START, BWD_Q_STOP, MASK_NONE, Band,
@@ -140,36 +143,65 @@ def _tiled_backward(run_kernel, call, dout, out, lse, settings):
             dout=head_major(dout), lse=np.ascontiguousarray(lse.T)[None],
             delta=np.ascontiguousarray(row_dots(dout, out, dtype).T)[None], mask=None,
             mask_kind=MASK_NONE, scale=call.scale, plan=plan, dq=dq, dk=dk, dv=dv,
-            part_dq=np.zeros((0, plan.group) + dq.shape[2:], dtype), modifiers=call.modifiers)
+            part_dq=np.zeros((plan.n_parts, plan.group) + dq.shape[2:], dtype),
+            modifiers=call.modifiers)
         for part in rounds(plan):  # Python runs between rounds: a pending Ctrl-C is raised
             backward.plan = part
             run_kernel(backward)
+        sum_partial_dq(plan, backward.part_dq, dq)
     return tuple(np.ascontiguousarray(g[0].transpose(1, 0, 2)) for g in (dq, dk, dv))
 
 
 def varlen_backward_plan(call, settings):
-    """One task per (sequence, kv head): the sequence's keys against its query rows."""
+    """Tasks per (sequence, kv head): the sequence's keys, or key chunks of a long
+    sequence when the batch has too few tasks (:func:`sequence_chunks`), against the
+    query rows that see them."""
     starts_q, starts_k = call.starts_q, call.starts_k
     lengths_q, lengths_k = np.diff(starts_q), np.diff(starts_k)
-    diagonal = lengths_k - lengths_q if call.causal == "lower_right" else 0
-    kv_heads, n_seqs = call.k.shape[1], len(lengths_q)
-    tasks = np.zeros((n_seqs, kv_heads, BWD_COLUMNS), np.int64)
-    tasks[..., BWD_BATCH] = 0
-    tasks[..., BWD_KV_HEAD] = np.arange(kv_heads)
-    tasks[..., BWD_K_START] = starts_k[:-1, None]
-    tasks[..., BWD_K_STOP] = starts_k[1:, None]
-    tasks[..., BWD_Q_START] = starts_q[:-1, None]
-    tasks[..., BWD_Q_STOP] = starts_q[1:, None]
-    tasks[..., BWD_PART] = -1
-    tasks[..., BWD_BAND_SHIFT] = (starts_k[:-1] - starts_q[:-1] + diagonal)[:, None]
-    tasks = tasks.reshape(-1, BWD_COLUMNS)
+    kv_heads = call.k.shape[1]
     block_k = max(1, min(settings["block_k"] or BLOCK_K, int(lengths_k.max(initial=1))))
     block_q = max(1, min(settings["block_q"] or max(1, TARGET_ROWS // call.group),
                          int(lengths_q.max(initial=1))))
-    costs = (call.group * np.repeat(lengths_q * lengths_k, kv_heads) + block_k).astype(np.int64)
+    chunks = sequence_chunks(call, kv_heads, block_k)  # (sequence, chunk) rows
+    tasks = np.zeros((len(chunks), kv_heads, BWD_COLUMNS), np.int64)
+    tasks[..., BWD_KV_HEAD] = np.arange(kv_heads)
+    for column, values in zip((BWD_K_START, BWD_K_STOP, BWD_Q_START, BWD_Q_STOP,
+                               BWD_BAND_SHIFT), chunks[:, 1:6].T):
+        tasks[..., column] = values[:, None]
+    split = np.repeat(chunks[:, 6].astype(bool), kv_heads)  # a sequence cut into chunks
+    tasks = tasks.reshape(-1, BWD_COLUMNS)
+    tasks[:, BWD_PART] = np.where(split, np.cumsum(split) - 1, -1)
+    costs = (call.group * np.repeat(chunks[:, 0], kv_heads) + block_k).astype(np.int64)
     band = Band.from_alignment(0, 0, call.causal, call.window)
     return WorkPlan(block_q, block_k, call.group, band, tasks, costs,
-                    balanced_starts(costs, thread_budget(settings["num_threads"])), 0)
+                    balanced_starts(costs, thread_budget(settings["num_threads"])),
+                    int(split.sum()))
+
+
+def sequence_chunks(call, kv_heads, block_k):
+    """One row per task of one kv head: ``(work, k_start, k_stop, q_start, q_stop,
+    band_shift, split)``, in absolute token positions.
+
+    A sequence is cut into :func:`chunk_count` key chunks of about equal work (on
+    ``block_k`` boundaries, under its own band) when the batch has fewer than
+    ``MIN_PARALLEL_TASKS`` (sequence, kv head) tasks; each chunk keeps the query rows
+    that see its keys.  ``work`` counts the (query, key) pairs the band lets through.
+    """
+    n_tasks = (len(call.starts_q) - 1) * kv_heads
+    rows = []
+    for s in range(len(call.starts_q) - 1):
+        q0, q1 = int(call.starts_q[s]), int(call.starts_q[s + 1])
+        k0, k1 = int(call.starts_k[s]), int(call.starts_k[s + 1])
+        band = Band.from_alignment(q1 - q0, k1 - k0, call.causal, call.window)
+        seen = rows_per_key(band, q1 - q0, k1 - k0)
+        edges = chunk_edges(seen, chunk_count(n_tasks, k1 - k0), block_k)
+        first, stop = band.row_range(edges[:-1], edges[1:], q1 - q0)
+        done = np.concatenate([[0], np.cumsum(seen)])
+        shift = k0 - q0 + ((k1 - k0) - (q1 - q0) if call.causal == "lower_right" else 0)
+        for c in range(len(edges) - 1):
+            rows.append((done[edges[c + 1]] - done[edges[c]], k0 + edges[c], k0 + edges[c + 1],
+                         q0 + first[c], q0 + stop[c], shift, len(edges) > 2))
+    return np.array(rows, np.int64).reshape(-1, 7)
 
 
 def _naive_backward(call, dout, out, lse):

@@ -199,6 +199,36 @@ def test_varlen_forward_and_backward_per_sequence(backend, rng, case):
         assert_close(grads[3], sum(g[3] for g in refs))
 
 
+@pytest.mark.parametrize("options", [dict(causal=True), dict(causal="lower_right", softcap=2.0),
+                                     dict(window=(300, 40), alibi_slopes=[0.01, 0.02])])
+def test_varlen_backward_splits_long_sequences_into_key_chunks(compiled_backend, rng, options):
+    from fastattn._config import get_config
+    from fastattn._varlen import check_varlen_call
+    from fastattn._varlen_backward import varlen_backward_plan
+
+    cu_q, cu_k = np.array([0, 1200, 1230, 1230]), np.array([0, 1100, 1140, 1150])
+    q = rng.standard_normal((1230, 2, 8))
+    k, v = rng.standard_normal((2, 1150, 1, 8))  # 3 sequences x 1 kv head: too few tasks
+    call = check_varlen_call(q, k, v, cu_q, cu_k, options.get("causal"), options.get("window"),
+                             None)
+    plan = varlen_backward_plan(call, get_config())
+    assert plan.n_parts == 2  # the long sequence in two chunks, the short ones whole
+    out, lse = fastattn.varlen_attention(q, k, v, cu_q, cu_k, return_lse=True,
+                                         backend=compiled_backend, **options)
+    dout = rng.standard_normal(out.shape)
+    results = []
+    for threads in (1, 2):
+        with fastattn.config_context(num_threads=threads):
+            results.append(fastattn.varlen_attention_backward(
+                dout, q, k, v, out, lse, cu_q, cu_k, backend=compiled_backend, **options))
+    for a, b in zip(*results):  # the plan depends on the shape only
+        np.testing.assert_array_equal(a, b)
+    expected = fastattn.varlen_attention_backward(dout, q, k, v, out, lse, cu_q, cu_k,
+                                                  backend="naive", **options)
+    for grad, ref in zip(results[0], expected):  # the naive path: sequence by sequence
+        assert_close(grad, ref)
+
+
 @pytest.mark.parametrize("case", ["plain", "alibi softcap sinks"])
 def test_paged_with_modifiers_against_the_gathered_cache(backend, rng, case):
     options = {} if case == "plain" else dict(alibi_slopes=[0.3, 0.1, 0.7, 0.0], softcap=2.0,
