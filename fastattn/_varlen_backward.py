@@ -17,7 +17,8 @@ import numpy as np
 
 from ._backends import resolve
 from ._backward import backward_runners, row_dots, sum_partial_dq
-from ._backward_plan import BLOCK_K, TARGET_ROWS, chunk_count, chunk_edges, rows_per_key
+from ._backward_plan import (BLOCK_K, MAX_CHUNKS, TARGET_ROWS, chunk_count, chunk_edges,
+                             rows_per_key)
 from ._config import get_config, thread_budget
 from ._contract import (BWD_BAND_SHIFT, BWD_BATCH, BWD_COLUMNS, BWD_K_START, BWD_K_STOP,
                         BWD_KV_HEAD, BWD_PART, BWD_Q_START, BWD_Q_STOP, MASK_NONE, Band,
@@ -186,15 +187,18 @@ def sequence_chunks(call, kv_heads, block_k):
     ``block_k`` boundaries, under its own band) when the batch has fewer than
     ``MIN_PARALLEL_TASKS`` (sequence, kv head) tasks; each chunk keeps the query rows
     that see its keys.  ``work`` counts the (query, key) pairs the band lets through.
+    A partial ``dq`` slot spans every packed row, so the longest sequences are cut
+    first and ``MAX_CHUNKS`` chunks in all at most: the slots never exceed
+    ``MAX_CHUNKS`` x ``dq``, as in :func:`fastattn.attention_backward`.
     """
-    n_tasks = (len(call.starts_q) - 1) * kv_heads
+    counts = _chunk_counts(np.diff(call.starts_k), (len(call.starts_q) - 1) * kv_heads)
     rows = []
     for s in range(len(call.starts_q) - 1):
         q0, q1 = int(call.starts_q[s]), int(call.starts_q[s + 1])
         k0, k1 = int(call.starts_k[s]), int(call.starts_k[s + 1])
         band = Band.from_alignment(q1 - q0, k1 - k0, call.causal, call.window)
         seen = rows_per_key(band, q1 - q0, k1 - k0)
-        edges = chunk_edges(seen, chunk_count(n_tasks, k1 - k0), block_k)
+        edges = chunk_edges(seen, counts[s], block_k)
         first, stop = band.row_range(edges[:-1], edges[1:], q1 - q0)
         done = np.concatenate([[0], np.cumsum(seen)])
         shift = k0 - q0 + ((k1 - k0) - (q1 - q0) if call.causal == "lower_right" else 0)
@@ -202,6 +206,18 @@ def sequence_chunks(call, kv_heads, block_k):
             rows.append((done[edges[c + 1]] - done[edges[c]], k0 + edges[c], k0 + edges[c + 1],
                          q0 + first[c], q0 + stop[c], shift, len(edges) > 2))
     return np.array(rows, np.int64).reshape(-1, 7)
+
+
+def _chunk_counts(lengths_k, n_tasks):
+    """Key chunks per sequence: :func:`chunk_count` of each, longest sequences first,
+    while the chunks of the cut sequences stay within ``MAX_CHUNKS``."""
+    counts = np.ones(len(lengths_k), np.int64)
+    budget = MAX_CHUNKS
+    for s in np.argsort(-lengths_k, kind="stable"):
+        wanted = chunk_count(n_tasks, int(lengths_k[s]))
+        if 1 < wanted <= budget:
+            counts[s], budget = wanted, budget - wanted
+    return counts
 
 
 def _naive_backward(call, dout, out, lse):

@@ -229,6 +229,24 @@ def test_varlen_backward_splits_long_sequences_into_key_chunks(compiled_backend,
         assert_close(grad, ref)
 
 
+def test_varlen_backward_chunks_keep_partial_slots_within_eight_dq():
+    from fastattn._backward_plan import MAX_CHUNKS
+    from fastattn._config import get_config
+    from fastattn._contract import BWD_K_START, BWD_K_STOP, BWD_PART
+    from fastattn._varlen import check_varlen_call
+    from fastattn._varlen_backward import varlen_backward_plan
+
+    cu = np.arange(16) * 1024  # 15 sequences of 1024 tokens, 1 kv head: each wants 2 chunks
+    q, k = np.zeros((cu[-1], 2, 4)), np.zeros((cu[-1], 1, 4))
+    plan = varlen_backward_plan(check_varlen_call(q, k, k, cu, cu, True, None, None),
+                                get_config())
+    parts = plan.tasks[:, BWD_PART]
+    assert plan.n_parts == MAX_CHUNKS == np.count_nonzero(parts >= 0)
+    assert sorted(parts[parts >= 0]) == list(range(MAX_CHUNKS))
+    keys = plan.tasks[:, BWD_K_STOP] - plan.tasks[:, BWD_K_START]  # each key in one task
+    assert keys.sum() == cu[-1] and len(plan.tasks) == 15 + MAX_CHUNKS // 2
+
+
 @pytest.mark.parametrize("case", ["plain", "alibi softcap sinks"])
 def test_paged_with_modifiers_against_the_gathered_cache(backend, rng, case):
     options = {} if case == "plain" else dict(alibi_slopes=[0.3, 0.1, 0.7, 0.0], softcap=2.0,
