@@ -24,7 +24,7 @@ from ._contract import (BWD_BAND_SHIFT, BWD_BATCH, BWD_COLUMNS, BWD_K_START, BWD
                         BWD_KV_HEAD, BWD_PART, BWD_Q_START, BWD_Q_STOP, MASK_NONE, Band,
                         BackwardCall)
 from ._half import is_float
-from ._plan import WorkPlan, balanced_starts, rounds
+from ._plan import MIN_PARALLEL_TASKS, WorkPlan, balanced_starts, rounds
 from ._sinks import sink_gradient
 from ._validation import as_array, check_modifiers, describe
 from ._varlen import check_varlen_call, head_major, modifier_options
@@ -167,12 +167,12 @@ def varlen_backward_plan(call, settings):
     tasks = np.zeros((len(chunks), kv_heads, BWD_COLUMNS), np.int64)
     tasks[..., BWD_KV_HEAD] = np.arange(kv_heads)
     for column, values in zip((BWD_K_START, BWD_K_STOP, BWD_Q_START, BWD_Q_STOP,
-                               BWD_BAND_SHIFT), chunks[:, 1:6].T):
+                               BWD_BAND_SHIFT), chunks[:, :5].T):
         tasks[..., column] = values[:, None]
-    split = np.repeat(chunks[:, 6].astype(bool), kv_heads)  # a sequence cut into chunks
+    split = np.repeat(chunks[:, 5].astype(bool), kv_heads)  # a sequence cut into chunks
     tasks = tasks.reshape(-1, BWD_COLUMNS)
     tasks[:, BWD_PART] = np.where(split, np.cumsum(split) - 1, -1)
-    costs = (call.group * np.repeat(chunks[:, 0], kv_heads) + block_k).astype(np.int64)
+    costs = (call.group * np.repeat(chunks[:, 6], kv_heads) + block_k).astype(np.int64)
     band = Band.from_alignment(0, 0, call.causal, call.window)
     return WorkPlan(block_q, block_k, call.group, band, tasks, costs,
                     balanced_starts(costs, thread_budget(settings["num_threads"])),
@@ -180,38 +180,46 @@ def varlen_backward_plan(call, settings):
 
 
 def sequence_chunks(call, kv_heads, block_k):
-    """One row per task of one kv head: ``(work, k_start, k_stop, q_start, q_stop,
-    band_shift, split)``, in absolute token positions.
+    """One row per task of one kv head: ``(k_start, k_stop, q_start, q_stop, band_shift,
+    split, work)``, in absolute token positions; ``work`` is what the task costs.
 
     A sequence is cut into :func:`chunk_count` key chunks of about equal work (on
     ``block_k`` boundaries, under its own band) when the batch has fewer than
     ``MIN_PARALLEL_TASKS`` (sequence, kv head) tasks; each chunk keeps the query rows
-    that see its keys.  ``work`` counts the (query, key) pairs the band lets through.
-    A partial ``dq`` slot spans every packed row, so the longest sequences are cut
-    first and ``MAX_CHUNKS`` chunks in all at most: the slots never exceed
-    ``MAX_CHUNKS`` x ``dq``, as in :func:`fastattn.attention_backward`.
+    that see its keys.  A partial ``dq`` slot spans every packed row, so the longest
+    sequences are cut first and ``MAX_CHUNKS`` chunks in all at most: the slots never
+    exceed ``MAX_CHUNKS`` x ``dq``, as in :func:`fastattn.attention_backward`.  The
+    work of a task is the (query, key) pairs its band lets through where sequences are
+    cut (the chunks of a causal sequence differ most there), else its rows times keys.
     """
-    counts = _chunk_counts(np.diff(call.starts_k), (len(call.starts_q) - 1) * kv_heads)
-    rows = []
-    for s in range(len(call.starts_q) - 1):
-        q0, q1 = int(call.starts_q[s]), int(call.starts_q[s + 1])
-        k0, k1 = int(call.starts_k[s]), int(call.starts_k[s + 1])
-        band = Band.from_alignment(q1 - q0, k1 - k0, call.causal, call.window)
-        seen = rows_per_key(band, q1 - q0, k1 - k0)
-        edges = chunk_edges(seen, counts[s], block_k)
-        first, stop = band.row_range(edges[:-1], edges[1:], q1 - q0)
+    starts_q, starts_k = call.starts_q, call.starts_k
+    lengths_q, lengths_k = np.diff(starts_q), np.diff(starts_k)
+    shifts = starts_k[:-1] - starts_q[:-1] + (
+        lengths_k - lengths_q if call.causal == "lower_right" else 0)
+    counts = _chunk_counts(lengths_k, len(lengths_k) * kv_heads)
+    if counts.max(initial=1) == 1:  # a large batch: every sequence whole
+        return np.stack([starts_k[:-1], starts_k[1:], starts_q[:-1], starts_q[1:], shifts,
+                         np.zeros_like(shifts), lengths_q * lengths_k], axis=1).astype(np.int64)
+    rows = []  # fewer than MIN_PARALLEL_TASKS sequences
+    for s, count in enumerate(counts):
+        band = Band.from_alignment(lengths_q[s], lengths_k[s], call.causal, call.window)
+        seen = rows_per_key(band, lengths_q[s], lengths_k[s])
+        edges = chunk_edges(seen, count, block_k)
+        first, stop = band.row_range(edges[:-1], edges[1:], lengths_q[s])
         done = np.concatenate([[0], np.cumsum(seen)])
-        shift = k0 - q0 + ((k1 - k0) - (q1 - q0) if call.causal == "lower_right" else 0)
         for c in range(len(edges) - 1):
-            rows.append((done[edges[c + 1]] - done[edges[c]], k0 + edges[c], k0 + edges[c + 1],
-                         q0 + first[c], q0 + stop[c], shift, len(edges) > 2))
-    return np.array(rows, np.int64).reshape(-1, 7)
+            rows.append((starts_k[s] + edges[c], starts_k[s] + edges[c + 1],
+                         starts_q[s] + first[c], starts_q[s] + stop[c], shifts[s],
+                         len(edges) > 2, done[edges[c + 1]] - done[edges[c]]))
+    return np.array(rows, np.int64)
 
 
 def _chunk_counts(lengths_k, n_tasks):
     """Key chunks per sequence: :func:`chunk_count` of each, longest sequences first,
     while the chunks of the cut sequences stay within ``MAX_CHUNKS``."""
     counts = np.ones(len(lengths_k), np.int64)
+    if n_tasks >= MIN_PARALLEL_TASKS:
+        return counts
     budget = MAX_CHUNKS
     for s in np.argsort(-lengths_k, kind="stable"):
         wanted = chunk_count(n_tasks, int(lengths_k[s]))
