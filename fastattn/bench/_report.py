@@ -389,9 +389,9 @@ def _read_lines(probe):
         return [f"**Read bandwidth**: not measured ({probe['status']}: {probe['reason']}): "
                 "the decode table has no share of it.", ""]
     method = probe.get("read_method")
-    others = "; ".join(f"`{name}` {rate:.3g} GB/s" for name, rate in
-                       (probe.get("read_gbytes_per_s_by_method") or {}).items()
-                       if name != method)
+    other_rates = [f"`{name}` {rate:.3g} GB/s" for name, rate in
+                   (probe.get("read_gbytes_per_s_by_method") or {}).items() if name != method]
+    others = "; ".join(other_rates)
     spread = timing_range(probe)
     span = "" if spread is None else (
         f", slowest–fastest {probe['bytes_read'] / spread[1] / 1e9:.3g}–"
@@ -401,7 +401,7 @@ def _read_lines(probe):
             f"thread{'s' if threads != 1 else ''}, each reading its part of a "
             f"{_bytes(probe['bytes_read'])} float32 array with `{method}` (median "
             f"of {len(probe.get('times_s') or ())} reads{span}; "
-            + (f"the other way{'s' if others.count(';') else ''}, {others}" if others
+            + (f"the other way{'s' if len(other_rates) > 1 else ''}, {others}" if others
                else "no other way measured")
             + f"). `gemv` is `np.dot` of its rows of {READ_ROW} values with a vector of "
             "ones, one pass at memory speed; `add.reduce` is NumPy's pairwise SIMD sum, "
