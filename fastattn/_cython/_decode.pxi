@@ -36,8 +36,9 @@ cdef enum:
     # Keys per online-softmax block of the decode kernel, at most (the plan's block_k
     # when smaller): a block's scores of a whole group stay in L1.
     DECODE_BLOCK = 256
-    # With several kv heads at once, DECODE_BLOCK / heads keys, at least this many: the
-    # block prefetched ahead (keys, then values, of every head) stays well inside L2.
+    # With several kv heads at once, DECODE_BLOCK / heads keys (a block's scores of all
+    # the rows stay as small), at least this many: the softmax's per-block work stays
+    # a small share.
     DECODE_MIN_BLOCK = 64
     # Query rows of one decode call, at most: the kv heads decoded together (where a key's
     # heads are stored side by side) times the group.
