@@ -147,6 +147,9 @@ static inline ptrdiff_t fa_decode_run(const struct fa_decode_source *source, ptr
  * head after head, each head's pass read its rows far apart: a (L, H, D) cache decoded
  * at 60 % of the speed of a (H, L, D) one, at 85 % with 8 keys). */
 #define FA_DECODE_HEAD_KEYS 8
+#if FA_DECODE_AHEAD_ROWS <= FA_DECODE_HEAD_KEYS
+#error "the prefetches must run ahead of the keys a call of several heads takes at a time"
+#endif
 
 /* fa_decode_run, at most FA_DECODE_HEAD_KEYS keys when `heads` > 1. */
 static inline ptrdiff_t fa_decode_stretch(const struct fa_decode_source *source, ptrdiff_t j,
