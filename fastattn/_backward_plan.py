@@ -58,8 +58,7 @@ def make_backward_plan(batch, kv_heads, group, lq, lk, band, n_threads, block_q=
     seen = rows_per_key(band, lq, lk)  # queries per key
     edges = chunk_edges(seen, chunk_count(batch * kv_heads, lk), block_k)
     chunk_rows = np.stack(band.row_range(edges[:-1], edges[1:], lq), axis=1)
-    done = np.concatenate([[0], np.cumsum(seen)])
-    chunk_costs = group * (done[edges[1:]] - done[edges[:-1]]) + block_k
+    chunk_costs = group * chunk_work(seen, edges) + block_k
 
     n_chunks, n_heads = len(edges) - 1, batch * kv_heads
     tasks = np.empty((n_heads * n_chunks, BWD_COLUMNS), dtype=np.int64)
@@ -94,6 +93,12 @@ def rows_per_key(band, lq, lk):
     keys = np.arange(lk, dtype=np.int64)
     first, stop = band.row_range(keys, keys + 1, lq)
     return (stop - first).astype(np.int64)
+
+
+def chunk_work(rows_per_key, edges):
+    """The (query, key) pairs of each chunk of keys ``edges[c]:edges[c + 1]``."""
+    done = np.concatenate([[0], np.cumsum(rows_per_key)])
+    return done[edges[1:]] - done[edges[:-1]]
 
 
 def chunk_edges(rows_per_key, n_chunks, block_k):

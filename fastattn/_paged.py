@@ -130,7 +130,7 @@ class _PagedCall:
     @property
     def used_pages(self):
         """Pages of each sequence: ``ceil(seq_lens / block_size)``."""
-        return -(-self.lengths // self.block_size)
+        return _pages_used(self.lengths, self.block_size)
 
 
 def _validate(q, k_cache, v_cache, block_table, seq_lens, window, scale):
@@ -187,16 +187,22 @@ def _check_lengths(lengths, max_blocks, block_size):
                          f"sequence)")
 
 
+def _pages_used(lengths, block_size):
+    """Pages (block table entries) each sequence uses: ``ceil(lengths / block_size)``."""
+    return -(-lengths // block_size)
+
+
 def _check_block_ids(table, lengths, cache_shape):
     """Every block id a sequence uses lies in the cache: nothing outside it is ever read."""
     num_blocks, block_size = cache_shape
-    used = np.arange(table.shape[1]) < (-(-lengths // block_size))[:, None]
+    pages = _pages_used(lengths, block_size)
+    used = np.arange(table.shape[1]) < pages[:, None]
     bad = used & (table.view(np.uint64) >= num_blocks)  # int64 as uint64: negatives too
     if bad.any():
         b, p = (int(x) for x in np.argwhere(bad)[0])
         raise ValueError(f"block_table[{b}, {p}] = {table[b, p]} is not a block of the cache "
                          f"(num_blocks = {num_blocks}, from k_cache.shape[0]); sequence {b} "
-                         f"uses its first {-(-lengths[b] // block_size)} entries")
+                         f"uses its first {pages[b]} entries")
 
 
 # ---------------------------------------------------------------- running

@@ -18,7 +18,7 @@ import numpy as np
 from ._backends import resolve
 from ._backward import backward_runners, row_dots, sum_partial_dq
 from ._backward_plan import (BLOCK_K, MAX_CHUNKS, TARGET_ROWS, chunk_count, chunk_edges,
-                             rows_per_key)
+                             chunk_work, rows_per_key)
 from ._config import get_config, thread_budget
 from ._contract import (BWD_BAND_SHIFT, BWD_BATCH, BWD_COLUMNS, BWD_K_START, BWD_K_STOP,
                         BWD_KV_HEAD, BWD_PART, BWD_Q_START, BWD_Q_STOP, MASK_NONE, Band,
@@ -206,11 +206,11 @@ def sequence_chunks(call, kv_heads, block_k):
         seen = rows_per_key(band, lengths_q[s], lengths_k[s])
         edges = chunk_edges(seen, count, block_k)
         first, stop = band.row_range(edges[:-1], edges[1:], lengths_q[s])
-        done = np.concatenate([[0], np.cumsum(seen)])
+        work = chunk_work(seen, edges)
         for c in range(len(edges) - 1):
             rows.append((starts_k[s] + edges[c], starts_k[s] + edges[c + 1],
                          starts_q[s] + first[c], starts_q[s] + stop[c], shifts[s],
-                         len(edges) > 2, done[edges[c + 1]] - done[edges[c]]))
+                         len(edges) > 2, work[c]))
     return np.array(rows, np.int64)
 
 
