@@ -52,6 +52,33 @@ DECODE_ROWS = 8
 kernel streams its block products by hand instead of calling BLAS.  (The Cython kernel
 sends every task with one query row per head to its key-major decode kernel.)"""
 
+DECODE_MAX_ROWS = 64
+"""Query rows, at most, of one decoding task that serves several kv heads at once
+(:func:`decode_heads`): the kv heads times the group."""
+
+
+def decode_heads(k, v, group):
+    """How many consecutive kv heads one decoding task (one query row per head) serves.
+
+    Where every key's kv heads lie side by side in ``k`` and ``v`` (4-D views, a head
+    stride from 0 to below the row stride: a paged vLLM cache, a transposed ``(B, L, H,
+    D)`` array), a task that reads a key for all those heads reads memory in order;
+    one head at a time, it would read each head's rows scattered far apart.  Then as
+    many heads as ``DECODE_MAX_ROWS`` query rows allow, else 1.  ``v`` None: lse-only.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cache = np.zeros((10, 16, 8, 64), np.float32)  # (blocks, page, Hk, D): vLLM's
+    >>> view = cache.transpose(0, 2, 1, 3)
+    >>> decode_heads(view, view, 4), decode_heads(np.zeros((10, 8, 16, 64)), view, 4)
+    (8, 1)
+    """
+    views = (k,) if v is None else (k, v)
+    if all(0 <= x.strides[1] < x.strides[2] for x in views):
+        return max(1, min(k.shape[1], DECODE_MAX_ROWS // group))
+    return 1
+
 
 @dataclass(frozen=True)
 class Band:

@@ -116,6 +116,42 @@ def test_mask_kinds_with_empty_rows(run_kernel, rng, kind):
             assert np.all(out[:, 1] == 0) and np.all(out[:, :, 3] == 0)
 
 
+@pytest.mark.parametrize("kind", ["none", "keep", "add"])
+def test_decoding_a_cache_whose_heads_lie_side_by_side(run_kernel, rng, kind):
+    """One query row per head over a (B, L, Hk, D) cache viewed head-major: a decoding
+    task serves consecutive kv heads together, with split-KV parts, a band and masks
+    (a head that sees no key gives zeros and lse -inf, the next heads theirs)."""
+    b, hq, hk, lk = 2, 6, 3, 2500
+    q = rng.standard_normal((b, hq, 1, 16)).astype(np.float32)
+    k, v = (rng.standard_normal((b, lk, hk, width)).astype(np.float32).transpose(0, 2, 1, 3)
+            for width in (16, 8))
+    assert _contract.decode_heads(k, v, hq // hk) == hk
+    keep = rng.random((b, hq, 1, lk)) < 0.5
+    keep[0, :2] = False  # the first kv head's query heads see nothing, the others do
+    keep[1, 3] = False
+    mask = {"none": None, "keep": keep,
+            "add": np.where(keep, rng.standard_normal(keep.shape), -np.inf)}[kind]
+    problem = problem_of(q, k, v, mask, band=Band(10, 2400))
+    out, lse, plan = run(run_kernel, problem)
+    assert plan.n_parts > 0 and plan.max_rows == plan.group
+    expect_naive(problem, out, lse, np.float32)
+    if kind != "none":
+        for row in (out[0, :2], out[1, 3], lse[0, :2], lse[1, 3]):
+            assert np.all((row == 0) | np.isneginf(row))
+
+
+def test_decode_heads_serves_kv_heads_side_by_side_together():
+    vllm = np.zeros((4, 16, 8, 32), np.float32).transpose(0, 2, 1, 3)  # (blocks, Hk, page, D)
+    head_major = np.zeros((4, 8, 16, 32), np.float32)
+    assert _contract.decode_heads(vllm, vllm, 4) == 8
+    assert _contract.decode_heads(vllm, vllm, 16) == 4  # at most 64 query rows per task
+    assert _contract.decode_heads(vllm, vllm, 100) == 1
+    assert _contract.decode_heads(vllm, None, 4) == 8  # lse-only
+    assert _contract.decode_heads(head_major, head_major, 4) == 1
+    assert _contract.decode_heads(vllm, head_major, 4) == 1
+    assert _contract.decode_heads(vllm[:, ::-1], vllm[:, ::-1], 4) == 1  # heads in reverse
+
+
 def test_strided_views_and_strided_out(run_kernel, rng):
     """Transposed q, reversed keys, a broadcast mask, and an ``out`` that is a strided view."""
     q = rng.standard_normal((2, 37, 4, 16)).astype(np.float32).transpose(0, 2, 1, 3)

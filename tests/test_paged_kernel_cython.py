@@ -202,19 +202,6 @@ def test_entries_past_a_task_s_keys_are_never_used(rng, n_q):
     assert_matches(result, reference, np.float32)
 
 
-def test_heads_side_by_side_are_decoded_together():
-    from fastattn._cython._kernel import _decode_heads
-
-    vllm = np.zeros((4, 16, 8, 32), np.float32).transpose(0, 2, 1, 3)  # (blocks, Hk, page, D)
-    head_major = np.zeros((4, 8, 16, 32), np.float32)
-    assert _decode_heads(vllm, vllm, 4) == 8
-    assert _decode_heads(vllm, vllm, 16) == 4  # at most 64 query rows per call
-    assert _decode_heads(vllm, vllm, 100) == 1
-    assert _decode_heads(head_major, head_major, 4) == 1
-    assert _decode_heads(vllm, head_major, 4) == 1
-    assert _decode_heads(vllm[:, ::-1], vllm[:, ::-1], 4) == 1  # heads in reverse
-
-
 def naive_over_gathered(q, k_cache, v_cache, table, lengths, alibi_slopes):
     """float64 ``(out, lse)`` of naive attention of each sequence's query over its
     gathered cache (the last query sees every key), with ALiBi."""

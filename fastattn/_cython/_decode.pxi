@@ -40,9 +40,6 @@ cdef enum:
     # the rows stay as small), at least this many: the softmax's per-block work stays
     # a small share.
     DECODE_MIN_BLOCK = 64
-    # Query rows of one decode call, at most: the kv heads decoded together (where a key's
-    # heads are stored side by side) times the group.
-    DECODE_MAX_ROWS = 64
 
 
 cdef inline bint _decodes(int mask_kind, int storage, Py_ssize_t value_dim) noexcept nogil:
@@ -73,18 +70,18 @@ cdef inline Py_ssize_t _decode_block(const Problem *p) noexcept nogil:
     return min(p.block_k, max(DECODE_BLOCK // p.decode_heads, DECODE_MIN_BLOCK))
 
 
-cdef void _describe_decode(Problem *p, Py_ssize_t align) noexcept:
+cdef void _describe_decode(Problem *p, Py_ssize_t align, Py_ssize_t heads) noexcept:
     """Reserve the decode kernel's scratch at the end of every worker's tile row, for
-    ``p.decode_heads`` kv heads decoded together (rows = heads x group): the packed
-    queries (rows x head_dim), one block of scores (rows x block), the accumulator
-    (rows x value_dim), the running max (rows) and the result (value_dim x rows); the
-    running sums take ``rows`` of the worker's float64 state.  ``p.at_decode`` is -1
-    when the call has none."""
+    ``heads`` kv heads decoded together (``fastattn._contract.decode_heads``; rows =
+    heads x group): the packed queries (rows x head_dim), one block of scores (rows x
+    block), the accumulator (rows x value_dim), the running max (rows) and the result
+    (value_dim x rows); the running sums take ``rows`` of the worker's float64 state.
+    ``p.at_decode`` is -1 when the call has none."""
     cdef Py_ssize_t rows
     p.at_decode, p.decode_heads = -1, 1
     if not _decodes(p.mask_kind, p.storage, p.value_dim):
         return
-    p.decode_heads = _heads_per_call(&p.k, &p.v, p.kv_heads, p.group)
+    p.decode_heads = heads
     rows = p.decode_heads * p.group
     p.at_decode = _padded(p.tile_size, align)
     p.at_decode_m = p.at_decode + _padded(rows * p.head_dim, align) + _padded(
@@ -92,38 +89,6 @@ cdef void _describe_decode(Problem *p, Py_ssize_t align) noexcept:
     p.at_decode_acc = p.at_decode_m + _padded(rows, align)
     p.tile_size = p.at_decode_acc + _padded(rows * p.value_dim, align)
     p.state_size = max(p.state_size, rows)
-
-
-cdef Py_ssize_t _heads_per_call(const View *k, const View *v, Py_ssize_t kv_heads,
-                                Py_ssize_t group) noexcept:
-    """How many kv heads one decode call serves: as many as DECODE_MAX_ROWS rows allow
-    where the heads of a key lie side by side, else one."""
-    if _heads_side_by_side(k) and _heads_side_by_side(v):
-        return max(1, min(kv_heads, DECODE_MAX_ROWS // group))
-    return 1
-
-
-def _decode_heads(k, v, group):
-    """How many kv heads of the 4-D views ``k``, ``v`` (with ``group`` query heads per kv
-    head) one decode call serves (the rule of ``_heads_per_call``, for tests).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> cache = np.zeros((10, 16, 8, 64), np.float32)  # (blocks, page, Hk, D): vLLM's
-    >>> view = cache.transpose(0, 2, 1, 3)
-    >>> _decode_heads(view, view, 4), _decode_heads(np.zeros((10, 8, 16, 64)), view, 4)
-    (8, 1)
-    """
-    cdef View k_view = _view(k), v_view = _view(v)
-    return _heads_per_call(&k_view, &v_view, k.shape[1], group)
-
-
-cdef inline bint _heads_side_by_side(const View *x) noexcept:
-    """Whether a key's (or value's) kv heads lie closer together than consecutive keys:
-    then one decode call reads the same keys of several heads (whole stretches of
-    memory) instead of each head's rows, far apart, one head after another."""
-    return 0 <= x.stride[1] < x.stride[2]
 
 
 cdef void _decode_tasks(const Problem *p, const int64_t *tasks, int64_t t, int64_t end,

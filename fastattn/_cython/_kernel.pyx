@@ -28,6 +28,8 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY, log
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uintptr_t
 
+from fastattn._contract import decode_heads
+
 cnp.import_array()
 
 __all__ = ["run_kernel", "COMPILED_CONSTANTS"]
@@ -261,7 +263,7 @@ cdef Problem _describe(call, int storage):
     if storage != STORE_NATIVE:  # a converted block, or the bf16 products' pairs of P and V
         p.tile_size += _padded(max(p.block_k * max(p.head_dim, p.value_dim),
                                    (p.block_k + 1) // 2 * (p.rp + p.value_dim)), align)
-    _describe_decode(&p, align)
+    _describe_decode(&p, align, decode_heads(call.k, v, plan.group))
     return p
 
 

@@ -7,7 +7,7 @@ import numba
 import numpy as np
 
 from .._blas import single_threaded
-from .._contract import MASK_NONE
+from .._contract import MASK_NONE, decode_heads
 from .halves import as_kernel_array
 from .kernel import run_tasks_parallel, run_worker
 
@@ -26,26 +26,31 @@ def run_kernel(call):
     dtype = call.lse.dtype  # the compute dtype
     workers, rows, block_k = plan.n_workers, plan.max_rows, plan.block_k
     head_dim, value_dim = q.shape[3], call.value_dim
+    # a decoding task serves several kv heads where their rows lie side by side
+    heads = decode_heads(call.k, call.v, plan.group) if rows == plan.group else 1
+    state_rows = max(rows, heads * plan.group)
     mask = call.mask if call.mask_kind != MASK_NONE else np.zeros((1, 1, 1, 1), dtype)
     v = as_kernel_array(call.v) if call.v is not None else np.zeros((1, 1, 1, 0), q.dtype)
     out = as_kernel_array(call.out) if call.out is not None else np.zeros((1, 1, 1, 0), q.dtype)
     part_out = call.part_out if call.part_out is not None else np.zeros((0, rows, 0), dtype)
-    scratch = (np.empty((workers, rows, head_dim), dtype),
+    scratch = (np.empty((workers, state_rows, head_dim), dtype),
                np.empty((workers, block_k, head_dim), dtype),
                np.empty((workers, block_k, value_dim), dtype),
                np.empty((workers, rows * block_k), dtype),  # key-major scores
                np.empty((workers, rows, value_dim), dtype),
-               np.empty((workers, rows, value_dim), dtype),
-               np.empty((workers, 3, rows)),  # running max, running sum, rescale factor
-               np.empty((workers, rows), dtype),  # max of the current block
+               np.empty((workers, state_rows, value_dim), dtype),
+               np.empty((workers, 3, state_rows)),  # running max, running sum, rescale factor
+               np.empty((workers, state_rows), dtype),  # max of the current block
                np.empty((workers, rows * block_k), dtype=np.int64),  # exp scratch
-               softcap_scratch(call.modifiers, workers, rows * block_k, dtype))
+               softcap_scratch(call.modifiers, workers, rows * block_k, dtype),
+               np.empty((workers, block_k), np.int64))  # flat indices of a block's rows
     arguments = (*flat_view(q), *flat_view(as_kernel_array(call.k)), *flat_view(v),
                  *block_table(call), *flat_view(mask),
                  call.mask_kind, *flat_view(out, writeable=True), call.lse, part_out,
                  call.part_lse, _writeable(plan.tasks), _writeable(plan.worker_starts),
                  plan.group, block_k, plan.band.lo, plan.band.hi, dtype.type(call.scale),
-                 call.out is None, *modifier_arguments(call.modifiers, dtype), *scratch)
+                 call.out is None, *modifier_arguments(call.modifiers, dtype), heads,
+                 *scratch)
     # Workers call BLAS (np.dot) from inside the loop: one BLAS thread each.
     with single_threaded():
         if workers == 1:  # no thread team: also what a forked child runs

@@ -6,7 +6,8 @@ buffer plus its geometry ``at = (offset, stride_b, stride_h, stride_row[,
 stride_key])`` in elements, so one compiled specialisation per dtype serves every
 layout (contiguous, transposed, broadcast, negative strides).  Half inputs arrive as
 their 16-bit words (:mod:`fastattn._numba.halves`): the queries, keys and values are
-converted to float32 a tile at a time, as they are packed, and ``out`` is rounded
+converted to float32 a tile at a time as they are packed (decoding: as they are
+read), and ``out`` is rounded
 element by element; everything else is float32.
 
 Each task packs its query rows (all heads of a kv group, pre-scaled) into a
@@ -16,9 +17,14 @@ BLAS call, key-major: ``st = K Qᵀ`` of shape ``(keys, rows)``.  In that layout
 per-row max, rescale and sum of the online softmax are element-wise operations along
 contiguous rows of ``st``, which LLVM vectorises without fast-math (a reduction along
 a row would need reassociation).  ``acc += stᵀ V`` is the second BLAS call; rows are
-normalised once, at the end.  One worker's run is :func:`run_worker`; with several
-workers :func:`run_tasks_parallel` runs them in a ``prange`` (a single worker, as in a
-forked child, needs no thread team at all).
+normalised once, at the end.  A task with fewer than ``DECODE_ROWS`` rows per kv head
+(decoding) skips BLAS and the tiles: it reads each key and value row once, where it
+lies (:func:`_scores_in_place`, :func:`_accumulate_in_place`), and where a key's kv
+heads lie side by side (``fastattn._contract.decode_heads``) the worker runs the same
+task of consecutive kv heads as one, reading every key with all its heads in memory
+order.  One worker's run is :func:`run_worker`; with several workers
+:func:`run_tasks_parallel` runs them in a ``prange`` (a single worker, as in a forked
+child, needs no thread team at all).
 
 The score modifiers arrive as ``softcap`` (a scalar of the compute dtype, 0 for none),
 ``alibi`` (the slopes, empty for none) and ``diagonal``, always of the same types, so a
@@ -27,8 +33,9 @@ each score tile (:func:`modify_scores`) before the band and the mask set -inf.
 
 A paged KV cache (``KernelCall.pages``) arrives as its block table ``pages`` and
 ``page_size``; without one, a ``(1, 1)`` table and ``page_size`` 0, so again one compiled
-signature serves both.  Only the reading of a block's keys and values changes
-(:func:`_kv_rows`): the band, ALiBi and the blocks themselves use the logical positions.
+signature serves both.  Only the finding of a block's key and value rows changes
+(:func:`_kv_rows`, :func:`_row_starts`): the band, ALiBi and the blocks themselves use
+the logical positions.
 """
 
 import math
@@ -48,39 +55,65 @@ from .rowops import JIT, exp_inplace, like, softcap_inplace
 def run_tasks_parallel(q, q_at, k, k_at, v, v_at, pages, page_size, mask, mask_at, mask_kind,
                        out, out_at, lse, part_out, part_lse, tasks, worker_starts, group,
                        block_k, band_lo, band_hi, scale, lse_only, softcap, alibi, diagonal,
-                       q_tiles, k_tiles, v_tiles, score_tiles, pv_tiles, acc_tiles, row_stats,
-                       row_maxes, exp_bits, softcap_tiles):
+                       decode_heads, q_tiles, k_tiles, v_tiles, score_tiles, pv_tiles,
+                       acc_tiles, row_stats, row_maxes, exp_bits, softcap_tiles, row_starts):
     """Run every worker's tasks (:func:`run_worker`), workers in parallel."""
     for worker in prange(len(worker_starts) - 1):
         run_worker(worker, q, q_at, k, k_at, v, v_at, pages, page_size, mask, mask_at,
                    mask_kind, out, out_at, lse, part_out, part_lse, tasks, worker_starts,
                    group, block_k, band_lo, band_hi, scale, lse_only, softcap, alibi,
-                   diagonal, q_tiles, k_tiles, v_tiles, score_tiles, pv_tiles, acc_tiles,
-                   row_stats, row_maxes, exp_bits, softcap_tiles)
+                   diagonal, decode_heads, q_tiles, k_tiles, v_tiles, score_tiles, pv_tiles,
+                   acc_tiles, row_stats, row_maxes, exp_bits, softcap_tiles, row_starts)
 
 
 @njit(**JIT)
 def run_worker(worker, q, q_at, k, k_at, v, v_at, pages, page_size, mask, mask_at, mask_kind,
                out, out_at, lse, part_out, part_lse, tasks, worker_starts, group, block_k,
-               band_lo, band_hi, scale, lse_only, softcap, alibi, diagonal, q_tiles, k_tiles,
-               v_tiles, score_tiles, pv_tiles, acc_tiles, row_stats, row_maxes, exp_bits,
-               softcap_tiles):
-    """Run the tasks of one worker, with that worker's scratch."""
-    for t in range(worker_starts[worker], worker_starts[worker + 1]):
+               band_lo, band_hi, scale, lse_only, softcap, alibi, diagonal, decode_heads,
+               q_tiles, k_tiles, v_tiles, score_tiles, pv_tiles, acc_tiles, row_stats,
+               row_maxes, exp_bits, softcap_tiles, row_starts):
+    """Run the tasks of one worker, with that worker's scratch: up to ``decode_heads``
+    consecutive tasks that are one task for consecutive kv heads run together."""
+    t, stop = worker_starts[worker], worker_starts[worker + 1]
+    while t < stop:
+        heads = _same_task_next_heads(tasks, t, stop, decode_heads)
         _run_task(q, q_at, k, k_at, v, v_at, pages, page_size, mask, mask_at, mask_kind, out,
-                  out_at, lse, part_out, part_lse, tasks[t], group, block_k, band_lo, band_hi,
-                  scale, lse_only, softcap, alibi, diagonal, q_tiles[worker], k_tiles[worker],
-                  v_tiles[worker], score_tiles[worker], pv_tiles[worker], acc_tiles[worker],
-                  row_stats[worker], row_maxes[worker], exp_bits[worker],
-                  softcap_tiles[worker])
+                  out_at, lse, part_out, part_lse, tasks[t:t + heads], group, block_k,
+                  band_lo, band_hi, scale, lse_only, softcap, alibi, diagonal,
+                  q_tiles[worker], k_tiles[worker], v_tiles[worker], score_tiles[worker],
+                  pv_tiles[worker], acc_tiles[worker], row_stats[worker], row_maxes[worker],
+                  exp_bits[worker], softcap_tiles[worker], row_starts[worker])
+        t += heads
+
+
+@njit(**JIT)
+def _same_task_next_heads(tasks, t, stop, most):
+    """How many tasks from ``t`` on (at most ``most``, before ``stop``) are task ``t`` for
+    the next kv heads: the same rows, keys and band shift of kv head + 1, + 2, ..."""
+    first = tasks[t]
+    heads = 1
+    while heads < most and t + heads < stop:
+        other = tasks[t + heads]
+        if other[TASK_KV_HEAD] != first[TASK_KV_HEAD] + heads:
+            break
+        for column in (TASK_BATCH, TASK_KV_BATCH, TASK_Q_START, TASK_Q_STOP, TASK_K_START,
+                       TASK_K_STOP, TASK_BAND_SHIFT):
+            if other[column] != first[column]:
+                return heads
+        heads += 1
+    return heads
 
 
 @njit(**JIT)
 def _run_task(q, q_at, k, k_at, v, v_at, pages, page_size, mask, mask_at, mask_kind, out,
-              out_at, lse, part_out, part_lse, task, group, block_k, band_lo, band_hi, scale,
+              out_at, lse, part_out, part_lse, tasks, group, block_k, band_lo, band_hi, scale,
               lse_only, softcap, alibi, diagonal, q_scratch, k_scratch, v_scratch, s_scratch,
-              pv_scratch, acc_scratch, stats, max_scratch, bits, softcap_scratch):
-    b, kv_head, part = task[TASK_BATCH], task[TASK_KV_HEAD], task[TASK_PART]
+              pv_scratch, acc_scratch, stats, max_scratch, bits, softcap_scratch, starts):
+    """Task ``tasks[0]`` and, if there are more, the same task of the next kv heads
+    (decoding, where a key's heads lie side by side): the rows of all of them form one
+    tile, head after head, and each key is read with all its heads, memory in order."""
+    task, heads = tasks[0], len(tasks)
+    b, kv_head = task[TASK_BATCH], task[TASK_KV_HEAD]
     kv_b = task[TASK_KV_BATCH]  # of k, v and the mask (paged: the row of the block table)
     q0, q1, k0, k1 = task[TASK_Q_START], task[TASK_Q_STOP], task[TASK_K_START], task[TASK_K_STOP]
     # this task's band: the plan's, moved (a packed sequence keeps its own alignment)
@@ -88,93 +121,109 @@ def _run_task(q, q_at, k, k_at, v, v_at, pages, page_size, mask, mask_at, mask_k
     modified = softcap != 0.0 or alibi.shape[0] > 0  # tested once per task, not per score
     alibi_diagonal = diagonal + task[TASK_BAND_SHIFT]  # ALiBi's diagonal moves with the band
     n_q = q1 - q0
-    rows = group * n_q
+    head_rows = group * n_q  # the rows of one kv head
+    rows = heads * head_rows
+    few = head_rows < DECODE_ROWS  # each key and value row read once, in place
+    block = max(block_k // heads, 1)  # a block's scores keep the size of one head's
     head0 = kv_head * group
     head_dim, value_dim = q_scratch.shape[1], acc_scratch.shape[1]
     q_tile, acc = q_scratch[:rows], acc_scratch[:rows]
     running_max, running_sum, alpha = stats[0, :rows], stats[1, :rows], stats[2, :rows]
     block_max = max_scratch[:rows]
-    _pack_queries(q, q_at, b, head0, group, q0, n_q, scale, q_tile)
+    _pack_queries(q, q_at, b, head0, heads * group, q0, n_q, scale, q_tile)
     acc[:, :] = 0.0
     running_max[:] = -np.inf
     running_sum[:] = 0.0
 
-    for j0 in range(k0, k1, block_k):
-        n_k = min(block_k, k1 - j0)
+    for j0 in range(k0, k1, block):
+        n_k = min(block, k1 - j0)
         if mask_kind == MASK_KEEP and not _block_has_keep(
-                mask, mask_at, kv_b, head0, group, q0, n_q, j0, n_k, band_lo, band_hi):
+                mask, mask_at, kv_b, head0, heads * group, q0, n_q, j0, n_k, band_lo, band_hi):
             continue
-        k_tile = _kv_rows(k, k_at, pages, page_size, kv_b, kv_head, j0, n_k, head_dim,
-                          k_scratch)
         st = s_scratch[:n_k * rows].reshape(n_k, rows)
-        _block_scores(k_tile, q_tile, st)
+        if few:
+            _scores_in_place(k, _row_starts(k_at, pages, page_size, kv_b, kv_head, j0, n_k,
+                                            starts), k_at[2], q_tile, st, head_rows)
+        else:
+            np.dot(_kv_rows(k, k_at, pages, page_size, kv_b, kv_head, j0, n_k, head_dim,
+                            k_scratch), q_tile.T, st)
         if modified:
             modify_scores(st, softcap, alibi, head0, q0, n_q, j0, alibi_diagonal,
                           softcap_scratch, bits)
-        limited = _apply_limits(st, mask, mask_at, mask_kind, kv_b, head0, group, q0, n_q, j0,
-                                band_lo, band_hi)
+        limited = _apply_limits(st, mask, mask_at, mask_kind, kv_b, head0, heads * group, q0,
+                                n_q, j0, band_lo, band_hi)
         _softmax_block(st, running_max, running_sum, block_max, alpha, bits)
-        if not lse_only:
-            v_tile = _kv_rows(v, v_at, pages, page_size, kv_b, kv_head, j0, n_k, value_dim,
-                              v_scratch)
-            if limited and not _all_finite(v_tile):
-                _accumulate_few_rows(st, v_tile, acc, alpha, skip_zero=True)
-            else:
-                _block_accumulate(st, v_tile, acc, alpha, pv_scratch[:rows])
+        if lse_only:
+            continue
+        v_tile = None if few else _kv_rows(v, v_at, pages, page_size, kv_b, kv_head, j0, n_k,
+                                           value_dim, v_scratch)
+        if few or (limited and not _all_finite(v_tile)):
+            # a masked key (weight 0) adds nothing, even a NaN or infinite value
+            _accumulate_in_place(st, v, _row_starts(v_at, pages, page_size, kv_b, kv_head, j0,
+                                                    n_k, starts), v_at[2], acc, alpha,
+                                 head_rows, limited)
+        else:
+            np.dot(st.T, v_tile, pv_scratch[:rows])
+            _accumulate(acc, pv_scratch[:rows], alpha)
 
-    _write_rows(acc, running_max, running_sum, out, out_at, lse, part_out, part_lse, b, head0,
-                group, q0, n_q, part, lse_only)
+    for h in range(heads):
+        r = slice(h * head_rows, (h + 1) * head_rows)
+        _write_rows(acc[r], running_max[r], running_sum[r], out, out_at, lse, part_out,
+                    part_lse, b, head0 + h * group, group, q0, n_q, tasks[h, TASK_PART],
+                    lse_only)
 
 
 @njit(**JIT)
-def _block_scores(k_tile, q_tile, st):
-    """Key-major scores ``st = k_tile @ q_tileᵀ`` of one block."""
-    if q_tile.shape[0] < DECODE_ROWS:
-        _scores_few_rows(k_tile, q_tile, st)
+def _row_starts(at, pages, page_size, b, head, j0, n_k, starts):
+    """Flat indices of rows ``j0:j0 + n_k`` of ``x[b, head]`` (``page_size`` 0), or of the
+    logical positions ``j0:j0 + n_k`` of sequence ``b`` through the block table."""
+    starts = starts[:n_k]
+    if page_size == 0:
+        first = _row_start(at, b, head, j0)
+        for jj in range(n_k):
+            starts[jj] = first + jj * at[3]
     else:
-        np.dot(k_tile, q_tile.T, st)
-
-
-@njit(**JIT)
-def _block_accumulate(st, v_tile, acc, alpha, pv):
-    """``acc = acc * alpha + stᵀ @ v_tile`` (rows rescaled only where alpha < 1)."""
-    if acc.shape[0] < DECODE_ROWS:
-        _accumulate_few_rows(st, v_tile, acc, alpha)
-    else:
-        np.dot(st.T, v_tile, pv)
-        _accumulate(acc, pv, alpha)
+        for jj in range(n_k):
+            j = j0 + jj
+            starts[jj] = _row_start(at, pages[b, j // page_size], head, j % page_size)
+    return starts
 
 
 @njit(fastmath={"reassoc", "contract"}, **JIT)  # reassociation vectorises the dot; inf stays inf
-def _scores_few_rows(k_tile, q_tile, st):
-    """``st[j, r] = k_tile[j] · q_tile[r]``, reading each key once."""
-    for j in range(k_tile.shape[0]):
-        key = k_tile[j]
-        for r in range(q_tile.shape[0]):
-            query = q_tile[r]
-            total = 0.0
-            for d in range(key.shape[0]):
-                total += key[d] * query[d]
-            st[j, r] = total
+def _scores_in_place(k, starts, head_stride, q_tile, st, head_rows):
+    """``st[j, r] = key j · q_tile[r]``, key j of the kv head of row r (head h: rows
+    ``h * head_rows ...``) at flat index ``starts[j] + h * head_stride``, read once."""
+    width = q_tile.shape[1]
+    for j in range(starts.shape[0]):
+        for h in range(q_tile.shape[0] // head_rows):
+            start = starts[j] + h * head_stride
+            key = k[start:start + width]  # a view: its indices need no wraparound
+            for r in range(h * head_rows, (h + 1) * head_rows):
+                query = q_tile[r]
+                total = 0.0
+                for d in range(width):
+                    total += load(key[d]) * query[d]
+                st[j, r] = total
 
 
 @njit(**JIT)
-def _accumulate_few_rows(st, v_tile, acc, alpha, skip_zero=False):
-    """``acc[r] = acc[r] * alpha[r] + Σ_j st[j, r] v_tile[j]``, reading each value once.
-
-    With ``skip_zero`` a zero weight adds nothing even to a NaN or infinite value
-    (``0 * NaN`` is NaN): the masked keys of a block contribute exactly nothing.
-    """
+def _accumulate_in_place(st, v, starts, head_stride, acc, alpha, head_rows, skip_zero):
+    """``acc[r] = acc[r] * alpha[r] + Σ_j st[j, r] value j``, value j of the kv head of row
+    r at flat index ``starts[j] + h * head_stride`` (as in :func:`_scores_in_place`), read
+    once; with ``skip_zero`` a zero weight adds nothing (``0 * NaN`` is NaN)."""
     _rescale(acc, alpha)
-    for j in range(v_tile.shape[0]):
-        value = v_tile[j]
-        for r in range(acc.shape[0]):
-            weight = st[j, r]
-            if skip_zero and weight == 0.0:
-                continue
-            row = acc[r]
-            for d in range(value.shape[0]):
-                row[d] += weight * value[d]
+    width = acc.shape[1]
+    for j in range(starts.shape[0]):
+        for h in range(acc.shape[0] // head_rows):
+            start = starts[j] + h * head_stride
+            value = v[start:start + width]
+            for r in range(h * head_rows, (h + 1) * head_rows):
+                weight = st[j, r]
+                if skip_zero and weight == 0.0:
+                    continue
+                row = acc[r]
+                for d in range(width):
+                    row[d] += weight * load(value[d])
 
 
 @njit(fastmath={"reassoc"}, **JIT)  # vectorises the sum; NaN and inf keep their meaning
