@@ -27,7 +27,7 @@ from ._half import is_float
 from ._plan import MIN_PARALLEL_TASKS, WorkPlan, balanced_starts, rounds
 from ._sinks import sink_gradient
 from ._validation import as_array, check_modifiers, describe
-from ._varlen import check_varlen_call, head_major, modifier_options
+from ._varlen import check_varlen_call, head_major, modifier_options, sequence_diagonals
 
 
 def varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *,
@@ -194,8 +194,8 @@ def sequence_chunks(call, kv_heads, block_k):
     """
     starts_q, starts_k = call.starts_q, call.starts_k
     lengths_q, lengths_k = np.diff(starts_q), np.diff(starts_k)
-    shifts = starts_k[:-1] - starts_q[:-1] + (
-        lengths_k - lengths_q if call.causal == "lower_right" else 0)
+    shifts = starts_k[:-1] - starts_q[:-1] + sequence_diagonals(
+        starts_q, starts_k, call.causal == "lower_right")
     counts = _chunk_counts(lengths_k, len(lengths_k) * kv_heads)
     if counts.max(initial=1) == 1:  # a large batch: every sequence whole
         return np.stack([starts_k[:-1], starts_k[1:], starts_q[:-1], starts_q[1:], shifts,

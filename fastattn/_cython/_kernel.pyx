@@ -132,7 +132,6 @@ cdef struct Problem:
     # block_k x max(D, Dv)); and in its float64 row: l | block_sum.
     Py_ssize_t rp, at_st, at_acc, at_m, at_shift, at_alpha, at_slope, at_row, at_kv
     Py_ssize_t tile_size, state_size  # elements of a worker's tile and float64 state
-    Py_ssize_t kv_heads
     # The decode kernel's scratch (_decode.pxi; at_decode -1: none), and the kv heads it
     # decodes together.
     Py_ssize_t at_decode, at_decode_m, at_decode_acc, decode_heads
@@ -259,7 +258,6 @@ cdef Problem _describe(call, int storage):
     p.at_kv = p.at_row + _padded(p.rp, align)
     p.tile_size = p.at_kv
     p.state_size = 2 * p.rp  # l | block_sum
-    p.kv_heads = call.k.shape[1]
     if storage != STORE_NATIVE:  # a converted block, or the bf16 products' pairs of P and V
         p.tile_size += _padded(max(p.block_k * max(p.head_dim, p.value_dim),
                                    (p.block_k + 1) // 2 * (p.rp + p.value_dim)), align)
