@@ -208,11 +208,27 @@ typedef int fa_decode_ivec_f32; /* unused */
 typedef int fa_decode_ivec_f64;
 #endif
 
-/* The fold of step h on vectors x, y of `lanes` lanes: lane i of the result is
- * x[i] + x[i + h] where (i mod 2h) < h, else y[i - h] + y[i].  Steps h = 1, 2, 4, ...
- * on pairs of accumulators leave lane a holding the sum of accumulator a. */
-#define FA_DECODE_LOW(lanes, h, i) (((i) % (2 * (h))) < (h) ? (i) : (lanes) + (i) - (h))
-#define FA_DECODE_HIGH(lanes, h, i) (((i) % (2 * (h))) < (h) ? (i) + (h) : (lanes) + (i))
+/* The fold of step h on vectors x, y of n lanes, in the instructions every width has
+ * (AVX2 has no two-source lane permute): below the 128-bit chunk (h < FA_DECODE_CHUNK,
+ * h = 1, 2, ...) an unpack, lane p of a chunk taking element p / 2h * h + p % h of x
+ * (p / h even) or y (odd), HIGH the same elements half a chunk on; above it (h = the
+ * chunk's lanes) chunk k of LOW is chunk 2k of x (first half of the chunks) or of y
+ * (second half), HIGH the chunk after each.  The in-chunk steps leave lane p of chunk c
+ * holding chunk c's sum of accumulator p; the chunk steps then add the chunks, each
+ * keeping its lanes: lane a ends holding the sum of accumulator a. */
+#define FA_DECODE_CHUNK(n) ((n) * 16 / FA_VBYTES)
+#define FA_DECODE_UNPACK(n, h, i)                                                        \
+    ((i) - (i) % FA_DECODE_CHUNK(n) + ((i) % FA_DECODE_CHUNK(n) / (h) % 2 ? (n) : 0) +    \
+     (i) % FA_DECODE_CHUNK(n) / (2 * (h)) * (h) + (i) % (h))
+#define FA_DECODE_CHUNKS(n, i)                                                           \
+    (2 * ((i) / FA_DECODE_CHUNK(n)) < (n) / FA_DECODE_CHUNK(n)                            \
+         ? 2 * ((i) / FA_DECODE_CHUNK(n)) * FA_DECODE_CHUNK(n) + (i) % FA_DECODE_CHUNK(n)   \
+         : (n) + (2 * ((i) / FA_DECODE_CHUNK(n)) - (n) / FA_DECODE_CHUNK(n))              \
+                     * FA_DECODE_CHUNK(n) + (i) % FA_DECODE_CHUNK(n))
+#define FA_DECODE_LOW(n, h, i)                                                           \
+    ((h) < FA_DECODE_CHUNK(n) ? FA_DECODE_UNPACK(n, h, i) : FA_DECODE_CHUNKS(n, i))
+#define FA_DECODE_HIGH(n, h, i)                                                          \
+    (FA_DECODE_LOW(n, h, i) + ((h) < FA_DECODE_CHUNK(n) ? FA_DECODE_CHUNK(n) / 2 : FA_DECODE_CHUNK(n)))
 #define FA_DECODE_L2(M, n, h) M(n, h, 0), M(n, h, 1)
 #define FA_DECODE_L4(M, n, h) FA_DECODE_L2(M, n, h), M(n, h, 2), M(n, h, 3)
 #define FA_DECODE_L8(M, n, h) FA_DECODE_L4(M, n, h), M(n, h, 4), M(n, h, 5), M(n, h, 6), \
