@@ -232,7 +232,7 @@ def sequence_tasks(call, band):
     batch are split over the workers (split-KV) by the plan.
     """
     lengths = call.lengths
-    first_seen = np.clip(lengths - 1 + band.lo, 0, lengths)  # the window's first position
+    first_seen = np.minimum(np.maximum(lengths - 1 + band.lo, 0), lengths)  # window's start
     per_seq = np.zeros((len(lengths), TASK_COLUMNS), np.int64)
     per_seq[:, TASK_BATCH] = per_seq[:, TASK_KV_BATCH] = np.arange(len(lengths))
     per_seq[:, TASK_Q_STOP] = 1

@@ -152,13 +152,14 @@ def _split_long_rows(tasks):
     of one split task are consecutive slots.
     """
     n_tasks = len(tasks)
+    unsplit = tasks, np.empty((0, MERGE_COLUMNS), dtype=np.int64), 0
     if n_tasks == 0 or n_tasks >= MIN_PARALLEL_TASKS:
-        return tasks, np.empty((0, MERGE_COLUMNS), dtype=np.int64), 0
-    wanted = -(-MIN_PARALLEL_TASKS // n_tasks)
+        return unsplit
     key_counts = tasks[:, TASK_K_STOP] - tasks[:, TASK_K_START]
-    n_splits = np.clip(key_counts // MIN_SPLIT_KEYS, 1, wanted)
-    if np.all(n_splits == 1):
-        return tasks, np.empty((0, MERGE_COLUMNS), dtype=np.int64), 0
+    if key_counts.max() < 2 * MIN_SPLIT_KEYS:  # no task has keys for two parts
+        return unsplit
+    wanted = -(-MIN_PARALLEL_TASKS // n_tasks)
+    n_splits = np.minimum(np.maximum(key_counts // MIN_SPLIT_KEYS, 1), wanted)
 
     pieces, merges, next_part, piece_index = [], [], 0, []
     for task, n in zip(tasks, n_splits):
@@ -191,13 +192,14 @@ def balanced_starts(costs, n_threads):
     and a few large tasks alike (cutting at task starts can give one worker 3 of 4
     equal tasks).
     """
-    if len(costs) == 0:
-        return np.zeros(2, dtype=np.int64)
-    n_workers = max(1, min(n_threads, len(costs), int(costs.sum()) // MIN_WORKER_COST))
+    total = int(costs.sum())
+    n_workers = max(1, min(n_threads, len(costs), total // MIN_WORKER_COST))
+    if n_workers == 1:
+        return np.array([0, len(costs)], dtype=np.int64)
     midpoints = 2 * np.cumsum(costs) - costs
-    worker = midpoints * n_workers // max(2 * int(costs.sum()), 1)
+    worker = midpoints * n_workers // (2 * total)
     starts = np.searchsorted(worker, np.arange(n_workers), side="left")
-    return np.append(starts, len(costs)).astype(np.int64)
+    return np.concatenate([starts, [len(costs)]]).astype(np.int64)
 
 
 def in_one_round(plan):
