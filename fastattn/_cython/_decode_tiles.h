@@ -228,7 +228,8 @@ typedef int fa_decode_ivec_f64;
 #define FA_DECODE_LOW(n, h, i)                                                           \
     ((h) < FA_DECODE_CHUNK(n) ? FA_DECODE_UNPACK(n, h, i) : FA_DECODE_CHUNKS(n, i))
 #define FA_DECODE_HIGH(n, h, i)                                                          \
-    (FA_DECODE_LOW(n, h, i) + ((h) < FA_DECODE_CHUNK(n) ? FA_DECODE_CHUNK(n) / 2 : FA_DECODE_CHUNK(n)))
+    (FA_DECODE_LOW(n, h, i) +                                                            \
+     ((h) < FA_DECODE_CHUNK(n) ? FA_DECODE_CHUNK(n) / 2 : FA_DECODE_CHUNK(n)))
 #define FA_DECODE_L2(M, n, h) M(n, h, 0), M(n, h, 1)
 #define FA_DECODE_L4(M, n, h) FA_DECODE_L2(M, n, h), M(n, h, 2), M(n, h, 3)
 #define FA_DECODE_L8(M, n, h) FA_DECODE_L4(M, n, h), M(n, h, 4), M(n, h, 5), M(n, h, 6), \
