@@ -244,10 +244,10 @@ def varlen_plan(call, settings):
                          thread_budget(settings["num_threads"]))
 
 
-def sequence_diagonals(starts_q, starts_k, lower_right):
+def sequence_diagonals(lengths_q, lengths_k, lower_right):
     """Each packed sequence's causal diagonal, key minus query position within it:
     ``len_k - len_q`` aligned at the lower right, else 0."""
-    lengths = np.diff(starts_k) - np.diff(starts_q)
+    lengths = lengths_k - lengths_q
     return lengths if lower_right else np.zeros_like(lengths)
 
 
@@ -264,7 +264,7 @@ def sequence_tasks(starts_q, starts_k, kv_heads, block_q, band, lower_right):
     first_block = np.cumsum(n_blocks) - n_blocks
     local_q0 = (np.arange(len(seq)) - first_block[seq]) * block_q
     local_q1 = np.minimum(local_q0 + block_q, lengths_q[seq])
-    diagonal = sequence_diagonals(starts_q, starts_k, lower_right)[seq]
+    diagonal = sequence_diagonals(lengths_q, lengths_k, lower_right)[seq]
     lo = np.clip(band.lo + diagonal, -(1 << 62), 1 << 62)
     hi = np.clip(band.hi + diagonal, -(1 << 62), 1 << 62)
     local_k0 = np.clip(local_q0 + lo, 0, lengths_k[seq])

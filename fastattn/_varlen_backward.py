@@ -195,7 +195,7 @@ def sequence_chunks(call, kv_heads, block_k):
     starts_q, starts_k = call.starts_q, call.starts_k
     lengths_q, lengths_k = np.diff(starts_q), np.diff(starts_k)
     shifts = starts_k[:-1] - starts_q[:-1] + sequence_diagonals(
-        starts_q, starts_k, call.causal == "lower_right")
+        lengths_q, lengths_k, call.causal == "lower_right")
     counts = _chunk_counts(lengths_k, len(lengths_k) * kv_heads)
     if counts.max(initial=1) == 1:  # a large batch: every sequence whole
         return np.stack([starts_k[:-1], starts_k[1:], starts_q[:-1], starts_q[1:], shifts,
