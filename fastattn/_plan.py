@@ -13,9 +13,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ._contract import (MERGE_COLUMNS, TASK_BAND_SHIFT, TASK_BATCH, TASK_COLUMNS,
-                        TASK_K_START, TASK_K_STOP, TASK_KV_BATCH, TASK_KV_HEAD, TASK_PART,
-                        TASK_Q_START, TASK_Q_STOP, Band)
+from ._contract import (MERGE_BATCH, MERGE_COLUMNS, MERGE_FIRST_PART, MERGE_KV_HEAD,
+                        MERGE_N_PARTS, MERGE_Q_START, MERGE_Q_STOP, TASK_BAND_SHIFT,
+                        TASK_BATCH, TASK_COLUMNS, TASK_K_START, TASK_K_STOP, TASK_KV_BATCH,
+                        TASK_KV_HEAD, TASK_PART, TASK_Q_START, TASK_Q_STOP, Band)
 
 TARGET_ROWS = 128
 """Query rows per task (all heads of a group together) when the caller sets no block."""
@@ -161,26 +162,27 @@ def _split_long_rows(tasks):
     wanted = -(-MIN_PARALLEL_TASKS // n_tasks)
     n_splits = np.minimum(np.maximum(key_counts // MIN_SPLIT_KEYS, 1), wanted)
 
-    pieces, merges, next_part, piece_index = [], [], 0, []
-    for task, n in zip(tasks, n_splits):
-        piece_index.append(np.arange(n))
-        if n == 1:
-            pieces.append(task[None, :])
-            continue
-        edges = np.linspace(task[TASK_K_START], task[TASK_K_STOP], n + 1).astype(np.int64)
-        split = np.repeat(task[None, :], n, axis=0)
-        split[:, TASK_K_START], split[:, TASK_K_STOP] = edges[:-1], edges[1:]
-        split[:, TASK_PART] = np.arange(next_part, next_part + n)
-        pieces.append(split)
-        merges.append([task[TASK_BATCH], task[TASK_KV_HEAD], task[TASK_Q_START],
-                       task[TASK_Q_STOP], next_part, n])
-        next_part += n
-    pieces = np.concatenate(pieces)
+    # Task t becomes n_splits[t] pieces; piece i of n covers keys start + i * count // n
+    # up to start + (i + 1) * count // n (whole keys, the last ending at the task's stop).
+    owner = np.repeat(np.arange(n_tasks), n_splits)
+    piece_index = np.arange(len(owner)) - (np.cumsum(n_splits) - n_splits)[owner]
+    pieces = tasks[owner]
+    starts, counts, n = tasks[owner, TASK_K_START], key_counts[owner], n_splits[owner]
+    pieces[:, TASK_K_START] = starts + piece_index * counts // n
+    pieces[:, TASK_K_STOP] = starts + (piece_index + 1) * counts // n
+    split_pieces, split_tasks = n > 1, n_splits > 1
+    n_parts = int(np.count_nonzero(split_pieces))
+    pieces[split_pieces, TASK_PART] = np.arange(n_parts)  # a split task's parts: consecutive
+    merges = np.empty((np.count_nonzero(split_tasks), MERGE_COLUMNS), dtype=np.int64)
+    merges[:, [MERGE_BATCH, MERGE_KV_HEAD, MERGE_Q_START, MERGE_Q_STOP]] = tasks[split_tasks][
+        :, [TASK_BATCH, TASK_KV_HEAD, TASK_Q_START, TASK_Q_STOP]]
+    merges[:, MERGE_N_PARTS] = n_splits[split_tasks]
+    merges[:, MERGE_FIRST_PART] = np.cumsum(merges[:, MERGE_N_PARTS]) - merges[:, MERGE_N_PARTS]
     # Piece by piece: the same key range of every kv head together, so a worker reads
     # whole pages of a cache whose heads lie side by side (a paged or (B, L, H, D) cache).
-    order = np.lexsort((pieces[:, TASK_KV_HEAD], np.concatenate(piece_index),
-                        pieces[:, TASK_Q_START], pieces[:, TASK_BATCH]))
-    return pieces[order], np.array(merges, dtype=np.int64), next_part
+    order = np.lexsort((pieces[:, TASK_KV_HEAD], piece_index, pieces[:, TASK_Q_START],
+                        pieces[:, TASK_BATCH]))
+    return pieces[order], merges, n_parts
 
 
 def balanced_starts(costs, n_threads):
