@@ -195,9 +195,11 @@ def _pages_used(lengths, block_size):
 def _check_block_ids(table, lengths, cache_shape):
     """Every block id a sequence uses lies in the cache: nothing outside it is ever read."""
     num_blocks, block_size = cache_shape
+    outside = table.view(np.uint64) >= num_blocks  # int64 as uint64: negatives too
+    if not outside.any():  # the usual table: one test, no used-entry mask
+        return
     pages = _pages_used(lengths, block_size)
-    used = np.arange(table.shape[1]) < pages[:, None]
-    bad = used & (table.view(np.uint64) >= num_blocks)  # int64 as uint64: negatives too
+    bad = outside & (np.arange(table.shape[1]) < pages[:, None])
     if bad.any():
         b, p = (int(x) for x in np.argwhere(bad)[0])
         raise ValueError(f"block_table[{b}, {p}] = {table[b, p]} is not a block of the cache "
@@ -231,18 +233,17 @@ def sequence_tasks(call, band):
     ``j - i - shift`` is a key's position relative to it.  Long sequences of a small
     batch are split over the workers (split-KV) by the plan.
     """
-    lengths = call.lengths
-    first_seen = np.minimum(np.maximum(lengths - 1 + band.lo, 0), lengths)  # window's start
-    per_seq = np.zeros((len(lengths), TASK_COLUMNS), np.int64)
-    per_seq[:, TASK_BATCH] = per_seq[:, TASK_KV_BATCH] = np.arange(len(lengths))
-    per_seq[:, TASK_Q_STOP] = 1
-    per_seq[:, TASK_K_START], per_seq[:, TASK_K_STOP] = first_seen, lengths
-    per_seq[:, TASK_BAND_SHIFT] = lengths - 1
-    per_seq[:, TASK_PART] = -1
-    kv_heads = call.k_cache.shape[2]
-    tasks = np.repeat(per_seq[:, None], kv_heads, axis=1)  # (sequence, head, column)
-    tasks[:, :, TASK_KV_HEAD] = np.arange(kv_heads)
-    return np.ascontiguousarray(tasks.reshape(-1, TASK_COLUMNS))
+    lengths = call.lengths[:, None]
+    tasks = np.zeros((len(lengths), call.k_cache.shape[2], TASK_COLUMNS), np.int64)
+    tasks[:, :, TASK_BATCH] = tasks[:, :, TASK_KV_BATCH] = np.arange(len(lengths))[:, None]
+    tasks[:, :, TASK_KV_HEAD] = np.arange(tasks.shape[1])
+    tasks[:, :, TASK_Q_STOP] = 1
+    if band.has_lo:  # the window's first key (else 0)
+        tasks[:, :, TASK_K_START] = np.minimum(np.maximum(lengths - 1 + band.lo, 0), lengths)
+    tasks[:, :, TASK_K_STOP] = lengths
+    tasks[:, :, TASK_BAND_SHIFT] = lengths - 1
+    tasks[:, :, TASK_PART] = -1
+    return tasks.reshape(-1, TASK_COLUMNS)  # (sequence, head) order
 
 
 # ---------------------------------------------------------------- naive
