@@ -74,7 +74,7 @@ def assert_naive(problem, out, lse):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("group, hk", [(1, 3), (4, 2), (8, 1), (3, 2)])
 @pytest.mark.parametrize("d, dv", [(1, 1), (63, 63), (64, 64), (80, 80), (64, 24), (16, 63),
-                                   (8, 200)])
+                                   (8, 200), (128, 128), (128, 40)])
 def test_groups_and_widths(rng, dtype, group, hk, d, dv):
     problem = decode_problem(rng, hq=group * hk, hk=hk, lk=333, d=d, dv=dv, dtype=dtype,
                              batch=2)
@@ -86,7 +86,7 @@ def test_every_level(rng, level):
     """Row groups and value widths that use every register block of the level's vectors
     (up to 16 lanes), both dtypes."""
     for dtype in (np.float32, np.float64):
-        for group, d, dv in [(1, 100, 260), (16, 64, 64), (5, 17, 130), (2, 3, 9)]:
+        for group, d, dv in [(1, 100, 260), (16, 64, 64), (5, 17, 130), (2, 3, 9), (4, 128, 128)]:
             problem = decode_problem(rng, hq=group * 2, hk=2, lk=300, d=d, dv=dv,
                                      dtype=dtype)
             with _isa.use_level(level):
