@@ -282,6 +282,22 @@ def test_paged_is_attention_over_the_gathered_cache(rng, backend, dtype, window)
     assert np.all(out[0] == 0) and np.all(np.isneginf(lse[0]))  # length 0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_paged_one_token_per_sequence_and_several_kv_heads(rng, backend, softcap):
+    """Every length 1, so the plan's block is one key, fewer than the kv heads a decoding
+    task serves together (Numba once sized its scores for one head and failed here)."""
+    k_cache, v_cache, table, lengths = cache_and_table(rng, [1, 1, 1], hk=4)
+    q = rng.standard_normal((3, 8, 8))
+    out, lse = fastattn.paged_attention(q, k_cache, v_cache, table, lengths, softcap=softcap,
+                                        return_lse=True, backend=backend)
+    ref = fastattn.paged_attention(q, k_cache, v_cache, table, lengths, softcap=softcap,
+                                   return_lse=True, backend="naive")
+    if softcap is None:  # the naive path against the float64 gather, without modifiers
+        assert_matches(*ref, *gathered(q, k_cache, v_cache, table, lengths), q.dtype)
+    assert_matches(out, lse, *ref, q.dtype)
+
+
 def test_paged_tasks_cover_only_the_window(rng):
     k_cache, v_cache, table, lengths = cache_and_table(rng, [13, 0, 4], hk=1)
     q = np.ones((3, 2, 8))

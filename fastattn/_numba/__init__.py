@@ -29,6 +29,8 @@ def run_kernel(call):
     # a decoding task serves several kv heads where their rows lie side by side
     heads = decode_heads(call.k, call.v, plan.group) if rows == plan.group else 1
     state_rows = max(rows, heads * plan.group)
+    # scores of a block: heads decoded together take max(block_k // heads, 1) keys each
+    scores = rows * max(block_k, heads)
     mask = call.mask if call.mask_kind != MASK_NONE else np.zeros((1, 1, 1, 1), dtype)
     v = as_kernel_array(call.v) if call.v is not None else np.zeros((1, 1, 1, 0), q.dtype)
     out = as_kernel_array(call.out) if call.out is not None else np.zeros((1, 1, 1, 0), q.dtype)
@@ -36,13 +38,13 @@ def run_kernel(call):
     scratch = (np.empty((workers, state_rows, head_dim), dtype),
                np.empty((workers, block_k, head_dim), dtype),
                np.empty((workers, block_k, value_dim), dtype),
-               np.empty((workers, rows * block_k), dtype),  # key-major scores
+               np.empty((workers, scores), dtype),  # key-major scores
                np.empty((workers, rows, value_dim), dtype),
                np.empty((workers, state_rows, value_dim), dtype),
                np.empty((workers, 3, state_rows)),  # running max, running sum, rescale factor
                np.empty((workers, state_rows), dtype),  # max of the current block
-               np.empty((workers, rows * block_k), dtype=np.int64),  # exp scratch
-               softcap_scratch(call.modifiers, workers, rows * block_k, dtype),
+               np.empty((workers, scores), dtype=np.int64),  # exp scratch
+               softcap_scratch(call.modifiers, workers, scores, dtype),
                np.empty((workers, block_k), np.int64))  # flat indices of a block's rows
     arguments = (*flat_view(q), *flat_view(as_kernel_array(call.k)), *flat_view(v),
                  *block_table(call), *flat_view(mask),
