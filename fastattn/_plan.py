@@ -165,7 +165,8 @@ def _split_long_rows(tasks):
     # Task t becomes n_splits[t] pieces; piece i of n covers keys start + i * count // n
     # up to start + (i + 1) * count // n (whole keys, the last ending at the task's stop).
     owner = np.repeat(np.arange(n_tasks), n_splits)
-    piece_index = np.arange(len(owner)) - (np.cumsum(n_splits) - n_splits)[owner]
+    first_piece = np.cumsum(n_splits) - n_splits  # of each task
+    piece_index = np.arange(len(owner)) - first_piece[owner]
     pieces = tasks[owner]
     starts, counts, n = tasks[owner, TASK_K_START], key_counts[owner], n_splits[owner]
     pieces[:, TASK_K_START] = starts + piece_index * counts // n
@@ -177,7 +178,7 @@ def _split_long_rows(tasks):
     merges[:, [MERGE_BATCH, MERGE_KV_HEAD, MERGE_Q_START, MERGE_Q_STOP]] = tasks[split_tasks][
         :, [TASK_BATCH, TASK_KV_HEAD, TASK_Q_START, TASK_Q_STOP]]
     merges[:, MERGE_N_PARTS] = n_splits[split_tasks]
-    merges[:, MERGE_FIRST_PART] = np.cumsum(merges[:, MERGE_N_PARTS]) - merges[:, MERGE_N_PARTS]
+    merges[:, MERGE_FIRST_PART] = pieces[first_piece[split_tasks], TASK_PART]
     # Piece by piece: the same key range of every kv head together, so a worker reads
     # whole pages of a cache whose heads lie side by side (a paged or (B, L, H, D) cache).
     order = np.lexsort((pieces[:, TASK_KV_HEAD], piece_index, pieces[:, TASK_Q_START],
